@@ -1,0 +1,1 @@
+"""The FastAPI adapter around the registry core."""

@@ -1,0 +1,80 @@
+"""`model-registry serve` and `model-registry validate`."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from registry.config import load_config
+from registry.errors import ConfigError
+from registry.units import format_bytes
+
+log = logging.getLogger("app")
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    parser = argparse.ArgumentParser(
+        prog="model-registry", description="Serve many models from one process."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP server")
+    serve.add_argument("--config", default="models.yaml", help="path of models.yaml")
+    serve.add_argument("--host", help="address to bind (default: server.host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: server.port, 8000)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    validate = commands.add_parser("validate", help="check a models.yaml and exit")
+    validate.add_argument("config", help="path of models.yaml")
+    args = parser.parse_args(argv)
+    if args.command == "validate":
+        return _validate(Path(args.config))
+    return _serve(args)
+
+
+def _validate(path: Path) -> int:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        print(f"model-registry: {exc}", file=sys.stderr)
+        return 2
+    hot = sum(1 for spec in config.models.values() if spec.hot)
+    print(
+        f"{path}: ok, {len(config.models)} model(s) ({hot} hot), "
+        f"budget {format_bytes(config.server.memory_budget)}"
+    )
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    try:
+        config = load_config(Path(args.config))
+    except ConfigError as exc:
+        print(f"model-registry: {exc}", file=sys.stderr)
+        return 2
+    host = args.host or config.server.host
+    port = args.port if args.port is not None else config.server.port
+    if not _is_loopback(host):
+        log.warning("binding %s: the server is reachable from other machines", host)
+    from app.server import run_server  # uvicorn is imported only to serve
+
+    return run_server(config, host, port, access_log=not args.no_access_log)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

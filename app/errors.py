@@ -1,0 +1,116 @@
+"""The one place where registry errors become HTTP responses."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from registry.errors import (
+    BadInput,
+    ConfigError,
+    InferenceError,
+    ModelTooLarge,
+    RegistryError,
+    Unavailable,
+    UnknownModel,
+    UnsupportedInput,
+)
+
+log = logging.getLogger("app")
+
+# Most specific first: the first class an error is an instance of gives its status.
+_STATUS: list[tuple[type[RegistryError], int]] = [
+    (UnknownModel, 404),
+    (UnsupportedInput, 415),
+    (BadInput, 422),
+    (ConfigError, 422),
+    (Unavailable, 503),
+    (ModelTooLarge, 507),
+    (InferenceError, 500),
+]
+
+
+class HTTPError(Exception):
+    """An error the adapter itself raises (auth, upload size), with its status."""
+
+    def __init__(
+        self, status: int, kind: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_response(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """The JSON error shape of every non-2xx answer."""
+    body = {"error": {"type": kind, "message": message, **extra}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def status_of(exc: RegistryError) -> int:
+    """HTTP status for a registry error."""
+    for cls, status in _STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+async def _registry_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RegistryError)
+    status = status_of(exc)
+    headers: dict[str, str] = {}
+    extra: dict[str, Any] = {}
+    if isinstance(exc, Unavailable):
+        headers["Retry-After"] = str(math.ceil(exc.retry_after))
+        extra["retry_after"] = math.ceil(exc.retry_after)
+    if isinstance(exc, UnknownModel):
+        extra["known"] = exc.known
+    if status >= 500 and not isinstance(exc, Unavailable):
+        log.error("%s %s: %s", request.method, request.url.path, exc.message)
+    return error_response(status, exc.kind, exc.message, headers, **extra)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPError)
+    return error_response(exc.status, exc.kind, exc.message, exc.headers)
+
+
+async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    message = str(exc.detail)
+    if exc.status_code == 404:
+        message = f"no route {request.method} {request.url.path}; see GET /models and /docs"
+    elif exc.status_code == 405:
+        message = f"{request.method} is not allowed on {request.url.path}"
+    headers = dict(exc.headers) if exc.headers else None
+    return error_response(exc.status_code, "http_error", message, headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return error_response(422, "bad_request", problems or "invalid request")
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(500, "internal", f"internal error: {type(exc).__name__}")
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on `app`."""
+    app.add_exception_handler(RegistryError, _registry_error)
+    app.add_exception_handler(HTTPError, _http_error)
+    app.add_exception_handler(StarletteHTTPException, _starlette_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,75 @@
+"""The app factory: a FastAPI app whose lifespan owns the ModelManager."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from app import errors, routes
+from app.limits import BodyLimit, BodyTooLarge, too_large_message
+from registry.config import Config, load_config
+from registry.manager import ModelManager
+
+log = logging.getLogger("app")
+
+
+def create_app(config: Config | str | Path) -> FastAPI:
+    """Build the app for a parsed config (or the path of a models.yaml)."""
+    if not isinstance(config, Config):
+        config = load_config(config)
+    initial = config
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        manager = ModelManager(initial)
+        app.state.manager = manager
+        await manager.start()
+        hot = [name for name, spec in initial.models.items() if spec.hot]
+        if initial.server.preload == "wait" and hot:
+            log.info("waiting for hot models before serving: %s", ", ".join(hot))
+            await manager.wait_hot()
+        log.info(
+            "serving %d model(s) from %s with a %s budget",
+            len(initial.models),
+            initial.path,
+            _size(initial.server.memory_budget),
+        )
+        try:
+            yield
+        finally:
+            await manager.shutdown()
+
+    app = FastAPI(
+        title="model-registry-server",
+        summary="Many models in one process: loaded on demand, evicted LRU under a byte budget.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.manager = None
+    app.add_middleware(BodyLimit, limit=lambda: _upload_limit(app, initial))
+    errors.install(app)
+
+    async def body_too_large(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, BodyTooLarge)
+        return errors.error_response(413, "too_large", too_large_message(exc.limit))
+
+    app.add_exception_handler(BodyTooLarge, body_too_large)
+    app.include_router(routes.router)
+    return app
+
+
+def _upload_limit(app: FastAPI, fallback: Config) -> int:
+    manager: ModelManager | None = app.state.manager
+    config = manager.config if manager is not None else fallback
+    return config.server.max_upload_size
+
+
+def _size(n: int) -> str:
+    from registry.units import format_bytes
+
+    return format_bytes(n)

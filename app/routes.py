@@ -1,0 +1,130 @@
+"""HTTP routes: parse the input, call the manager, shape the output."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.datastructures import UploadFile
+
+from registry.errors import BadInput, UnsupportedInput
+from registry.manager import ModelManager
+from registry.payload import ImageRequest, TextRequest
+
+TEXT_SHAPE = '{"inputs": "text" | ["text", ...], "parameters": {...}}'
+
+
+def get_manager(request: Request) -> ModelManager:
+    """The manager the lifespan created."""
+    manager: ModelManager = request.app.state.manager
+    return manager
+
+
+Manager = Annotated[ModelManager, Depends(get_manager)]
+router = APIRouter()
+
+
+class PredictBody(BaseModel):
+    """JSON body of a text (or JSON) prediction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: Any
+    parameters: dict[str, Any] = {}
+
+
+@router.get("/health/live")
+async def live() -> dict[str, str]:
+    """200 as soon as the process serves."""
+    return {"status": "live"}
+
+
+@router.get("/health/ready")
+async def ready(manager: Manager) -> JSONResponse:
+    """200 once every hot model is loaded; 503 listing what is pending until then."""
+    is_ready, detail = manager.readiness()
+    return JSONResponse(detail, status_code=200 if is_ready else 503)
+
+
+@router.get("/models")
+async def list_models(manager: Manager) -> dict[str, Any]:
+    """Every model's load state, and the memory budget."""
+    return manager.snapshot()
+
+
+@router.get("/models/{name}")
+async def get_model(name: str, manager: Manager) -> dict[str, Any]:
+    """One model's load state."""
+    return manager.describe(name)
+
+
+@router.post("/models/{name}/predict")
+async def predict(name: str, request: Request, manager: Manager) -> dict[str, Any]:
+    """Predict with `name`: an image in multipart field `file`, or JSON inputs."""
+    spec = manager.spec(name)
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    payload: ImageRequest | TextRequest
+    if spec.input_kind == "image" or content_type == "multipart/form-data":
+        if content_type != "multipart/form-data" and spec.input_kind == "image":
+            sent = content_type or "no content type"
+            raise UnsupportedInput(
+                f"model {name!r} ({spec.task}) takes an image: send multipart/form-data with the "
+                f"file in field 'file' (e.g. curl -F file=@digit.png), not {sent}"
+            )
+        payload = await _read_upload(request)
+    else:
+        payload = await _read_json(request)
+    predictions = await manager.predict(name, payload)
+    return {"model": name, "predictions": predictions}
+
+
+async def _read_upload(request: Request) -> ImageRequest:
+    async with request.form(max_files=1, max_fields=8) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            fields = ", ".join(sorted(form.keys())) or "none"
+            raise BadInput(
+                f"expected the image in multipart field 'file' (fields sent: {fields}); "
+                "e.g. curl -F file=@digit.png"
+            )
+        data = await upload.read()
+        parameters = _form_parameters(form.get("parameters"))
+        return ImageRequest(data=data, filename=upload.filename, parameters=parameters)
+
+
+def _form_parameters(raw: object) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        value = json.loads(str(raw))
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, dict):
+        raise BadInput("form field 'parameters' must be a JSON object, e.g. {\"top_k\": 3}")
+    return value
+
+
+async def _read_json(request: Request) -> TextRequest:
+    raw = await request.body()
+    if not raw.strip():
+        raise BadInput(f"the request body is empty; send JSON {TEXT_SHAPE}")
+    try:
+        body = PredictBody.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(_problem(e) for e in exc.errors())
+        raise BadInput(f"expected JSON {TEXT_SHAPE}: {problems}") from None
+    return TextRequest(inputs=body.inputs, parameters=body.parameters)
+
+
+def _problem(error: Any) -> str:
+    where = ".".join(str(p) for p in error["loc"])
+    if error["type"] == "json_invalid":
+        return f"the body is not valid JSON ({error['ctx'].get('error', 'syntax error')})"
+    if error["type"] == "model_type":
+        return "the body must be a JSON object"
+    if error["type"] == "extra_forbidden":
+        return f"unknown key {where!r}"
+    return f"{where}: {error['msg']}" if where else str(error["msg"])

@@ -1,0 +1,129 @@
+"""Dynamic batching: concurrent requests to one model become one call.
+
+A batch is dispatched when it holds `max_size` inputs, or `max_wait` after its first request
+arrived, whichever comes first; a request that is alone with its model is dispatched at once,
+so batching costs an idle model no latency. Requests with different parameters are never
+mixed. If a batch call raises, its requests are retried one by one, so a bad input fails
+only its own request. One batch per model runs at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Run = Callable[[list[Any], Mapping[str, Any]], Awaitable[list[Any]]]
+
+
+@dataclass
+class _Entry:
+    inputs: list[Any]
+    parameters: Mapping[str, Any]
+    key: str
+    arrived: float
+    future: asyncio.Future[list[Any]] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Batcher:
+    """Collects requests for one model and runs them in batches through `run`."""
+
+    def __init__(
+        self, run: Run, *, max_size: int, max_wait: float, alone: Callable[[], bool]
+    ) -> None:
+        self._run = run
+        self.max_size = max_size
+        self.max_wait = max_wait
+        self._alone = alone  # true when no other request holds this model
+        self._queue: deque[_Entry] = deque()
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.batched_inputs = 0
+
+    def submit(
+        self, inputs: Sequence[Any], parameters: Mapping[str, Any]
+    ) -> asyncio.Future[list[Any]]:
+        """Queue one request; the future gets its outputs (or its own error)."""
+        loop = asyncio.get_running_loop()
+        key = json.dumps(parameters, sort_keys=True, default=repr)
+        entry = _Entry(list(inputs), parameters, key, loop.time())
+        self._queue.append(entry)
+        self._arrived.set()
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._drain(), name="batcher")
+        return entry.future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._queue:
+            first = self._queue[0]
+            if not self._alone():
+                deadline = first.arrived + self.max_wait
+                while self._fill(first.key) < self.max_size and loop.time() < deadline:
+                    self._arrived.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())
+            batch = self._take(first.key)
+            await self._execute(batch)
+
+    def _fill(self, key: str) -> int:
+        return sum(len(e.inputs) for e in self._queue if e.key == key)
+
+    def _take(self, key: str) -> list[_Entry]:
+        batch: list[_Entry] = []
+        size = 0
+        for entry in list(self._queue):
+            if entry.key != key:
+                continue
+            if batch and size + len(entry.inputs) > self.max_size:
+                break
+            batch.append(entry)
+            size += len(entry.inputs)
+            self._queue.remove(entry)
+        return batch
+
+    async def _execute(self, batch: list[_Entry]) -> None:
+        inputs = [item for entry in batch for item in entry.inputs]
+        try:
+            outputs = await self._run(inputs, batch[0].parameters)
+        except Exception as exc:
+            if len(batch) == 1:
+                _settle(batch[0], error=exc)
+                return
+            for entry in batch:  # isolate the input that broke the batch
+                try:
+                    _settle(entry, outputs=await self._run(entry.inputs, entry.parameters))
+                except Exception as one_exc:
+                    _settle(entry, error=one_exc)
+            return
+        self.batches += 1
+        self.batched_inputs += len(inputs)
+        start = 0
+        for entry in batch:
+            _settle(entry, outputs=outputs[start : start + len(entry.inputs)])
+            start += len(entry.inputs)
+
+    def cancel(self) -> None:
+        """Fail every queued request (shutdown)."""
+        while self._queue:
+            entry = self._queue.popleft()
+            if not entry.future.done():
+                entry.future.cancel()
+
+
+def _settle(
+    entry: _Entry, *, outputs: list[Any] | None = None, error: BaseException | None = None
+) -> None:
+    if entry.future.done():
+        return
+    if error is not None:
+        entry.future.set_exception(error)
+    else:
+        entry.future.set_result(outputs if outputs is not None else [])

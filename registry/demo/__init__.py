@@ -1,0 +1,1 @@
+"""Demo models that ship with the product (like infinity's debug model)."""

@@ -1,0 +1,84 @@
+"""`task: sentence-embeddings`: mean-pooled, L2-normalised sentence vectors."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from registry.loaders import LoadContext
+from registry.loaders.torch_setup import prepare_torch, resolve_device
+
+_PARAMETERS = frozenset({"normalize"})
+
+
+class EmbeddingModel:
+    """AutoModel + AutoTokenizer; one vector per input text."""
+
+    def __init__(self, tokenizer: Any, module: Any, device: str, max_length: int) -> None:
+        self.tokenizer = tokenizer
+        self.module = module
+        self.device = device
+        self.max_length = max_length
+        self._lock = threading.Lock()
+
+    def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
+        """Embed each text; `parameters.normalize` (default true) L2-normalises."""
+        import torch
+
+        unknown = set(parameters) - _PARAMETERS
+        if unknown:
+            raise ValueError(f"unknown parameters {sorted(unknown)}; allowed: normalize")
+        if not all(isinstance(text, str) for text in inputs):
+            raise TypeError("sentence-embeddings inputs must be strings")
+        normalize = bool(parameters.get("normalize", True))
+        with self._lock, torch.inference_mode():
+            if self.module is None:
+                raise RuntimeError("the model was unloaded")
+            encoded = self.tokenizer(
+                list(inputs),
+                padding=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_tensors="pt",
+            ).to(self.device)
+            hidden = self.module(**encoded).last_hidden_state
+            mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            vectors = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+            if normalize:
+                vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        return [row for row in vectors.float().cpu().tolist()]
+
+    def close(self) -> None:
+        """Drop the model and tokenizer."""
+        with self._lock:
+            self.module = None
+            self.tokenizer = None
+
+
+def load(ctx: LoadContext) -> EmbeddingModel:
+    """Load the encoder and its tokenizer from the entry's source."""
+    prepare_torch()
+    from transformers import AutoModel, AutoTokenizer
+
+    spec = ctx.spec
+    source = ctx.source
+    assert source is not None
+    where = source.repo if source.repo is not None else str(source.path)
+    if source.path is not None and not source.path.exists():
+        raise FileNotFoundError(f"model directory {source.path} does not exist")
+    common: dict[str, Any] = {
+        "revision": source.revision,
+        "trust_remote_code": spec.trust_remote_code,
+        "local_files_only": source.repo is not None,
+    }
+    tokenizer = AutoTokenizer.from_pretrained(where, **common)
+    kwargs: dict[str, Any] = dict(common)
+    if not spec.allow_pickle:
+        kwargs["use_safetensors"] = True
+    if spec.dtype is not None:
+        kwargs["dtype"] = spec.dtype
+    device = resolve_device(spec.device)
+    module = AutoModel.from_pretrained(where, **kwargs).to(device).eval()
+    max_length = int(ctx.options.get("max_length", min(512, tokenizer.model_max_length)))
+    return EmbeddingModel(tokenizer, module, device, max_length)

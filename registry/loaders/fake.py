@@ -1,0 +1,128 @@
+"""A deterministic fake model of any size and speed, for tests and benchmarks.
+
+`loader: fake` with `options:`
+  size: 10MB           bytes it reports (and holds, with `allocate: true`)
+  load_seconds: 0.5    time a load takes
+  predict_seconds: 0   time each predict call takes (per call, not per input)
+  fail: "message"      every load raises RuntimeError(message)
+  fail_times: 2        the first N loads of this name raise, later ones succeed
+  hang: true           a load blocks until its gate opens (or forever)
+  gate: "name"         a load waits for `open_gate(name)` before finishing
+  predict_gate: "name"  each predict call waits for `open_gate(name)` first
+  reject: "bad"        an input equal to this raises ValueError (one input fails, not its batch)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from registry.loaders import LoadContext
+from registry.units import parse_size
+
+_gates: defaultdict[str, threading.Event] = defaultdict(threading.Event)
+_load_attempts: defaultdict[str, int] = defaultdict(int)
+_lock = threading.Lock()
+
+
+def open_gate(name: str) -> None:
+    """Let every load waiting on gate `name` finish (now and later)."""
+    with _lock:
+        _gates[name].set()
+
+
+def close_gate(name: str) -> None:
+    """Make later loads with gate `name` wait again."""
+    with _lock:
+        _gates[name].clear()
+
+
+def attempts(name: str) -> int:
+    """How many loads of model `name` have started."""
+    with _lock:
+        return _load_attempts[name]
+
+
+def reset() -> None:
+    """Forget gates and load attempts (between tests)."""
+    with _lock:
+        for gate in _gates.values():
+            gate.set()  # release anything still waiting
+        _gates.clear()
+        _load_attempts.clear()
+
+
+def _gate(name: str) -> threading.Event:
+    with _lock:
+        return _gates[name]
+
+
+def fake_size(options: Mapping[str, Any]) -> int:
+    """The size a fake model with these options holds."""
+    return parse_size(options.get("size", 1000))
+
+
+class FakeModel:
+    """Predicts a label and a score derived from a hash of each input."""
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        self.name = name
+        self.size_bytes = fake_size(options)
+        self.predict_seconds = float(options.get("predict_seconds", 0.0))
+        self.reject = options.get("reject")
+        gate = options.get("predict_gate")
+        self.predict_gate = _gate(str(gate)) if gate is not None else None
+        self.calls = 0
+        self.batch_sizes: list[int] = []
+        self._ballast = bytearray(self.size_bytes) if options.get("allocate") else None
+
+    def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
+        """One {label, score} per input; `parameters` are echoed back."""
+        if self.reject is not None and any(item == self.reject for item in inputs):
+            raise ValueError(f"fake model {self.name!r} rejects the input {self.reject!r}")
+        self.calls += 1
+        self.batch_sizes.append(len(inputs))
+        if self.predict_gate is not None:
+            self.predict_gate.wait()
+        if self.predict_seconds:
+            time.sleep(self.predict_seconds)
+        return [self._one(item, parameters) for item in inputs]
+
+    def _one(self, item: Any, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        digest = hashlib.sha256(repr(item).encode()).digest()
+        result: dict[str, Any] = {
+            "label": f"label-{digest[0] % 4}",
+            "score": round(digest[1] / 255, 6),
+        }
+        if parameters:
+            result["parameters"] = dict(parameters)
+        return result
+
+    def close(self) -> None:
+        """Drop the ballast."""
+        self._ballast = None
+
+
+def load(ctx: LoadContext) -> FakeModel:
+    """Build a FakeModel, honouring the timing and failure options."""
+    options = ctx.options
+    with _lock:
+        _load_attempts[ctx.name] += 1
+        attempt = _load_attempts[ctx.name]
+        gate = _gates[str(options["gate"])] if "gate" in options else None
+    if options.get("hang"):
+        (gate or threading.Event()).wait()
+    elif gate is not None:
+        gate.wait()
+    delay = float(options.get("load_seconds", 0.0))
+    if delay:
+        time.sleep(delay)
+    if "fail" in options:
+        raise RuntimeError(str(options["fail"]))
+    if attempt <= int(options.get("fail_times", 0)):
+        raise RuntimeError(f"fake load failure {attempt} of {options['fail_times']}")
+    return FakeModel(ctx.name, options)

@@ -1,0 +1,71 @@
+"""Any transformers pipeline task: `task: text-classification`, `source: ./model-store/x`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from registry.loaders import LoadContext
+from registry.loaders.torch_setup import prepare_torch, resolve_device
+
+# Pipeline call arguments the server owns; a request may not override them.
+_RESERVED = frozenset({"batch_size", "num_workers"})
+
+
+class PipelineModel:
+    """A transformers pipeline; calls are serialised (pipelines are not thread-safe)."""
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe = pipe
+        self.module = pipe.model  # what memory.measure_bytes counts
+        self._lock = threading.Lock()
+
+    def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
+        """Run the pipeline over `inputs` as one batch."""
+        reserved = _RESERVED & set(parameters)
+        if reserved:
+            raise ValueError(f"parameters {sorted(reserved)} are set by the server")
+        with self._lock:
+            if self._pipe is None:
+                raise RuntimeError("the model was unloaded")
+            outputs = self._pipe(list(inputs), batch_size=len(inputs), **parameters)
+        if not isinstance(outputs, list) or len(outputs) != len(inputs):
+            outputs = [outputs]
+        return list(outputs)
+
+    def close(self) -> None:
+        """Drop the pipeline and its model."""
+        with self._lock:
+            self._pipe = None
+            self.module = None
+
+
+def load(ctx: LoadContext) -> PipelineModel:
+    """Build `pipeline(task, model=source)` offline, safetensors only unless allowed."""
+    prepare_torch()
+    from transformers import pipeline
+
+    spec = ctx.spec
+    source = ctx.source
+    assert source is not None  # config validation requires a source for a task
+    if source.path is not None and not source.path.exists():
+        raise FileNotFoundError(f"model directory {source.path} does not exist")
+    model_kwargs: dict[str, Any] = {}
+    if not spec.allow_pickle:
+        model_kwargs["use_safetensors"] = True
+    if source.repo is not None:
+        model_kwargs["local_files_only"] = True
+    kwargs: dict[str, Any] = dict(ctx.options)
+    kwargs.setdefault("model_kwargs", {}).update(model_kwargs)
+    if spec.dtype is not None:
+        kwargs["dtype"] = spec.dtype
+    pipe = pipeline(
+        task=spec.task,
+        model=source.repo if source.repo is not None else str(source.path),
+        revision=source.revision,
+        device=resolve_device(spec.device),
+        trust_remote_code=spec.trust_remote_code,
+        **kwargs,
+    )
+    return PipelineModel(pipe)

@@ -1,0 +1,156 @@
+"""How big a model is: estimated before a load, measured after it; and giving memory back.
+
+transformers loads safetensors by mmap, so RSS says little about a model; the budget counts
+parameter and buffer bytes instead (see FACTS.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+import json
+import logging
+import os
+import struct
+import sys
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from registry.config import ModelSpec, Source
+
+log = logging.getLogger(__name__)
+
+_DTYPE_BYTES = {
+    "F64": 8,
+    "I64": 8,
+    "U64": 8,
+    "F32": 4,
+    "I32": 4,
+    "U32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I16": 2,
+    "U16": 2,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+}
+_PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+_HEADER_LIMIT = 100 * 1024 * 1024
+
+
+def safetensors_bytes(path: Path) -> int:
+    """Tensor bytes in a .safetensors file, read from its header without reading the data."""
+    with path.open("rb") as f:
+        prefix = f.read(8)
+        if len(prefix) != 8:
+            raise ValueError(f"{path} is not a safetensors file (too short)")
+        (length,) = struct.unpack("<Q", prefix)
+        if length > _HEADER_LIMIT:
+            raise ValueError(f"{path} is not a safetensors file (header of {length} bytes)")
+        header = json.loads(f.read(length))
+    total = 0
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        start, end = entry["data_offsets"]
+        total += int(end) - int(start)
+    return total
+
+
+def estimate_bytes(spec: ModelSpec, source: Source | None) -> int | None:
+    """Bytes the model will hold once loaded: size_hint, else safetensors headers, else files."""
+    if spec.size_hint is not None:
+        return spec.size_hint
+    if spec.loader == "fake":
+        from registry.loaders.fake import fake_size
+
+        return fake_size(spec.options)
+    if source is None or source.path is None or not source.path.is_dir():
+        return None
+    try:
+        return _weights_estimate(source.path, spec.dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        log.debug("cannot estimate the size of %s: %s", source.path, exc)
+        return None
+
+
+def _weights_estimate(directory: Path, dtype: str | None) -> int | None:
+    tensors = sorted(directory.glob("*.safetensors"))
+    if tensors:
+        total = sum(safetensors_bytes(p) for p in tensors)
+        if dtype in ("float16", "bfloat16"):
+            total //= 2  # an upper bound is better than a guess: floats halve, the rest is small
+        return total
+    files = [p for pattern in _PICKLE_WEIGHTS for p in directory.glob(pattern)]
+    if files:
+        return sum(p.stat().st_size for p in files)
+    return None
+
+
+def _tensors(obj: Any) -> Iterator[Any]:
+    """Every parameter and buffer of the torch modules inside `obj` (one level deep)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return
+    seen_modules: set[int] = set()
+    for module in _modules(obj, torch.nn.Module):
+        if id(module) in seen_modules:
+            continue
+        seen_modules.add(id(module))
+        yield from module.parameters()
+        yield from module.buffers()
+
+
+def _modules(obj: Any, module_type: type, depth: int = 2) -> Iterable[Any]:
+    if isinstance(obj, module_type):
+        yield obj
+        return
+    if depth == 0 or isinstance(obj, str | bytes | int | float):
+        return
+    for value in list(getattr(obj, "__dict__", {}).values()):
+        yield from _modules(value, module_type, depth - 1)
+
+
+def measure_bytes(obj: Any) -> int | None:
+    """Sum of parameter and buffer bytes of the torch modules in `obj`; tied weights once."""
+    reported = getattr(obj, "size_bytes", None)
+    if isinstance(reported, int):
+        return reported
+    total = 0
+    found = False
+    seen: set[tuple[int, int]] = set()
+    for tensor in _tensors(obj):
+        found = True
+        key = (tensor.data_ptr(), tensor.nbytes)  # tied weights are one tensor twice
+        if key in seen:
+            continue
+        seen.add(key)
+        total += tensor.nbytes
+    return total if found else None
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux), 0 where unknown."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return pages * os.sysconf("SC_PAGE_SIZE")
+
+
+def release_memory() -> None:
+    """Return freed memory to the OS: gc, malloc_trim on glibc, the CUDA cache if used."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

@@ -1,0 +1,96 @@
+"""One model's place in the registry: its state, its lease count, its numbers."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from registry.batching import Batcher
+    from registry.config import ModelSpec, Source
+    from registry.loaders import Model
+
+
+class State(enum.StrEnum):
+    """The model life cycle (DESIGN.md)."""
+
+    UNLOADED = "unloaded"
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+    FAILED = "failed"
+
+
+@dataclass(eq=False)
+class Slot:
+    """Mutable record of one model; touched only on the event loop thread."""
+
+    name: str
+    spec: ModelSpec
+    source: Source | None
+    state: State = State.UNLOADED
+    model: Model | None = None
+    leases: int = 0  # requests holding the model (in inference or queued for a worker)
+    waiting: int = 0  # requests waiting for a load or for room in the budget
+    load_task: asyncio.Task[BaseException | None] | None = None
+    unload_task: asyncio.Task[None] | None = None
+    load_count: int = 0
+    failures: int = 0
+    retry_at: float = 0.0  # monotonic time before which a failed load is not retried
+    error: str | None = None
+    estimate: int | None = None
+    size_bytes: int | None = None  # measured after the last load
+    load_seconds: float | None = None
+    last_used: float | None = None  # wall clock, for people
+    last_used_mono: float = field(default_factory=time.monotonic)
+    served: int = 0
+    retired: bool = False  # removed from, or replaced in, models.yaml
+    replacement: Slot | None = None
+    hot_ready: bool = False  # a hot model's preload has succeeded
+    batcher: Batcher | None = None
+    infer_seconds: float | None = None  # moving average of one inference call
+
+    @property
+    def evictable(self) -> bool:
+        """Idle, loaded and not pinned."""
+        return self.state is State.LOADED and self.leases == 0 and not self.spec.pinned
+
+    def touch(self) -> None:
+        """Record a use now."""
+        self.last_used = time.time()
+        self.last_used_mono = time.monotonic()
+
+    def info(self) -> dict[str, Any]:
+        """The public view served by GET /models (DESIGN.md's Entry)."""
+        spec = self.spec
+        return {
+            "name": self.name,
+            "task": spec.task or (f"loader:{spec.loader}" if spec.loader else None),
+            "state": self.state.value,
+            "hot": spec.hot,
+            "pinned": spec.pinned,
+            "size_bytes": self.size_bytes if self.size_bytes is not None else self.estimate,
+            "size_measured": self.size_bytes is not None,
+            "in_flight": self.leases,
+            "queued": self.waiting,
+            "load_count": self.load_count,
+            "served": self.served,
+            "last_used": _iso(self.last_used),
+            "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 4),
+            "error": self.error,
+            "input": spec.input_kind,
+            "source": None if self.source is None else str(self.source),
+            "batch": None if spec.batch is None else spec.batch.model_dump(),
+            "idle_ttl": spec.idle_ttl,
+            "description": spec.description,
+        }
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")

@@ -1,0 +1,58 @@
+"""Shared fixtures: real config files under tmp_path, the demo models, the fake loader's state."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from registry.config import Config, load_config
+from registry.loaders import fake
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL_STORE = ROOT / "model-store"
+DEMO_MODELS = ("digits-resnet", "langid-bert", "bert-memory-demo", "iris-mlp")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_fake_state() -> Iterator[None]:
+    fake.reset()
+    yield
+    fake.reset()
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[str], Config]:
+    """Write a models.yaml under tmp_path and load it for real."""
+
+    def write(text: str, name: str = "models.yaml") -> Config:
+        path = tmp_path / name
+        path.write_text(text)
+        return load_config(path)
+
+    return write
+
+
+@pytest.fixture(scope="session")
+def model_store() -> Path:
+    """The demo models, built by the same script as the README's set-up (once)."""
+    missing = [m for m in DEMO_MODELS if not (MODEL_STORE / m / "BUILD.json").exists()]
+    if missing:
+        subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "scripts" / "build_models.py"),
+                "--only",
+                ",".join(missing),
+            ],
+            check=True,
+        )
+    return MODEL_STORE

@@ -1,0 +1,315 @@
+"""The HTTP contract, through the real app and its lifespan, with real small models."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import io
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import create_app
+from registry.config import load_config
+
+ENTRY_KEYS = {
+    "name",
+    "task",
+    "state",
+    "hot",
+    "pinned",
+    "size_bytes",
+    "in_flight",
+    "load_count",
+    "last_used",
+    "load_seconds",
+    "error",
+}
+TEXT_SHAPE = '{"inputs": "text" | ["text", ...], "parameters": {...}}'
+
+
+def _builders() -> ModuleType:
+    path = Path(__file__).resolve().parent.parent / "scripts" / "build_models.py"
+    spec = importlib.util.spec_from_file_location("build_models", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def builders() -> ModuleType:
+    return _builders()
+
+
+def png_of_digit(builders: ModuleType, index: int) -> bytes:
+    buffer = io.BytesIO()
+    builders.digit_image(index).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def config_path(tmp_path: Path, model_store: Path) -> Path:
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        f"""
+server:
+  memory_budget: 50MB
+  max_upload_size: 200kB
+  request_timeout: 10
+models:
+  digits:
+    task: image-classification
+    source: {model_store}/digits-resnet
+    hot: true
+  langid:
+    task: text-classification
+    source: {model_store}/langid-bert
+    batch: {{max_size: 8, max_wait_ms: 2}}
+  iris:
+    loader: registry.demo.iris:load
+    source: {model_store}/iris-mlp
+    input: json
+  echo:
+    loader: fake
+    options: {{size: 1MB}}
+  broken:
+    task: text-classification
+    source: {tmp_path}/no-such-model
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def client(config_path: Path) -> Iterator[TestClient]:
+    with TestClient(create_app(config_path)) as test_client:
+        yield test_client
+
+
+def error_of(response: httpx.Response) -> dict[str, object]:
+    body = response.json()
+    assert set(body) == {"error"}
+    error = body["error"]
+    assert isinstance(error, dict) and {"type", "message"} <= set(error)
+    return error
+
+
+def test_models_lists_every_model_with_the_documented_fields(client: TestClient) -> None:
+    body = client.get("/models").json()
+    assert {"budget_bytes", "used_bytes", "models"} <= set(body)
+    assert body["budget_bytes"] == 50 * 1000**2
+    names = [m["name"] for m in body["models"]]
+    assert names == ["broken", "digits", "echo", "iris", "langid"]
+    for entry in body["models"]:
+        assert set(entry) >= ENTRY_KEYS
+        assert entry["state"] in {"unloaded", "loading", "loaded", "unloading", "failed"}
+    one = client.get("/models/langid").json()
+    assert one["name"] == "langid" and one["task"] == "text-classification"
+    assert one["state"] == "unloaded" and one["load_count"] == 0 and one["last_used"] is None
+
+
+def test_an_uploaded_digit_is_classified(client: TestClient, builders: ModuleType) -> None:
+    indexes = range(builders.DIGITS_HELDOUT_START, builders.DIGITS_HELDOUT_START + 10)
+    correct = 0
+    for index in indexes:
+        response = client.post(
+            "/models/digits/predict",
+            files={"file": ("digit.png", png_of_digit(builders, index), "image/png")},
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model"] == "digits"
+        top = body["predictions"][0]
+        assert set(top) == {"label", "score"} and 0 <= top["score"] <= 1
+        correct += top["label"] == str(builders.digit_label(index))
+    assert correct >= 9
+    entry = client.get("/models/digits").json()
+    assert entry["state"] == "loaded" and entry["load_count"] == 1
+    assert entry["size_bytes"] > 50_000 and entry["last_used"] is not None
+
+
+def test_text_is_classified_one_or_many_with_parameters(client: TestClient, builders) -> None:
+    german = builders.langid_sentence("de", 1)
+    french = builders.langid_sentence("fr", 2)
+    one = client.post("/models/langid/predict", json={"inputs": german})
+    assert one.status_code == 200, one.text
+    assert one.json()["predictions"]["label"] == "de"
+    many = client.post("/models/langid/predict", json={"inputs": [german, french]})
+    assert [p["label"] for p in many.json()["predictions"]] == ["de", "fr"]
+    top3 = client.post(
+        "/models/langid/predict", json={"inputs": french, "parameters": {"top_k": 3}}
+    )
+    assert top3.status_code == 200, top3.text
+    ranked = top3.json()["predictions"]
+    assert len(ranked) == 3 and ranked[0]["label"] == "fr"
+    assert ranked[0]["score"] >= ranked[1]["score"] >= ranked[2]["score"]
+
+
+def test_a_custom_plain_pytorch_loader_serves_json(client: TestClient) -> None:
+    response = client.post(
+        "/models/iris/predict",
+        json={
+            "inputs": [
+                [5.1, 3.5, 1.4, 0.2],
+                {
+                    "sepal_length": 6.7,
+                    "sepal_width": 3.0,
+                    "petal_length": 5.2,
+                    "petal_width": 2.3,
+                },
+            ]
+        },
+    )
+    assert response.status_code == 200, response.text
+    labels = [p["label"] for p in response.json()["predictions"]]
+    assert labels == ["setosa", "virginica"]
+    bad = client.post("/models/iris/predict", json={"inputs": [1, 2]})
+    assert bad.status_code == 422
+    assert "each input must be 4 numbers" in error_of(bad)["message"]
+
+
+def test_unknown_model_is_404_listing_known_names(client: TestClient) -> None:
+    response = client.post("/models/nope/predict", json={"inputs": "x"})
+    assert response.status_code == 404
+    error = error_of(response)
+    assert error["message"] == (
+        "model 'nope' is not in the registry; known models: broken, digits, echo, iris, langid"
+    )
+    assert client.get("/models/nope").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("files", "status", "expected"),
+    [
+        ({"file": ("x.png", b"this is not an image", "image/png")}, 422, "not an image PIL"),
+        ({"file": ("x.png", b"", "image/png")}, 422, "the uploaded file is empty"),
+        ({"image": ("x.png", b"\x89PNG", "image/png")}, 422, "multipart field 'file'"),
+    ],
+)
+def test_bad_uploads_get_a_clear_4xx(client: TestClient, files, status, expected) -> None:
+    response = client.post("/models/digits/predict", files=files)
+    assert response.status_code == status
+    assert expected in str(error_of(response)["message"])
+
+
+def test_a_truncated_image_is_422(client: TestClient, builders: ModuleType) -> None:
+    data = png_of_digit(builders, 0)
+    response = client.post(
+        "/models/digits/predict", files={"file": ("d.png", data[: len(data) // 2], "image/png")}
+    )
+    assert response.status_code == 422
+    assert "broken or truncated" in str(error_of(response)["message"])
+
+
+def test_json_to_an_image_model_and_a_file_to_a_text_model_are_415(client: TestClient) -> None:
+    response = client.post("/models/digits/predict", json={"inputs": "x"})
+    assert response.status_code == 415
+    assert "multipart/form-data with the file in field 'file'" in str(error_of(response)["message"])
+    response = client.post("/models/langid/predict", files={"file": ("a.txt", b"hallo")})
+    assert response.status_code == 415
+    assert "takes text" in str(error_of(response)["message"])
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b"", f"the request body is empty; send JSON {TEXT_SHAPE}"),
+        (b"{not json", "the body is not valid JSON"),
+        (b'["a"]', "the body must be a JSON object"),
+        (b'{"input": "hallo"}', "inputs: Field required; unknown key 'input'"),
+        (b'{"inputs": 3}', 'takes text: "inputs" must be a string or a list of strings'),
+        (b'{"inputs": []}', "'inputs' is an empty list"),
+        (b'{"inputs": "a", "parameters": 3}', "parameters: Input should be an object"),
+    ],
+)
+def test_bad_json_gets_422_saying_what_was_expected(client: TestClient, body, expected) -> None:
+    response = client.post(
+        "/models/langid/predict", content=body, headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 422, response.text
+    assert expected in str(error_of(response)["message"])
+
+
+def test_an_upload_over_the_limit_is_413_by_header_and_by_stream(client: TestClient) -> None:
+    big = b"\0" * 300_000
+    response = client.post("/models/digits/predict", files={"file": ("big.png", big)})
+    assert response.status_code == 413
+    assert "larger than the 200.0 kB limit" in str(error_of(response)["message"])
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted while it streams
+        for _ in range(40):
+            yield b"\0" * 10_000
+
+    response = client.post(
+        "/models/langid/predict",
+        content=chunks(),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 413
+    assert client.get("/health/live").status_code == 200
+
+
+def test_a_broken_model_fails_alone(client: TestClient, builders: ModuleType) -> None:
+    response = client.post("/models/broken/predict", json={"inputs": "x"})
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+    error = error_of(response)
+    assert error["type"] == "model_failed"
+    assert "no-such-model does not exist" in str(error["message"])
+    entry = client.get("/models/broken").json()
+    assert entry["state"] == "failed" and "does not exist" in entry["error"]
+    ok = client.post("/models/langid/predict", json={"inputs": builders.langid_sentence("it", 3)})
+    assert ok.status_code == 200
+    assert client.post("/models/echo/predict", json={"inputs": ["a", "b"]}).status_code == 200
+
+
+def test_readiness_waits_for_hot_models(config_path: Path) -> None:
+    with TestClient(create_app(config_path)) as client:
+        assert client.get("/health/live").json() == {"status": "live"}
+        first = client.get("/health/ready")
+        if first.status_code == 503:
+            assert first.json()["pending"] == ["digits"]
+        deadline = 200
+        while client.get("/health/ready").status_code != 200 and deadline:
+            deadline -= 1
+            time.sleep(0.05)
+        assert client.get("/health/ready").json() == {
+            "status": "ready",
+            "pending": [],
+            "failed": {},
+        }
+
+
+def test_preload_wait_serves_only_after_hot_models_loaded(config_path: Path) -> None:
+    text = config_path.read_text().replace("  request_timeout: 10\n", "  preload: wait\n")
+    config_path.write_text(text)
+    with TestClient(create_app(load_config(config_path))) as client:
+        assert client.get("/health/ready").status_code == 200
+        assert client.get("/models/digits").json()["state"] == "loaded"
+
+
+def test_64_concurrent_first_requests_over_http_cause_one_load(config_path: Path) -> None:
+    app = create_app(config_path)
+
+    async def stampede() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://test") as http,
+        ):
+            requests = [
+                http.post("/models/echo/predict", json={"inputs": f"t{i}"}) for i in range(64)
+            ]
+            responses = await asyncio.gather(*requests)
+            responses.append(await http.get("/models/echo"))
+            return responses
+
+    responses = asyncio.run(stampede())
+    assert [r.status_code for r in responses[:64]] == [200] * 64
+    assert responses[64].json()["load_count"] == 1

@@ -1,0 +1,187 @@
+"""The real process: `model-registry serve` under uvicorn, signals, exit codes, the CLI."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.slow
+CLI = [sys.executable, "-m", "app.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class ServerProcess:
+    """A server started on loopback and stopped by its PID."""
+
+    def __init__(self, config: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [*CLI, "serve", "--config", str(config), "--port", str(self.port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.output: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output.append(line)
+
+    def wait_live(self, limit: float = 30.0) -> None:
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError("server exited:\n" + "".join(self.output))
+            try:
+                if httpx.get(f"{self.url}/health/live", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.05)
+        raise AssertionError("server never became live:\n" + "".join(self.output))
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+        code = self.process.wait(timeout=30)
+        self._reader.join(timeout=5)
+        self.close()
+        return code
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self._reader.join(timeout=5)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+
+    @property
+    def log(self) -> str:
+        return "".join(self.output)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    config = tmp_path / "models.yaml"
+    config.write_text(
+        "server: {memory_budget: 100MB, drain_timeout: 20}\n"
+        "models:\n"
+        "  quick: {loader: fake, hot: true, options: {size: 1MB}}\n"
+        "  slow: {loader: fake, options: {size: 1MB, predict_seconds: 1.5}}\n"
+    )
+    process = ServerProcess(config)
+    try:
+        yield process
+    finally:
+        process.close()
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_0(server: ServerProcess) -> None:
+    server.wait_live()
+    httpx.post(f"{server.url}/models/slow/predict", json={"inputs": "warm"}, timeout=30)
+    result: dict[str, httpx.Response] = {}
+
+    def slow_request() -> None:
+        result["r"] = httpx.post(
+            f"{server.url}/models/slow/predict", json={"inputs": "in flight"}, timeout=30
+        )
+
+    worker = threading.Thread(target=slow_request)
+    worker.start()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        entry = httpx.get(f"{server.url}/models/slow", timeout=5).json()
+        if entry["in_flight"] == 1:
+            break
+        time.sleep(0.02)
+    os.kill(server.process.pid, signal.SIGTERM)
+    worker.join(timeout=30)
+    assert result["r"].status_code == 200
+    assert result["r"].json()["model"] == "slow"
+    with pytest.raises(httpx.TransportError):  # no new connections once draining
+        httpx.get(f"{server.url}/health/live", timeout=2)
+    assert server.stop() == 0
+    assert "shutdown complete: drained 1 in-flight request(s), unloaded 2 model(s)" in server.log
+
+
+def test_the_server_binds_loopback_by_default(server: ServerProcess) -> None:
+    server.wait_live()
+    assert f"Uvicorn running on http://127.0.0.1:{server.port}" in server.log
+    assert server.stop() == 0
+
+
+def test_liveness_does_not_wait_for_torch(tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text("models:\n  m: {loader: fake, hot: true}\n")
+    code = f"""
+import sys
+from fastapi.testclient import TestClient
+from app.main import create_app
+with TestClient(create_app({str(config)!r})) as client:
+    assert client.get("/health/live").status_code == 200
+    assert client.post("/models/m/predict", json={{"inputs": "x"}}).status_code == 200
+print("torch" in sys.modules, "transformers" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False"
+
+
+def test_the_core_imports_no_web_framework() -> None:
+    code = """
+import pkgutil, importlib, sys
+import registry
+for info in pkgutil.walk_packages(registry.__path__, "registry."):
+    importlib.import_module(info.name)
+print(sorted(m for m in ("fastapi", "starlette", "uvicorn", "httpx") if m in sys.modules))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_bad_config_stops_startup_naming_file_model_and_field(tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text("models:\n  m:\n    loader: fake\n    batch: {max_size: -1}\n")
+    out = subprocess.run(
+        [*CLI, "serve", "--config", str(config), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2
+    assert f"invalid config {config}:" in out.stderr
+    assert "model 'm', field 'batch.max_size': Input should be greater than or equal to 1" in (
+        out.stderr
+    )
+
+
+def test_validate_reports_ok_or_the_problem(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("server: {memory_budget: 1GiB}\nmodels:\n  m: {loader: fake, hot: true}\n")
+    out = subprocess.run([*CLI, "validate", str(good)], capture_output=True, text=True)
+    assert out.returncode == 0
+    assert out.stdout.strip() == f"{good}: ok, 1 model(s) (1 hot), budget 1.1 GB"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  m: {loader: fake, hott: true}\n")
+    out = subprocess.run([*CLI, "validate", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "model 'm', field 'hott': unknown key; did you mean 'hot'?" in out.stderr
