@@ -75,6 +75,8 @@ async def _registry_error(request: Request, exc: Exception) -> JSONResponse:
         extra["retry_after"] = math.ceil(exc.retry_after)
     if isinstance(exc, UnknownModel):
         extra["known"] = exc.known
+    if isinstance(exc, ConfigError):
+        extra["problems"] = exc.problems
     if status >= 500 and not isinstance(exc, Unavailable):
         log.error("%s %s: %s", request.method, request.url.path, exc.message)
     return error_response(status, exc.kind, exc.message, headers, **extra)

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import signal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app import errors, routes
+from app import admin, errors, routes
 from app.limits import BodyLimit, BodyTooLarge, too_large_message
 from registry.config import Config, load_config
 from registry.manager import ModelManager
@@ -39,10 +41,11 @@ def create_app(config: Config | str | Path) -> FastAPI:
             initial.path,
             _size(initial.server.memory_budget),
         )
-        try:
-            yield
-        finally:
-            await manager.shutdown()
+        with _reload_on_sighup(manager):
+            try:
+                yield
+            finally:
+                await manager.shutdown()
 
     app = FastAPI(
         title="model-registry-server",
@@ -60,7 +63,23 @@ def create_app(config: Config | str | Path) -> FastAPI:
 
     app.add_exception_handler(BodyTooLarge, body_too_large)
     app.include_router(routes.router)
+    app.include_router(admin.router)
     return app
+
+
+@contextmanager
+def _reload_on_sighup(manager: ModelManager) -> Iterator[None]:
+    """SIGHUP reloads models.yaml (only where the loop runs in the main thread)."""
+    loop = asyncio.get_running_loop()
+    try:
+        loop.add_signal_handler(signal.SIGHUP, manager.reload_soon)
+    except (NotImplementedError, RuntimeError, ValueError, AttributeError):
+        yield
+        return
+    try:
+        yield
+    finally:
+        loop.remove_signal_handler(signal.SIGHUP)
 
 
 def _upload_limit(app: FastAPI, fallback: Config) -> int:

@@ -110,6 +110,10 @@ class Batcher:
             _settle(entry, outputs=outputs[start : start + len(entry.inputs)])
             start += len(entry.inputs)
 
+    def stats(self) -> dict[str, int]:
+        """Batches run and inputs in them, since the model loaded."""
+        return {"batches": self.batches, "inputs": self.batched_inputs}
+
     def cancel(self) -> None:
         """Fail every queued request (shutdown)."""
         while self._queue:

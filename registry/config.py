@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 
 from registry.errors import ConfigError
 from registry.units import format_bytes, parse_duration, parse_size
@@ -83,6 +91,7 @@ class ServerSettings(_Strict):
     max_queue: int = Field(default=128, ge=1)
     retry_backoff: BackoffSpec = BackoffSpec()
     admin_token_env: str = ADMIN_TOKEN_ENV
+    admin_token: SecretStr | None = None  # prefer the environment variable: files leak
     watch: bool = True
     watch_interval: Duration = Field(default=0.5, gt=0)
 
@@ -153,6 +162,16 @@ class ModelSpec(_Strict):
                 "options",
             }
         )
+
+
+def admin_token(settings: ServerSettings) -> str | None:
+    """The admin token: the environment variable first, then server.admin_token."""
+    from_env = os.environ.get(settings.admin_token_env, "").strip()
+    if from_env:
+        return from_env
+    if settings.admin_token is not None and settings.admin_token.get_secret_value().strip():
+        return settings.admin_token.get_secret_value().strip()
+    return None
 
 
 class _Document(_Strict):

@@ -1,12 +1,12 @@
-"""ModelManager: loads models on demand, leases them to requests, evicts idle ones to fit.
+"""ModelManager: the registry's public face: requests, admin actions, reloads, shutdown.
 
-Everything here runs on one event loop; loads, unloads and inference run in threads.
-- Single flight: a model has at most one load task, owned by the manager; requests wait for
-  it without owning it, so a client that goes away cancels nothing.
+Everything here runs on one event loop; loads, unloads and inference run in threads
+(see lifecycle.py for loading under the budget).
+- Single flight: requests for a cold model wait for its one load task; they do not own it,
+  so a client that goes away cancels nothing.
 - Leases: a request holds its model from before inference until the worker thread is done;
   a leased, loading or pinned model is never evicted.
-- Budget: a load reserves its estimated bytes first (evicting idle models, least recently
-  used first), then swaps the estimate for the measured size.
+- Reloads apply only what changed in models.yaml; an invalid file changes nothing.
 """
 
 from __future__ import annotations
@@ -15,33 +15,33 @@ import asyncio
 import contextlib
 import functools
 import logging
-import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-from registry.batching import Batcher
-from registry.budget import ByteBudget
-from registry.config import Config, ModelSpec
+from registry.config import Config, ModelSpec, load_config
 from registry.errors import (
     BadInput,
     CapacityExceeded,
+    ConfigError,
     InferenceError,
     LoadPending,
     ModelFailed,
-    ModelTooLarge,
     QueueFull,
     ShuttingDown,
     UnknownModel,
     UnsupportedInput,
 )
-from registry.loaders import LoadContext, Model, load_model
+from registry.lifecycle import Lifecycle, predict_json
 from registry.loaders.torch_setup import configure as configure_torch
-from registry.memory import estimate_bytes, measure_bytes, release_memory
-from registry.payload import ImageRequest, PredictRequest, decode_image, to_jsonable
+from registry.memory import release_memory
+from registry.payload import ImageRequest, PredictRequest, decode_image
+from registry.reload import Changes, plan
 from registry.slot import Slot, State
 from registry.threads import InferencePool, default_workers, run_in_thread
 from registry.units import format_bytes, format_duration
+from registry.watcher import stamp, watch
 
 log = logging.getLogger("registry")
 
@@ -51,29 +51,30 @@ class ModelManager:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self.config_error: dict[str, Any] | None = None
+        self.config_loaded_at = _now()
         settings = config.server
-        self._slots: dict[str, Slot] = {
-            name: self._new_slot(name, spec) for name, spec in config.models.items()
-        }
-        self._budget: ByteBudget[Slot] = ByteBudget(settings.memory_budget)
-        self._load_limit = asyncio.Semaphore(settings.max_parallel_loads)
         self._pool = InferencePool(settings.inference_workers or default_workers())
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._changed = asyncio.Event()
-        self._closing = False
+        self._life = Lifecycle(settings, config.base_dir, self._pool)
+        self._slots: dict[str, Slot] = {
+            name: self._new_slot(config, name, spec) for name, spec in config.models.items()
+        }
         self._closed = False
         self._in_flight_at_close = 0
-        self.peak_used = 0
         configure_torch(settings.torch_threads)
 
     # ----------------------------------------------------------------- life cycle
 
     async def start(self) -> None:
-        """Start preloading hot models and the idle-TTL reaper; returns at once."""
+        """Start preloading hot models, the idle-TTL reaper and the file watcher."""
         for slot in self._slots.values():
             if slot.spec.hot:
-                self._start_load(slot)
-        self._spawn(self._reap(), name="reaper")
+                self._life.start_load(slot)
+        self._life.spawn(self._reap(), name="reaper")
+        if self.config.server.watch:
+            path, interval = self.config.path, self.config.server.watch_interval
+            since = stamp(path)  # now, not when the task first runs
+            self._life.spawn(watch(path, interval, self._reload_quietly, since), name="watch")
 
     async def wait_hot(self) -> None:
         """Wait until every hot model has finished its first load attempt."""
@@ -83,66 +84,62 @@ class ModelManager:
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready once every hot model has loaded; the detail lists what is pending or failed."""
-        pending = [
-            s.name
-            for s in self._slots.values()
-            if s.spec.hot and not s.hot_ready and s.state is not State.FAILED
-        ]
-        failed = {
-            s.name: s.error
-            for s in self._slots.values()
-            if s.spec.hot and not s.hot_ready and s.state is State.FAILED
-        }
-        ready = not pending and not failed and not self._closing
-        status = "shutting down" if self._closing else ("ready" if ready else "starting")
+        hot = [s for s in self._slots.values() if s.spec.hot and not s.hot_ready]
+        pending = [s.name for s in hot if s.state is not State.FAILED]
+        failed = {s.name: s.error for s in hot if s.state is State.FAILED}
+        closing = self._life.closing
+        ready = not pending and not failed and not closing
+        status = "shutting down" if closing else ("ready" if ready else "starting")
         return ready, {"status": status, "pending": pending, "failed": failed}
+
+    @property
+    def closing(self) -> bool:
+        """True once shutdown has begun."""
+        return self._life.closing
+
+    def begin_shutdown(self) -> None:
+        """Refuse new requests from now on (safe to call from a signal handler)."""
+        if not self._life.closing:
+            self._life.closing = True
+            self._in_flight_at_close = sum(s.leases for s in self._all_slots())
 
     async def shutdown(self, drain_timeout: float | None = None) -> dict[str, Any]:
         """Stop admitting, drain leases (bounded), unload everything, give memory back."""
         if self._closed:
             return {}
         self.begin_shutdown()
-        self._notify()
+        life = self._life
+        life.notify()
         started = time.monotonic()
         timeout = self.config.server.drain_timeout if drain_timeout is None else drain_timeout
         deadline = started + timeout
-        # The server may have drained connections since the signal: count from then.
+        # The HTTP server may have drained its connections since the signal: count from then.
         in_flight = max(self._in_flight_at_close, sum(s.leases for s in self._all_slots()))
         while any(s.leases for s in self._all_slots()) and time.monotonic() < deadline:
-            await self._wait_changed(deadline - time.monotonic())
+            await life.wait_changed(deadline - time.monotonic())
         abandoned = sum(s.leases for s in self._all_slots())
-        for task in list(self._tasks):
-            if task.get_name() == "reaper":
-                task.cancel()
+        for task in life.tasks("reaper") + life.tasks("watch"):
+            task.cancel()
         loads = [s.load_task for s in self._all_slots() if s.load_task is not None]
         if loads:
             await asyncio.wait(loads, timeout=max(0.0, deadline - time.monotonic()))
             for task in loads:
                 task.cancel()
             await asyncio.gather(*loads, return_exceptions=True)
-        unloaded = 0
-        freed = 0
+        unloaded, freed = 0, 0
         for slot in self._all_slots():
             if slot.batcher is not None:
                 slot.batcher.cancel()
             if slot.state is State.LOADED:
-                freed += self._budget.size_of(slot)
+                freed += life.budget.size_of(slot)
                 unloaded += 1
-                self._start_unload(slot, "shutdown", quiet=True)
+                life.start_unload(slot, "shutdown", quiet=True)
         unloads = [s.unload_task for s in self._all_slots() if s.unload_task is not None]
-        if unloads:
-            await asyncio.gather(*unloads, return_exceptions=True)
+        await asyncio.gather(*unloads, return_exceptions=True)
         self._pool.shutdown()
         release_memory()
         self._closed = True
         seconds = time.monotonic() - started
-        report = {
-            "drained": in_flight - abandoned,
-            "abandoned": abandoned,
-            "unloaded": unloaded,
-            "freed_bytes": freed,
-            "seconds": seconds,
-        }
         log.info(
             "shutdown complete: drained %d in-flight request(s)%s, unloaded %d model(s) (%s) in %s",
             in_flight - abandoned,
@@ -151,20 +148,15 @@ class ModelManager:
             format_bytes(freed),
             format_duration(seconds),
         )
-        return report
+        return {
+            "drained": in_flight - abandoned,
+            "abandoned": abandoned,
+            "unloaded": unloaded,
+            "freed_bytes": freed,
+            "seconds": seconds,
+        }
 
-    # ------------------------------------------------------------------ requests
-
-    @property
-    def closing(self) -> bool:
-        """True once shutdown has begun."""
-        return self._closing
-
-    def begin_shutdown(self) -> None:
-        """Refuse new requests from now on (called from a signal handler)."""
-        if not self._closing:
-            self._closing = True
-            self._in_flight_at_close = sum(s.leases for s in self._slots.values())
+    # ---------------------------------------------------------------------- views
 
     def names(self) -> list[str]:
         """The names in the registry."""
@@ -178,18 +170,29 @@ class ModelManager:
         """The public view of one model."""
         return self._lookup(name).info()
 
+    @property
+    def peak_used(self) -> int:
+        """The most bytes ever tracked at once."""
+        return self._life.peak_used
+
     def snapshot(self) -> dict[str, Any]:
         """The public view of the whole registry."""
+        budget = self._life.budget
         return {
-            "budget_bytes": self._budget.limit,
-            "used_bytes": self._budget.used,
-            "peak_used_bytes": self.peak_used,
+            "budget_bytes": budget.limit,
+            "used_bytes": budget.used,
+            "peak_used_bytes": self._life.peak_used,
+            "config_path": str(self.config.path),
+            "config_loaded_at": self.config_loaded_at,
+            "config_error": self.config_error,
             "models": [self._slots[name].info() for name in sorted(self._slots)],
         }
 
+    # ------------------------------------------------------------------- requests
+
     async def predict(self, name: str, request: PredictRequest) -> Any:
         """Run one request on model `name`, loading it first if needed."""
-        if self._closing:
+        if self._life.closing:
             raise ShuttingDown()
         slot = self._lookup(name)
         inputs = await self._prepare(slot, request)
@@ -218,14 +221,15 @@ class ModelManager:
         return outputs if request.is_batch else outputs[0]
 
     async def _prepare(self, slot: Slot, request: PredictRequest) -> list[Any]:
+        """Check the input against the model's kind before anything loads."""
         kind = slot.spec.input_kind
         what = slot.spec.task or "custom loader"
         if isinstance(request, ImageRequest):
             if kind != "image":
+                takes = "text" if kind == "text" else "JSON"
                 raise UnsupportedInput(
-                    f"model {slot.name!r} ({what}) takes "
-                    + ("text" if kind == "text" else "JSON")
-                    + ': POST application/json {"inputs": ...}, not a file upload'
+                    f"model {slot.name!r} ({what}) takes {takes}: POST application/json "
+                    '{"inputs": ...}, not a file upload'
                 )
             return [await self._pool.submit(decode_image, request.data)]
         if kind == "image":
@@ -252,24 +256,25 @@ class ModelManager:
         if slot.batcher is not None:
             return slot.batcher.submit(inputs, parameters)
         assert slot.model is not None
-        return self._pool.submit(_predict, slot.model, inputs, dict(parameters))
+        return self._pool.submit(predict_json, slot.model, inputs, dict(parameters))
 
     async def _acquire(self, slot: Slot) -> Slot:
         """Wait until the model is loaded and take a lease on it."""
+        life = self._life
         deadline = time.monotonic() + self.config.server.request_timeout
         queued: Slot | None = None
         try:
             while True:
-                if self._closing:
+                if life.closing:
                     raise ShuttingDown()
                 while slot.retired:
                     if slot.replacement is None:
                         raise UnknownModel(slot.name, self._slots, removed=True)
                     slot = slot.replacement
-                if slot.state is State.LOADED:
+                if slot.state is State.LOADED and not slot.unload_requested:
                     slot.leases += 1
                     slot.touch()
-                    self._budget.touch(slot)
+                    life.budget.touch(slot)
                     return slot
                 if queued is not slot:
                     self._check_queue(slot)
@@ -280,18 +285,18 @@ class ModelManager:
                 now = time.monotonic()
                 if slot.state is State.FAILED and now < slot.retry_at:
                     raise ModelFailed(slot.name, slot.error or "", retry_after=slot.retry_at - now)
-                if slot.state in (State.UNLOADED, State.FAILED):
-                    self._start_load(slot)
+                if slot.state in (State.UNLOADED, State.FAILED) and not slot.unload_requested:
+                    life.start_load(slot)
                 remaining = deadline - now
                 if remaining <= 0:
                     raise LoadPending(
                         f"model {slot.name!r} is still {slot.state.value} after "
-                        f"{self.config.server.request_timeout:g}s",
-                        retry_after=self._eta(slot),
+                        f"{self.config.server.request_timeout:g}s (server.request_timeout)",
+                        retry_after=life.load_eta(slot),
                     )
                 task = slot.load_task
                 if task is None:
-                    await self._wait_changed(remaining)
+                    await life.wait_changed(remaining)
                     continue
                 done, _ = await asyncio.wait({task}, timeout=remaining)
                 if task in done and not task.cancelled():
@@ -313,236 +318,156 @@ class ModelManager:
         if slot.waiting + slot.leases < limit:
             return
         loading = slot.state is not State.LOADED
-        what = "loading" if loading else "busy"
+        if loading:
+            elapsed = time.monotonic() - slot.load_started if slot.load_task else 0.0
+            retry_after = max(1.0, self._life.load_eta(slot) - elapsed)
+        else:
+            retry_after = self._life.busy_eta(slot)
         raise QueueFull(
-            f"model {slot.name!r} is {what}: {slot.waiting + slot.leases} requests already "
-            f"wait for it (max_queue {limit})",
-            retry_after=self._eta(slot) if loading else self._busy_eta(slot),
+            f"model {slot.name!r} is {'loading' if loading else 'busy'}: "
+            f"{slot.waiting + slot.leases} requests already wait for it (max_queue {limit})",
+            retry_after=retry_after,
             loading=loading,
         )
-
-    def _eta(self, slot: Slot) -> float:
-        """Seconds until the model is probably loaded (its last load time, else a guess)."""
-        if slot.load_seconds is not None:
-            return math.ceil(slot.load_seconds + 0.5)
-        size = slot.estimate or 0
-        return math.ceil(2 + size / 200e6)  # first load: imports, then ~200 MB/s
-
-    def _busy_eta(self, slot: Slot) -> float:
-        per_call = slot.infer_seconds or 0.05
-        return math.ceil(per_call * (slot.waiting + slot.leases) / self._pool.workers + 0.5)
 
     def _release(self, slot: Slot) -> None:
         slot.leases -= 1
         slot.served += 1
         slot.touch()
-        self._budget.touch(slot)
-        if slot.retired and slot.leases == 0 and slot.state is State.LOADED:
-            self._start_unload(slot, "removed from models.yaml")
-        self._notify()
+        life = self._life
+        life.budget.touch(slot)
+        if slot.retired or slot.unload_requested:
+            life.unload_when_idle(slot)
+        life.enforce_limit()
+        life.notify()
 
-    # -------------------------------------------------------------------- loading
+    # ---------------------------------------------------------------------- admin
 
-    def _start_load(self, slot: Slot) -> None:
-        if slot.load_task is not None or self._closing or slot.retired:
-            return
-        slot.state = State.LOADING
-        slot.error = None
-        slot.load_task = self._spawn(self._load(slot), name=f"load {slot.name}")
+    async def load(self, name: str) -> dict[str, Any]:
+        """Load a model now (a failed one is retried at once); returns its entry."""
+        slot = self._lookup(name)
+        if self._life.closing:
+            raise ShuttingDown()
+        slot.unload_requested = False
+        if slot.state is State.UNLOADING and slot.unload_task is not None:
+            await asyncio.wait({slot.unload_task})
+        if slot.state in (State.UNLOADED, State.FAILED):
+            self._life.start_load(slot)
+        task = slot.load_task
+        outcome = (await asyncio.shield(task)) if task is not None else None
+        if isinstance(outcome, CapacityExceeded):
+            raise outcome
+        if slot.state is State.FAILED:
+            raise ModelFailed(
+                slot.name, slot.error or "", retry_after=slot.retry_at - time.monotonic()
+            )
+        return slot.info()
 
-    async def _load(self, slot: Slot) -> BaseException | None:
-        """Load one model; never raises (but for cancellation): the outcome is returned."""
-        settings = self.config.server
-        timeout = slot.spec.load_timeout or settings.load_timeout
+    async def unload(self, name: str) -> dict[str, Any]:
+        """Unload a model once its in-flight requests finish (up to drain_timeout)."""
+        slot = self._lookup(name)
+        life = self._life
+        if slot.state in (State.LOADING, State.LOADED, State.UNLOADING):
+            slot.unload_requested = True
+            deadline = time.monotonic() + self.config.server.drain_timeout
+            while not self._unloaded(slot) and time.monotonic() < deadline:
+                life.unload_when_idle(slot)
+                await life.wait_changed(deadline - time.monotonic())
+            if self._unloaded(slot):
+                slot.unload_requested = False  # else the last lease unloads it
+        return slot.info()
+
+    @staticmethod
+    def _unloaded(slot: Slot) -> bool:
+        return slot.state in (State.UNLOADED, State.FAILED)
+
+    async def reload(self) -> Changes:
+        """Re-read models.yaml and apply the difference; on an invalid file change nothing."""
         try:
-            async with self._load_limit:
-                estimate = await run_in_thread(
-                    functools.partial(estimate_bytes, slot.spec, slot.source), name="estimate"
-                )
-                slot.estimate = estimate
-                need = estimate or 0
-                if need > self._budget.limit:
-                    raise ModelTooLarge(slot.name, need, self._budget.limit)
-                await self._reserve(slot, need)
-                started = time.monotonic()
-                try:
-                    model, measured = await asyncio.wait_for(
-                        run_in_thread(
-                            functools.partial(self._load_blocking, slot),
-                            name=f"load-{slot.name}",
-                            on_orphan=_dispose_loaded,
-                        ),
-                        timeout,
-                    )
-                except BaseException:
-                    self._budget.release(slot)
-                    raise
-                seconds = time.monotonic() - started
-                await self._settle_size(slot, model, measured if measured is not None else need)
-            self._loaded(slot, model, seconds)
-            return None
-        except CapacityExceeded as exc:
-            slot.state = State.UNLOADED
-            slot.error = exc.message
-            log.warning("cannot load %s: %s", slot.name, exc.message)
-            return exc
-        except asyncio.CancelledError:
-            slot.state = State.UNLOADED
+            config = await run_in_thread(
+                functools.partial(load_config, self.config.path), name="reload"
+            )
+        except ConfigError as exc:
+            self.config_error = {"message": exc.message, "problems": exc.problems, "at": _now()}
+            log.error("kept the running registry: %s", exc.message)
             raise
-        except Exception as exc:
-            self._failed(slot, exc, timeout)
-            return exc
-        finally:
-            slot.load_task = None
-            self._notify()
+        self.config_error = None
+        if config.digest == self.config.digest:
+            return Changes(unchanged=sorted(self._slots))
+        return self.apply(config)
 
-    def _load_blocking(self, slot: Slot) -> tuple[Model, int | None]:
-        ctx = LoadContext(slot.name, slot.spec, slot.source, self.config.base_dir)
-        model = load_model(ctx)
-        return model, measure_bytes(model)
+    def reload_soon(self) -> None:
+        """Reload in the background (SIGHUP)."""
+        if not self._life.closing:
+            self._life.spawn(self._reload_quietly(), name="reload")
 
-    async def _settle_size(self, slot: Slot, model: Model, measured: int) -> None:
-        """Replace the estimate with the measured size, making room if it grew."""
-        try:
-            if measured > self._budget.limit:
-                raise ModelTooLarge(slot.name, measured, self._budget.limit, measured=True)
-            await self._reserve(slot, measured, replacing=True)
-        except BaseException:
-            self._budget.release(slot)
-            await run_in_thread(functools.partial(_dispose_loaded, (model, None)), name="dispose")
-            raise
-        slot.size_bytes = measured
+    async def _reload_quietly(self) -> None:
+        with contextlib.suppress(ConfigError):  # logged, shown in GET /models; edits retry
+            await self.reload()
 
-    def _loaded(self, slot: Slot, model: Model, seconds: float) -> None:
-        slot.model = model
-        slot.state = State.LOADED
-        slot.load_count += 1
-        slot.failures = 0
-        slot.error = None
-        slot.load_seconds = seconds
-        slot.touch()
-        self._budget.touch(slot)
-        if slot.spec.hot:
-            slot.hot_ready = True
-        batch = slot.spec.batch
-        if batch is not None:
-            slot.batcher = Batcher(
-                functools.partial(self._run_batch, model),
-                max_size=batch.max_size,
-                max_wait=batch.max_wait_ms / 1000,
-                alone=lambda: slot.leases <= 1,
-            )
-        log.info(
-            "loaded %s (%s) in %s",
-            slot.name,
-            format_bytes(slot.size_bytes or 0),
-            format_duration(seconds),
-        )
-        if slot.retired and slot.waiting == 0:
-            self._start_unload(slot, "removed from models.yaml")
+    def apply(self, config: Config) -> Changes:
+        """Switch to `config`, touching only the models whose entries changed."""
+        changes = plan(self.config, config)
+        life = self._life
+        self.config = config
+        self.config_loaded_at = _now()
+        life.settings = config.server
+        life.base_dir = config.base_dir
+        for name in changes.removed:
+            self._retire(self._slots.pop(name), None)
+        for name in changes.replaced:
+            new = self._new_slot(config, name, config.models[name])
+            self._retire(self._slots[name], new)
+            self._slots[name] = new
+        for name in changes.added:
+            self._slots[name] = self._new_slot(config, name, config.models[name])
+        for name in changes.updated:
+            slot = self._slots[name]
+            was_hot = slot.spec.hot
+            slot.spec = config.models[name]
+            slot.hot_ready = slot.hot_ready and was_hot
+            life.refresh_batcher(slot)
+        for name in changes.added + changes.replaced + changes.updated:
+            slot = self._slots[name]
+            if slot.spec.hot and not slot.hot_ready and slot.state is State.UNLOADED:
+                life.start_load(slot)
+            elif slot.spec.hot and slot.state is State.LOADED:
+                slot.hot_ready = True
+        if "max_parallel_loads" in changes.server_changed:
+            life.load_limit = asyncio.Semaphore(config.server.max_parallel_loads)
+        if "memory_budget" in changes.server_changed:
+            life.budget.set_limit(config.server.memory_budget)
+            life.enforce_limit()
+        if changes.restart_needed:
+            log.warning("restart to apply server.%s", ", server.".join(changes.restart_needed))
+        log.info("applied %s: %s", config.path.name, changes.summary())
+        life.notify()
+        return changes
 
-    async def _run_batch(
-        self, model: Model, inputs: list[Any], parameters: Mapping[str, Any]
-    ) -> list[Any]:
-        return await self._pool.submit(_predict, model, inputs, dict(parameters))
-
-    def _failed(self, slot: Slot, exc: BaseException, timeout: float) -> None:
-        backoff = self.config.server.retry_backoff
-        slot.failures += 1
-        delay = min(backoff.max, backoff.initial * 2 ** (slot.failures - 1))
-        slot.retry_at = time.monotonic() + delay
-        slot.state = State.FAILED
-        if isinstance(exc, TimeoutError):
-            slot.error = f"load timed out after {timeout:g}s (load_timeout)"
-        elif isinstance(exc, ModelTooLarge):
-            slot.error = exc.message
-        else:
-            slot.error = f"{type(exc).__name__}: {exc}"
-        log.error(
-            "failed to load %s: %s (attempt %d, next try in %s)",
-            slot.name,
-            slot.error,
-            slot.failures,
-            format_duration(delay),
-        )
-
-    async def _reserve(self, slot: Slot, nbytes: int, *, replacing: bool = False) -> None:
-        """Reserve bytes for `slot`, evicting idle models; wait at most capacity_wait."""
-        deadline = time.monotonic() + self.config.server.capacity_wait
-        budget = self._budget
-        while True:
-            if budget.fits(nbytes, replacing=slot if replacing else None):
-                budget.reserve(slot, nbytes)
-                self.peak_used = max(self.peak_used, budget.used)
-                return
-            freeing = [s for s in budget.keys_lru_first() if s.state is State.UNLOADING]
-            victims = budget.victims(
-                nbytes,
-                evictable=lambda s: s.evictable,
-                freeing=freeing,
-                replacing=slot if replacing else None,
-            )
-            for victim in victims or ():
-                self._start_unload(victim, f"LRU, to fit {slot.name}")
-            remaining = deadline - time.monotonic()
-            if victims is None and remaining <= 0:
-                raise CapacityExceeded(
-                    slot.name,
-                    nbytes,
-                    budget.used - (budget.size_of(slot) if replacing else 0),
-                    budget.limit,
-                    retry_after=self._busy_eta(slot),
-                )
-            await self._wait_changed(remaining if victims is None else 1.0)
-
-    # ------------------------------------------------------------------ unloading
-
-    def _start_unload(self, slot: Slot, why: str, *, quiet: bool = False) -> None:
-        if slot.state is not State.LOADED:
-            return
-        slot.state = State.UNLOADING
-        slot.unload_task = self._spawn(self._unload(slot, why, quiet), name=f"unload {slot.name}")
-
-    async def _unload(self, slot: Slot, why: str, quiet: bool) -> None:
-        model, slot.model = slot.model, None
-        slot.batcher = None
-        size = self._budget.size_of(slot)
-        idle = time.monotonic() - slot.last_used_mono
-        try:
-            await run_in_thread(
-                functools.partial(_dispose_loaded, (model, None)), name=f"unload-{slot.name}"
-            )
-        except Exception:
-            log.exception("error while unloading %s (memory is released anyway)", slot.name)
-        finally:
-            self._budget.release(slot)
-            slot.state = State.UNLOADED
-            slot.unload_task = None
-            self._notify()
-        verb = "evicted" if why.startswith("LRU") else "unloaded"
-        message = f"{verb} %s (%s, idle %s, %s)"
-        (log.debug if quiet else log.info)(
-            message, slot.name, format_bytes(size), format_duration(idle), why
-        )
-
-    async def _reap(self) -> None:
-        """Unload models idle past their TTL; retry failed hot models after their backoff."""
-        default_ttl = self.config.server.idle_ttl
-        while not self._closing:
-            await asyncio.sleep(0.5)
-            now = time.monotonic()
-            for slot in list(self._slots.values()):
-                ttl = slot.spec.idle_ttl if slot.spec.idle_ttl is not None else default_ttl
-                if ttl > 0 and slot.evictable and now - slot.last_used_mono > ttl:
-                    self._start_unload(slot, f"past its idle_ttl of {format_duration(ttl)}")
-                if slot.spec.hot and slot.state is State.FAILED and now >= slot.retry_at:
-                    self._start_load(slot)
+    def _retire(self, slot: Slot, replacement: Slot | None) -> None:
+        """Stop new requests to `slot`; it unloads once its in-flight requests end."""
+        slot.retired = True
+        slot.replacement = replacement
+        self._life.unload_when_idle(slot)
 
     # -------------------------------------------------------------------- helpers
 
-    def _new_slot(self, name: str, spec: ModelSpec) -> Slot:
+    async def _reap(self) -> None:
+        """Unload models idle past their TTL; retry failed hot models after their backoff."""
+        while not self._life.closing:
+            await asyncio.sleep(0.25)
+            now = time.monotonic()
+            default_ttl = self.config.server.idle_ttl
+            for slot in list(self._slots.values()):
+                ttl = slot.spec.idle_ttl if slot.spec.idle_ttl is not None else default_ttl
+                if ttl > 0 and slot.evictable and now - slot.last_used_mono > ttl:
+                    self._life.start_unload(slot, f"past its idle_ttl of {format_duration(ttl)}")
+                if slot.spec.hot and slot.state is State.FAILED and now >= slot.retry_at:
+                    self._life.start_load(slot)
+
+    def _new_slot(self, config: Config, name: str, spec: ModelSpec) -> Slot:
         try:
-            source = self.config.source_of(name)
+            source = config.source_of(name)
         except ValueError:
             source = None  # reported when it loads
         return Slot(name=name, spec=spec, source=source)
@@ -554,36 +479,12 @@ class ModelManager:
         return slot
 
     def _all_slots(self) -> list[Slot]:
+        """Current slots and retired ones that still hold memory."""
         slots = {id(s): s for s in self._slots.values()}
-        for slot in self._budget.keys_lru_first():
+        for slot in self._life.budget.keys_lru_first():
             slots.setdefault(id(slot), slot)
         return list(slots.values())
 
-    def _spawn(self, coro: Any, *, name: str) -> asyncio.Task[Any]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
 
-    def _notify(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
-
-    async def _wait_changed(self, seconds: float | None) -> None:
-        event = self._changed
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), seconds)
-
-
-def _predict(model: Model, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
-    """Run in a worker thread: predict, then make the outputs JSON-safe there too."""
-    return [to_jsonable(out) for out in model.predict(inputs, parameters)]
-
-
-def _dispose_loaded(result: tuple[Model | None, Any]) -> None:
-    """Close a model and give its memory back (in a worker thread)."""
-    model = result[0]
-    if model is not None:
-        model.close()
-    del model, result
-    release_memory()
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

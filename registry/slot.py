@@ -49,6 +49,8 @@ class Slot:
     last_used_mono: float = field(default_factory=time.monotonic)
     served: int = 0
     retired: bool = False  # removed from, or replaced in, models.yaml
+    unload_requested: bool = False  # an admin unload waits for the leases to end
+    load_started: float = 0.0
     replacement: Slot | None = None
     hot_ready: bool = False  # a hot model's preload has succeeded
     batcher: Batcher | None = None
@@ -85,6 +87,7 @@ class Slot:
             "input": spec.input_kind,
             "source": None if self.source is None else str(self.source),
             "batch": None if spec.batch is None else spec.batch.model_dump(),
+            "batches": None if self.batcher is None else self.batcher.stats(),
             "idle_ttl": spec.idle_ttl,
             "description": spec.description,
         }

@@ -185,3 +185,25 @@ def test_validate_reports_ok_or_the_problem(tmp_path: Path) -> None:
     out = subprocess.run([*CLI, "validate", str(bad)], capture_output=True, text=True)
     assert out.returncode == 2
     assert "model 'm', field 'hott': unknown key; did you mean 'hot'?" in out.stderr
+
+
+def test_sighup_reloads_models_yaml(tmp_path: Path) -> None:
+    config = tmp_path / "models.yaml"
+    config.write_text("server: {watch: false}\nmodels:\n  one: {loader: fake}\n")
+    process = ServerProcess(config)
+    try:
+        process.wait_live()
+        config.write_text(
+            "server: {watch: false}\nmodels:\n  one: {loader: fake}\n  two: {loader: fake}\n"
+        )
+        os.kill(process.process.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 20
+        names: list[str] = []
+        while time.monotonic() < deadline and "two" not in names:
+            names = [m["name"] for m in httpx.get(f"{process.url}/models").json()["models"]]
+            time.sleep(0.05)
+        assert names == ["one", "two"]
+        assert "applied models.yaml: added two" in process.log
+        assert process.stop() == 0
+    finally:
+        process.close()

@@ -1,0 +1,310 @@
+"""Loading and unloading models under the byte budget (the manager's machinery).
+
+- A model has at most one load task; the task belongs to this object, not to a request.
+- A load reserves its estimated bytes first, evicting idle models least recently used first
+  (waiting at most `capacity_wait` when everything else is in use or pinned), runs the
+  loader in its own thread under `load_timeout`, then swaps the estimate for the measured
+  size. The tracked total never exceeds the budget.
+- An unload runs in a thread and releases the bytes when the model is really gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import math
+import time
+from collections.abc import Coroutine, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from registry.batching import Batcher
+from registry.budget import ByteBudget
+from registry.config import ServerSettings
+from registry.errors import CapacityExceeded, ModelTooLarge
+from registry.loaders import LoadContext, Model, load_model
+from registry.memory import estimate_bytes, measure_bytes, release_memory
+from registry.payload import to_jsonable
+from registry.slot import Slot, State
+from registry.threads import InferencePool, run_in_thread
+from registry.units import format_bytes, format_duration
+
+log = logging.getLogger("registry")
+
+
+class Lifecycle:
+    """Loads, unloads and the budget; everything runs on the event loop's thread."""
+
+    def __init__(self, settings: ServerSettings, base_dir: Path, pool: InferencePool) -> None:
+        self.settings = settings
+        self.base_dir = base_dir
+        self.pool = pool
+        self.budget: ByteBudget[Slot] = ByteBudget(settings.memory_budget)
+        self.load_limit = asyncio.Semaphore(settings.max_parallel_loads)
+        self.closing = False
+        self.peak_used = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._changed = asyncio.Event()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Start a task that this object keeps referenced until it ends."""
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def tasks(self, prefix: str) -> list[asyncio.Task[Any]]:
+        """Running tasks whose name starts with `prefix`."""
+        return [t for t in self._tasks if t.get_name().startswith(prefix)]
+
+    def notify(self) -> None:
+        """Wake everything waiting for a state change."""
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def wait_changed(self, seconds: float | None) -> None:
+        """Wait for the next state change, at most `seconds`."""
+        event = self._changed
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
+    def busy_eta(self, slot: Slot) -> float:
+        """Seconds until a busy model probably has room for one more request."""
+        per_call = slot.infer_seconds or 0.05
+        return math.ceil(per_call * (slot.waiting + slot.leases) / self.pool.workers + 0.5)
+
+    def load_eta(self, slot: Slot) -> float:
+        """Seconds until the model is probably loaded (its last load time, else a guess)."""
+        if slot.load_seconds is not None:
+            return math.ceil(slot.load_seconds + 0.5)
+        return math.ceil(2 + (slot.estimate or 0) / 200e6)  # imports, then ~200 MB/s
+
+    # ------------------------------------------------------------------- loading
+
+    def start_load(self, slot: Slot) -> None:
+        """Start the model's load unless one runs (single flight)."""
+        if slot.load_task is not None or self.closing or slot.retired:
+            return
+        slot.state = State.LOADING
+        slot.error = None
+        slot.load_started = time.monotonic()
+        slot.load_task = self.spawn(self._load(slot), name=f"load {slot.name}")
+
+    async def _load(self, slot: Slot) -> BaseException | None:
+        """Load one model; never raises (but for cancellation): the outcome is returned."""
+        timeout = slot.spec.load_timeout or self.settings.load_timeout
+        try:
+            async with self.load_limit:
+                estimate = await run_in_thread(
+                    functools.partial(estimate_bytes, slot.spec, slot.source), name="estimate"
+                )
+                slot.estimate = estimate
+                need = estimate or 0
+                if need > self.budget.limit:
+                    raise ModelTooLarge(slot.name, need, self.budget.limit)
+                await self.reserve(slot, need)
+                started = time.monotonic()
+                try:
+                    model, measured = await asyncio.wait_for(
+                        run_in_thread(
+                            functools.partial(self._load_blocking, slot),
+                            name=f"load-{slot.name}",
+                            on_orphan=dispose,
+                        ),
+                        timeout,
+                    )
+                except BaseException:
+                    self.budget.release(slot)
+                    raise
+                seconds = time.monotonic() - started
+                await self._settle_size(slot, model, measured if measured is not None else need)
+            self._loaded(slot, model, seconds)
+            return None
+        except CapacityExceeded as exc:
+            slot.state = State.UNLOADED
+            slot.error = exc.message
+            log.warning("cannot load %s: %s", slot.name, exc.message)
+            return exc
+        except asyncio.CancelledError:
+            slot.state = State.UNLOADED
+            raise
+        except Exception as exc:
+            self._failed(slot, exc, timeout)
+            return exc
+        finally:
+            slot.load_task = None
+            self.notify()
+
+    def _load_blocking(self, slot: Slot) -> tuple[Model, int | None]:
+        model = load_model(LoadContext(slot.name, slot.spec, slot.source, self.base_dir))
+        return model, measure_bytes(model)
+
+    async def _settle_size(self, slot: Slot, model: Model, measured: int) -> None:
+        """Replace the estimate with the measured size, making room if it grew."""
+        try:
+            if measured > self.budget.limit:
+                raise ModelTooLarge(slot.name, measured, self.budget.limit, measured=True)
+            await self.reserve(slot, measured, replacing=True)
+        except BaseException:
+            self.budget.release(slot)
+            await run_in_thread(functools.partial(dispose, (model, None)), name="dispose")
+            raise
+        slot.size_bytes = measured
+
+    def _loaded(self, slot: Slot, model: Model, seconds: float) -> None:
+        slot.model = model
+        slot.state = State.LOADED
+        slot.load_count += 1
+        slot.failures = 0
+        slot.error = None
+        slot.load_seconds = seconds
+        slot.touch()
+        self.budget.touch(slot)
+        if slot.spec.hot:
+            slot.hot_ready = True
+        self.refresh_batcher(slot)
+        log.info(
+            "loaded %s (%s) in %s",
+            slot.name,
+            format_bytes(slot.size_bytes or 0),
+            format_duration(seconds),
+        )
+        if slot.retired or slot.unload_requested:
+            self.unload_when_idle(slot)
+
+    def refresh_batcher(self, slot: Slot) -> None:
+        """(Re)build the batcher from the entry's `batch:` (queued requests keep theirs)."""
+        batch = slot.spec.batch
+        if batch is None or slot.model is None:
+            slot.batcher = None
+            return
+        slot.batcher = Batcher(
+            functools.partial(self._run_batch, slot.model),
+            max_size=batch.max_size,
+            max_wait=batch.max_wait_ms / 1000,
+            alone=lambda: slot.leases <= 1,
+        )
+
+    async def _run_batch(
+        self, model: Model, inputs: list[Any], parameters: Mapping[str, Any]
+    ) -> list[Any]:
+        return await self.pool.submit(predict_json, model, inputs, dict(parameters))
+
+    def _failed(self, slot: Slot, exc: BaseException, timeout: float) -> None:
+        backoff = self.settings.retry_backoff
+        slot.failures += 1
+        delay = min(backoff.max, backoff.initial * 2 ** (slot.failures - 1))
+        slot.retry_at = time.monotonic() + delay
+        slot.state = State.FAILED
+        if isinstance(exc, TimeoutError):
+            slot.error = f"load timed out after {timeout:g}s (load_timeout)"
+        elif isinstance(exc, ModelTooLarge):
+            slot.error = exc.message
+        else:
+            slot.error = f"{type(exc).__name__}: {exc}"
+        log.error(
+            "failed to load %s: %s (attempt %d, next try in %s)",
+            slot.name,
+            slot.error,
+            slot.failures,
+            format_duration(delay),
+        )
+
+    async def reserve(self, slot: Slot, nbytes: int, *, replacing: bool = False) -> None:
+        """Reserve bytes for `slot`, evicting idle models; wait at most capacity_wait."""
+        deadline = time.monotonic() + self.settings.capacity_wait
+        budget = self.budget
+        mine = slot if replacing else None
+        while True:
+            if budget.fits(nbytes, replacing=mine):
+                budget.reserve(slot, nbytes)
+                self.peak_used = max(self.peak_used, budget.used)
+                return
+            freeing = [s for s in budget.keys_lru_first() if s.state is State.UNLOADING]
+            victims = budget.victims(
+                nbytes, evictable=lambda s: s.evictable, freeing=freeing, replacing=mine
+            )
+            for victim in victims or ():
+                self.start_unload(victim, f"LRU, to fit {slot.name}")
+            remaining = deadline - time.monotonic()
+            if victims is None and remaining <= 0:
+                raise CapacityExceeded(
+                    slot.name,
+                    nbytes,
+                    budget.used - (budget.size_of(slot) if replacing else 0),
+                    budget.limit,
+                    retry_after=self.busy_eta(slot),
+                )
+            await self.wait_changed(remaining if victims is None else 1.0)
+
+    def enforce_limit(self) -> None:
+        """After the budget shrank: evict idle models until the total fits again."""
+        if self.budget.used <= self.budget.limit:
+            return
+        freeing = [s for s in self.budget.keys_lru_first() if s.state is State.UNLOADING]
+        victims = self.budget.victims(0, evictable=lambda s: s.evictable, freeing=freeing)
+        if victims is None:  # evict what can go now; the rest when its requests end
+            victims = [s for s in self.budget.keys_lru_first() if s.evictable]
+        for victim in victims:
+            self.start_unload(victim, "LRU, the memory budget was lowered")
+
+    # ----------------------------------------------------------------- unloading
+
+    def unload_when_idle(self, slot: Slot) -> None:
+        """Unload now if no request holds the model (else the last lease does it)."""
+        if slot.state is State.LOADED and slot.leases == 0:
+            why = "removed from models.yaml" if slot.retired else "admin request"
+            if slot.retired and slot.replacement is not None:
+                why = "replaced by a new version in models.yaml"
+            self.start_unload(slot, why)
+
+    def start_unload(self, slot: Slot, why: str, *, quiet: bool = False) -> None:
+        """Start unloading a loaded model."""
+        if slot.state is not State.LOADED:
+            return
+        slot.state = State.UNLOADING
+        slot.unload_task = self.spawn(self._unload(slot, why, quiet), name=f"unload {slot.name}")
+
+    async def _unload(self, slot: Slot, why: str, quiet: bool) -> None:
+        model, slot.model = slot.model, None
+        slot.batcher = None
+        size = self.budget.size_of(slot)
+        idle = time.monotonic() - slot.last_used_mono
+        try:
+            await run_in_thread(
+                functools.partial(dispose, (model, None)), name=f"unload-{slot.name}"
+            )
+        except Exception:
+            log.exception("error while unloading %s (its bytes are released anyway)", slot.name)
+        finally:
+            self.budget.release(slot)
+            slot.state = State.UNLOADED
+            slot.unload_task = None
+            slot.unload_requested = False
+            self.notify()
+        verb = "evicted" if why.startswith("LRU") else "unloaded"
+        (log.debug if quiet else log.info)(
+            f"{verb} %s (%s, idle %s, %s)",
+            slot.name,
+            format_bytes(size),
+            format_duration(idle),
+            why,
+        )
+
+
+def predict_json(model: Model, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
+    """In a worker thread: predict, and make the outputs JSON-safe there too."""
+    return [to_jsonable(out) for out in model.predict(inputs, parameters)]
+
+
+def dispose(result: tuple[Model | None, Any]) -> None:
+    """In a worker thread: close a model and give its memory back."""
+    model = result[0]
+    if model is not None:
+        model.close()
+    del model, result
+    release_memory()

@@ -1,0 +1,134 @@
+"""Dynamic batching: grouped calls, the same predictions, errors that stay with their input."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from registry.config import Config
+from registry.errors import BadInput
+from registry.loaders import fake
+from registry.manager import ModelManager
+from registry.payload import ImageRequest, TextRequest
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def builders() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_models", ROOT / "scripts/build_models.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[ModelManager]:
+    manager = ModelManager(config)
+    await manager.start()
+    try:
+        yield manager
+    finally:
+        fake.reset()
+        await manager.shutdown(drain_timeout=5)
+
+
+async def test_concurrent_requests_become_one_call_and_keep_their_own_results(
+    write_config,
+) -> None:
+    config = write_config(
+        "models:\n"
+        "  m: {loader: fake, batch: {max_size: 16, max_wait_ms: 200}, options: {gate: g}}\n"
+    )
+    async with running(config) as manager:
+        texts = [f"text {i}" for i in range(6)]
+        tasks = [asyncio.create_task(manager.predict("m", TextRequest(t))) for t in texts]
+        tasks.append(asyncio.create_task(manager.predict("m", TextRequest(["u", "v"]))))
+        fake.open_gate("g")
+        results = await asyncio.gather(*tasks)
+        alone = [await manager.predict("m", TextRequest(t)) for t in texts]
+        assert results[:6] == alone  # each caller got the output of its own input
+        assert results[6] == [
+            await manager.predict("m", TextRequest("u")),
+            await manager.predict("m", TextRequest("v")),
+        ]
+        stats = manager.describe("m")["batches"]
+        assert stats["inputs"] == 8 + 6 + 2
+        assert stats["batches"] == 1 + 6 + 2  # one batch of 8, then the lone requests
+
+
+async def test_a_bad_input_fails_only_its_own_request(write_config) -> None:
+    config = write_config(
+        "models:\n"
+        "  m: {loader: fake, batch: {max_size: 8, max_wait_ms: 200}, "
+        "options: {gate: g, reject: poison}}\n"
+    )
+    async with running(config) as manager:
+        inputs = ["a", "poison", "b", "c"]
+        tasks = [asyncio.create_task(manager.predict("m", TextRequest(t))) for t in inputs]
+        fake.open_gate("g")
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(results[1], BadInput)
+        assert "rejects the input 'poison'" in results[1].message
+        assert [isinstance(r, dict) for r in results] == [True, False, True, True]
+
+
+async def test_requests_with_different_parameters_are_not_mixed(write_config) -> None:
+    config = write_config(
+        "models:\n  m: {loader: fake, batch: {max_size: 8, max_wait_ms: 200}, options: {gate: g}}\n"
+    )
+    async with running(config) as manager:
+        tasks = [
+            asyncio.create_task(manager.predict("m", TextRequest("x", {"top_k": k})))
+            for k in (1, 2, 1, 2)
+        ]
+        fake.open_gate("g")
+        results = await asyncio.gather(*tasks)
+        assert [r["parameters"] for r in results] == [{"top_k": k} for k in (1, 2, 1, 2)]
+        assert manager.describe("m")["batches"] == {"batches": 2, "inputs": 4}
+
+
+async def test_batching_does_not_change_real_predictions(write_config, model_store) -> None:
+    config = write_config(
+        f"""
+models:
+  langid: {{task: text-classification, source: {model_store}/langid-bert}}
+  langid-batched:
+    task: text-classification
+    source: {model_store}/langid-bert
+    batch: {{max_size: 32, max_wait_ms: 50}}
+  digits: {{task: image-classification, source: {model_store}/digits-resnet}}
+  digits-batched:
+    task: image-classification
+    source: {model_store}/digits-resnet
+    batch: {{max_size: 32, max_wait_ms: 50}}
+"""
+    )
+    build = builders()
+    languages = ["en", "de", "fr", "it", "es", "pl", "nl"]
+    texts = [build.langid_sentence(languages[i % 7], 100 + i) for i in range(14)]
+    images = []
+    for index in range(build.DIGITS_HELDOUT_START, build.DIGITS_HELDOUT_START + 12):
+        buffer = io.BytesIO()
+        build.digit_image(index).save(buffer, format="PNG")
+        images.append(buffer.getvalue())
+    async with running(config) as manager:
+        for plain, batched, requests in (
+            ("langid", "langid-batched", [TextRequest(t, {"top_k": 3}) for t in texts]),
+            ("digits", "digits-batched", [ImageRequest(data=png) for png in images]),
+        ):
+            alone = [await manager.predict(plain, r) for r in requests]
+            together = await asyncio.gather(*(manager.predict(batched, r) for r in requests))
+            assert manager.describe(batched)["batches"]["batches"] < len(requests)
+            for one, grouped in zip(alone, together, strict=True):
+                assert [p["label"] for p in one] == [p["label"] for p in grouped]
+                for a, b in zip(one, grouped, strict=True):
+                    assert a["score"] == pytest.approx(b["score"], abs=1e-5)
