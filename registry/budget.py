@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Collection, Hashable
 from typing import Generic, TypeVar
 
-from cachetools import LRUCache
+from cachetools import Cache, LRUCache
 
 K = TypeVar("K", bound=Hashable)
 
@@ -50,8 +50,10 @@ class ByteBudget(Generic[K]):
         return len(self._lru)
 
     def size_of(self, key: K) -> int:
-        """Bytes held by `key` (0 when absent)."""
-        return self._lru.get(key, 0)
+        """Bytes held by `key` (0 when absent); looking does not count as a use."""
+        if key not in self._lru:
+            return 0
+        return int(Cache.__getitem__(self._lru, key))  # LRUCache's own lookup reorders
 
     def fits(self, nbytes: int, *, replacing: K | None = None) -> bool:
         """Whether `nbytes` more (or instead of what `replacing` holds) fit under the limit."""

@@ -11,6 +11,7 @@ import ctypes
 import gc
 import json
 import logging
+import math
 import os
 import struct
 import sys
@@ -44,8 +45,16 @@ _PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 _HEADER_LIMIT = 100 * 1024 * 1024
 
 
-def safetensors_bytes(path: Path) -> int:
-    """Tensor bytes in a .safetensors file, read from its header without reading the data."""
+_FLOATS = frozenset({"F64", "F32", "F16", "BF16"})
+_TARGET_ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def safetensors_bytes(path: Path, dtype: str | None = None) -> int:
+    """Tensor bytes in a .safetensors file, read from its header without reading the data.
+
+    With `dtype` (float32/float16/bfloat16), floating tensors count at that item size, as
+    `from_pretrained(dtype=...)` converts them.
+    """
     with path.open("rb") as f:
         prefix = f.read(8)
         if len(prefix) != 8:
@@ -53,13 +62,22 @@ def safetensors_bytes(path: Path) -> int:
         (length,) = struct.unpack("<Q", prefix)
         if length > _HEADER_LIMIT:
             raise ValueError(f"{path} is not a safetensors file (header of {length} bytes)")
-        header = json.loads(f.read(length))
+        try:
+            header = json.loads(f.read(length))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ValueError(f"{path} is not a safetensors file (bad header)") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path} is not a safetensors file (the header is not an object)")
+    target = _TARGET_ITEMSIZE.get(dtype or "")
     total = 0
     for name, entry in header.items():
         if name == "__metadata__":
             continue
         start, end = entry["data_offsets"]
-        total += int(end) - int(start)
+        if target is not None and entry.get("dtype") in _FLOATS:
+            total += math.prod(int(d) for d in entry["shape"]) * target
+        else:
+            total += int(end) - int(start)
     return total
 
 
@@ -75,7 +93,7 @@ def estimate_bytes(spec: ModelSpec, source: Source | None) -> int | None:
         return None
     try:
         return _weights_estimate(source.path, spec.dtype)
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, TypeError) as exc:
         log.debug("cannot estimate the size of %s: %s", source.path, exc)
         return None
 
@@ -83,10 +101,7 @@ def estimate_bytes(spec: ModelSpec, source: Source | None) -> int | None:
 def _weights_estimate(directory: Path, dtype: str | None) -> int | None:
     tensors = sorted(directory.glob("*.safetensors"))
     if tensors:
-        total = sum(safetensors_bytes(p) for p in tensors)
-        if dtype in ("float16", "bfloat16"):
-            total //= 2  # an upper bound is better than a guess: floats halve, the rest is small
-        return total
+        return sum(safetensors_bytes(p, dtype) for p in tensors)
     files = [p for pattern in _PICKLE_WEIGHTS for p in directory.glob(pattern)]
     if files:
         return sum(p.stat().st_size for p in files)

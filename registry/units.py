@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 
@@ -35,8 +36,10 @@ def parse_size(value: object) -> int:
     if isinstance(value, bool):
         raise ValueError("expected a size such as 512MiB, 2GiB, 10MB or 60%")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(
+                "expected a finite, non-negative size such as 512MiB, 2GiB, 10MB or 60%"
+            )
         return int(value)
     if not isinstance(value, str):
         raise ValueError("expected a size such as 512MiB, 2GiB, 10MB or 60%")
@@ -61,8 +64,8 @@ def parse_duration(value: object) -> float:
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s, 10m or 1h")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
+        if not math.isfinite(value) or value < 0:
+            raise ValueError("expected a finite, non-negative duration such as 30s, 10m or 1h")
         return float(value)
     if not isinstance(value, str):
         raise ValueError("expected a duration such as 30s, 10m or 1h")
@@ -76,22 +79,24 @@ def parse_duration(value: object) -> float:
 
 
 def format_bytes(n: float) -> str:
-    """Human size with SI units: 21.9 kB, 254.1 MB."""
+    """Human size with SI units: 21.9 kB, 254.1 MB (rounded before the unit is chosen)."""
     value = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(value) < 1000 or unit == "GB":
-            return f"{value:.0f} B" if unit == "B" else f"{value:.1f} {unit}"
+    if abs(round(value)) < 1000:
+        return f"{value:.0f} B"
+    for unit in ("kB", "MB", "GB"):
         value /= 1000
+        if abs(round(value, 1)) < 1000 or unit == "GB":
+            return f"{value:.1f} {unit}"
     raise AssertionError("unreachable")
 
 
 def format_duration(seconds: float) -> str:
     """Short human duration: 41 ms, 2.3 s, 3m, 1h05m."""
-    if seconds < 1:
+    if round(seconds * 1000) < 1000:
         return f"{seconds * 1000:.0f} ms"
-    if seconds < 60:
+    if round(seconds, 1) < 60:
         return f"{seconds:.1f} s"
-    minutes = int(seconds // 60)
+    minutes = int(round(seconds) // 60)
     if minutes < 60:
         return f"{minutes}m"
     return f"{minutes // 60}h{minutes % 60:02d}m"
