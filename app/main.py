@@ -12,10 +12,11 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app import admin, errors, routes
+from app import admin, errors, metrics, routes
 from app.limits import BodyLimit, BodyTooLarge, too_large_message
 from registry.config import Config, load_config
 from registry.manager import ModelManager
+from registry.units import format_bytes
 
 log = logging.getLogger("app")
 
@@ -39,7 +40,7 @@ def create_app(config: Config | str | Path) -> FastAPI:
             "serving %d model(s) from %s with a %s budget",
             len(initial.models),
             initial.path,
-            _size(initial.server.memory_budget),
+            format_bytes(initial.server.memory_budget),
         )
         with _reload_on_sighup(manager):
             try:
@@ -64,6 +65,7 @@ def create_app(config: Config | str | Path) -> FastAPI:
     app.add_exception_handler(BodyTooLarge, body_too_large)
     app.include_router(routes.router)
     app.include_router(admin.router)
+    app.include_router(metrics.router)
     return app
 
 
@@ -86,9 +88,3 @@ def _upload_limit(app: FastAPI, fallback: Config) -> int:
     manager: ModelManager | None = app.state.manager
     config = manager.config if manager is not None else fallback
     return config.server.max_upload_size
-
-
-def _size(n: int) -> str:
-    from registry.units import format_bytes
-
-    return format_bytes(n)

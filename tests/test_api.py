@@ -313,3 +313,16 @@ def test_64_concurrent_first_requests_over_http_cause_one_load(config_path: Path
     responses = asyncio.run(stampede())
     assert [r.status_code for r in responses[:64]] == [200] * 64
     assert responses[64].json()["load_count"] == 1
+
+
+def test_metrics_expose_the_budget_and_model_states(client: TestClient) -> None:
+    assert client.post("/models/echo/predict", json={"inputs": "x"}).status_code == 200
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    lines = response.text.splitlines()
+    assert "model_registry_budget_bytes 5e+07" in lines
+    assert 'model_registry_model_state{model="echo",state="loaded"} 1.0' in lines
+    assert 'model_registry_model_state{model="echo",state="unloaded"} 0.0' in lines
+    assert 'model_registry_loads_total{model="echo"} 1.0' in lines
+    assert 'model_registry_served_total{model="echo"} 1.0' in lines
