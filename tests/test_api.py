@@ -55,6 +55,10 @@ def png_of_digit(builders: ModuleType, index: int) -> bytes:
 
 @pytest.fixture
 def config_path(tmp_path: Path, model_store: Path) -> Path:
+    corrupt = tmp_path / "corrupt-model"
+    corrupt.mkdir()
+    (corrupt / "config.json").write_text('{"model_type": "bert", "num_labels": ')
+    (corrupt / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!")
     path = tmp_path / "models.yaml"
     path.write_text(
         f"""
@@ -81,6 +85,9 @@ models:
   broken:
     task: text-classification
     source: {tmp_path}/no-such-model
+  corrupt:
+    task: text-classification
+    source: {corrupt}
 """
     )
     return path
@@ -105,7 +112,7 @@ def test_models_lists_every_model_with_the_documented_fields(client: TestClient)
     assert {"budget_bytes", "used_bytes", "models"} <= set(body)
     assert body["budget_bytes"] == 50 * 1000**2
     names = [m["name"] for m in body["models"]]
-    assert names == ["broken", "digits", "echo", "iris", "langid"]
+    assert names == ["broken", "corrupt", "digits", "echo", "iris", "langid"]
     for entry in body["models"]:
         assert set(entry) >= ENTRY_KEYS
         assert entry["state"] in {"unloaded", "loading", "loaded", "unloading", "failed"}
@@ -179,7 +186,8 @@ def test_unknown_model_is_404_listing_known_names(client: TestClient) -> None:
     assert response.status_code == 404
     error = error_of(response)
     assert error["message"] == (
-        "model 'nope' is not in the registry; known models: broken, digits, echo, iris, langid"
+        "model 'nope' is not in the registry; known models: broken, corrupt, digits, echo, "
+        "iris, langid"
     )
     assert client.get("/models/nope").status_code == 404
 
@@ -264,6 +272,9 @@ def test_a_broken_model_fails_alone(client: TestClient, builders: ModuleType) ->
     assert "no-such-model does not exist" in str(error["message"])
     entry = client.get("/models/broken").json()
     assert entry["state"] == "failed" and "does not exist" in entry["error"]
+    corrupt = client.post("/models/corrupt/predict", json={"inputs": "x"})
+    assert corrupt.status_code == 503
+    assert client.get("/models/corrupt").json()["state"] == "failed"
     ok = client.post("/models/langid/predict", json={"inputs": builders.langid_sentence("it", 3)})
     assert ok.status_code == 200
     assert client.post("/models/echo/predict", json={"inputs": ["a", "b"]}).status_code == 200
