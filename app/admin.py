@@ -22,9 +22,9 @@ def require_admin(request: Request, manager: Manager) -> None:
         raise HTTPError(
             403,
             "admin_disabled",
-            f"admin endpoints are disabled: set the {settings.admin_token_env} environment "
-            "variable (or server.admin_token) to a secret, restart, and send it as "
-            "'Authorization: Bearer <token>'",
+            f"admin endpoints are disabled: start the server with the "
+            f"{settings.admin_token_env} environment variable set to a secret (or set "
+            "server.admin_token in models.yaml), then send 'Authorization: Bearer <token>'",
         )
     scheme, _, given = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not hmac.compare_digest(

@@ -67,8 +67,14 @@ async def predict(name: str, request: Request, manager: Manager) -> dict[str, An
     spec = manager.spec(name)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     payload: ImageRequest | TextRequest
-    if spec.input_kind == "image" or content_type == "multipart/form-data":
-        if content_type != "multipart/form-data" and spec.input_kind == "image":
+    if content_type == "multipart/form-data" and spec.input_kind != "image":
+        takes = "text" if spec.input_kind == "text" else "JSON"
+        raise UnsupportedInput(
+            f"model {name!r} ({spec.task or 'custom loader'}) takes {takes}: POST "
+            'application/json {"inputs": ...}, not a file upload'
+        )
+    if spec.input_kind == "image":
+        if content_type != "multipart/form-data":
             sent = content_type or "no content type"
             raise UnsupportedInput(
                 f"model {name!r} ({spec.task}) takes an image: send multipart/form-data with the "

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
@@ -23,6 +25,12 @@ class Server(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
         super().__init__(config)
         self._on_signal = on_signal
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        """Serve, remembering the loop so that signal handlers can reach it."""
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -50,10 +58,10 @@ def run_server(config: Config, host: str, port: int, *, access_log: bool = True)
     """Serve until SIGINT/SIGTERM; in-flight requests finish; returns the exit code."""
     app = create_app(config)
 
-    def stop_admitting() -> None:
+    def stop_admitting() -> None:  # runs in a signal handler: defer to the loop
         manager = app.state.manager
-        if manager is not None:
-            manager.begin_shutdown()
+        if manager is not None and server.loop is not None:
+            server.loop.call_soon_threadsafe(manager.begin_shutdown)
 
     server_config = uvicorn.Config(
         app,

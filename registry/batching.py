@@ -90,6 +90,15 @@ class Batcher:
         return batch
 
     async def _execute(self, batch: list[_Entry]) -> None:
+        try:
+            await self._execute_batch(batch)
+        except BaseException:  # cancelled (shutdown): no request may wait for ever
+            for entry in batch:
+                if not entry.future.done():
+                    entry.future.cancel()
+            raise
+
+    async def _execute_batch(self, batch: list[_Entry]) -> None:
         inputs = [item for entry in batch for item in entry.inputs]
         try:
             outputs = await self._run(inputs, batch[0].parameters)

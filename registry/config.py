@@ -281,25 +281,30 @@ def check_config(config: Config) -> None:
 
     budget = config.server.memory_budget
     problems: list[str] = []
-    pinned_total = 0
+    kept_total = 0  # pinned and hot models must all fit at once
     for name, spec in config.models.items():
         try:
             source = config.source_of(name)
         except ValueError as exc:
             problems.append(f"model {name!r}, field 'source': {exc}")
             continue
-        estimate = estimate_bytes(spec, source)
+        try:
+            estimate = estimate_bytes(spec, source)
+        except ValueError as exc:
+            problems.append(f"model {name!r}, field 'options': {exc}")
+            continue
         if estimate is not None and estimate > budget:
             problems.append(
                 f"model {name!r}: needs about {format_bytes(estimate)}, more than the whole "
                 f"server.memory_budget of {format_bytes(budget)}"
             )
-        if spec.pinned:
-            pinned_total += estimate or 0
-    if pinned_total > budget:
+        if spec.pinned or spec.hot:
+            kept_total += estimate or 0
+    if kept_total > budget:
         problems.append(
-            f"pinned models need {format_bytes(pinned_total)} together, more than "
-            f"server.memory_budget ({format_bytes(budget)}); unpin some or raise the budget"
+            f"pinned and hot models need {format_bytes(kept_total)} together, more than "
+            f"server.memory_budget ({format_bytes(budget)}); unpin some, make some lazy, "
+            "or raise the budget"
         )
     if problems:
         raise ConfigError(str(config.path), problems)

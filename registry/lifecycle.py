@@ -107,6 +107,9 @@ class Lifecycle:
                 if need > self.budget.limit:
                     raise ModelTooLarge(slot.name, need, self.budget.limit)
                 await self.reserve(slot, need)
+                if self.closing:  # shutdown began while this load waited for room
+                    self.budget.release(slot)
+                    raise asyncio.CancelledError
                 started = time.monotonic()
                 try:
                     model, measured = await asyncio.wait_for(
@@ -127,6 +130,7 @@ class Lifecycle:
         except CapacityExceeded as exc:
             slot.state = State.UNLOADED
             slot.error = exc.message
+            slot.retry_at = time.monotonic() + self.settings.retry_backoff.initial
             log.warning("cannot load %s: %s", slot.name, exc.message)
             return exc
         except asyncio.CancelledError:
@@ -137,6 +141,8 @@ class Lifecycle:
             return exc
         finally:
             slot.load_task = None
+            if slot.state is not State.LOADED:
+                slot.unload_requested = False  # nothing to unload any more
             self.notify()
 
     def _load_blocking(self, slot: Slot) -> tuple[Model, int | None]:

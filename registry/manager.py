@@ -61,6 +61,7 @@ class ModelManager:
         }
         self._closed = False
         self._in_flight_at_close = 0
+        self._reloading = asyncio.Lock()
         configure_torch(settings.torch_threads)
 
     # ----------------------------------------------------------------- life cycle
@@ -120,7 +121,7 @@ class ModelManager:
         abandoned = sum(s.leases for s in self._all_slots())
         for task in life.tasks("reaper") + life.tasks("watch"):
             task.cancel()
-        loads = [s.load_task for s in self._all_slots() if s.load_task is not None]
+        loads = life.tasks("load ")  # retired slots' loads too
         if loads:
             await asyncio.wait(loads, timeout=max(0.0, deadline - time.monotonic()))
             for task in loads:
@@ -135,7 +136,10 @@ class ModelManager:
                 unloaded += 1
                 life.start_unload(slot, "shutdown", quiet=True)
         unloads = [s.unload_task for s in self._all_slots() if s.unload_task is not None]
-        await asyncio.gather(*unloads, return_exceptions=True)
+        if unloads:
+            _, stuck = await asyncio.wait(unloads, timeout=max(10.0, deadline - time.monotonic()))
+            if stuck:  # a model still running a hung request cannot be closed
+                log.error("shutdown: gave up waiting for %d unload(s)", len(stuck))
         self._pool.shutdown()
         release_memory()
         self._closed = True
@@ -206,9 +210,14 @@ class ModelManager:
         future.add_done_callback(lambda _: self._release(slot))
         try:
             outputs = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if future.cancelled() and current is not None and not current.cancelling():
+                raise ShuttingDown() from None  # the pool dropped the job: shutdown
+            raise
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise BadInput(f"model {slot.name!r} rejected the input: {exc}") from exc
-        except (BadInput, asyncio.CancelledError):
+        except BadInput:
             raise
         except Exception as exc:
             log.exception("inference failed on %s", slot.name)
@@ -272,6 +281,7 @@ class ModelManager:
                         raise UnknownModel(slot.name, self._slots, removed=True)
                     slot = slot.replacement
                 if slot.state is State.LOADED and not slot.unload_requested:
+                    self._check_queue(slot, loaded=True)
                     slot.leases += 1
                     slot.touch()
                     life.budget.touch(slot)
@@ -313,9 +323,10 @@ class ModelManager:
             if queued is not None:
                 queued.waiting -= 1
 
-    def _check_queue(self, slot: Slot) -> None:
+    def _check_queue(self, slot: Slot, *, loaded: bool = False) -> None:
+        """Past max_queue requests waiting (for a load, room, or a worker): 503."""
         limit = slot.spec.max_queue or self.config.server.max_queue
-        if slot.waiting + slot.leases < limit:
+        if (slot.leases if loaded else slot.waiting + slot.leases) < limit:
             return
         loading = slot.state is not State.LOADED
         if loading:
@@ -348,7 +359,9 @@ class ModelManager:
         slot = self._lookup(name)
         if self._life.closing:
             raise ShuttingDown()
-        slot.unload_requested = False
+        if slot.unload_requested:
+            slot.unload_requested = False
+            self._life.notify()  # requests parked behind the pending unload may go
         if slot.state is State.UNLOADING and slot.unload_task is not None:
             await asyncio.wait({slot.unload_task})
         if slot.state in (State.UNLOADED, State.FAILED):
@@ -369,10 +382,14 @@ class ModelManager:
         life = self._life
         if slot.state in (State.LOADING, State.LOADED, State.UNLOADING):
             slot.unload_requested = True
+            life.unload_when_idle(slot)
             deadline = time.monotonic() + self.config.server.drain_timeout
-            while not self._unloaded(slot) and time.monotonic() < deadline:
-                life.unload_when_idle(slot)
+            waiting = (State.LOADING, State.LOADED)  # for the load, or for the leases to end
+            while slot.state in waiting and time.monotonic() < deadline:
                 await life.wait_changed(deadline - time.monotonic())
+                life.unload_when_idle(slot)
+            if slot.unload_task is not None:
+                await asyncio.shield(slot.unload_task)
             if self._unloaded(slot):
                 slot.unload_requested = False  # else the last lease unloads it
         return slot.info()
@@ -383,18 +400,19 @@ class ModelManager:
 
     async def reload(self) -> Changes:
         """Re-read models.yaml and apply the difference; on an invalid file change nothing."""
-        try:
-            config = await run_in_thread(
-                functools.partial(load_config, self.config.path), name="reload"
-            )
-        except ConfigError as exc:
-            self.config_error = {"message": exc.message, "problems": exc.problems, "at": _now()}
-            log.error("kept the running registry: %s", exc.message)
-            raise
-        self.config_error = None
-        if config.digest == self.config.digest:
-            return Changes(unchanged=sorted(self._slots))
-        return self.apply(config)
+        async with self._reloading:  # one at a time, so the last read is the one applied
+            try:
+                config = await run_in_thread(
+                    functools.partial(load_config, self.config.path), name="reload"
+                )
+            except ConfigError as exc:
+                self.config_error = {"message": exc.message, "problems": exc.problems, "at": _now()}
+                log.error("kept the running registry: %s", exc.message)
+                raise
+            self.config_error = None
+            if config.digest == self.config.digest:
+                return Changes(unchanged=sorted(self._slots))
+            return self.apply(config)
 
     def reload_soon(self) -> None:
         """Reload in the background (SIGHUP)."""
@@ -437,7 +455,7 @@ class ModelManager:
             life.load_limit = asyncio.Semaphore(config.server.max_parallel_loads)
         if "memory_budget" in changes.server_changed:
             life.budget.set_limit(config.server.memory_budget)
-            life.enforce_limit()
+        life.enforce_limit()
         if changes.restart_needed:
             log.warning("restart to apply server.%s", ", server.".join(changes.restart_needed))
         log.info("applied %s: %s", config.path.name, changes.summary())
@@ -462,7 +480,10 @@ class ModelManager:
                 ttl = slot.spec.idle_ttl if slot.spec.idle_ttl is not None else default_ttl
                 if ttl > 0 and slot.evictable and now - slot.last_used_mono > ttl:
                     self._life.start_unload(slot, f"past its idle_ttl of {format_duration(ttl)}")
-                if slot.spec.hot and slot.state is State.FAILED and now >= slot.retry_at:
+                retry = slot.state is State.FAILED or (
+                    slot.state is State.UNLOADED and slot.error is not None  # no room last time
+                )
+                if slot.spec.hot and not slot.hot_ready and retry and now >= slot.retry_at:
                     self._life.start_load(slot)
 
     def _new_slot(self, config: Config, name: str, spec: ModelSpec) -> Slot:

@@ -37,7 +37,7 @@ def run_in_thread(
             result = fn()
         except BaseException as exc:
             with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
-                loop.call_soon_threadsafe(_fail, future, exc)
+                loop.call_soon_threadsafe(_fail, future, contained(exc))
             return
         if future.done() or loop.is_closed():
             if on_orphan is not None:
@@ -51,6 +51,24 @@ def run_in_thread(
 
     threading.Thread(target=runner, name=name, daemon=True).start()
     return future
+
+
+def contained(exc: BaseException) -> Exception:
+    """User code's SystemExit (argparse, sys.exit) must not stop the server: wrap it."""
+    if isinstance(exc, Exception):
+        return exc
+    error = RuntimeError(f"{type(exc).__name__}({exc}) raised in a worker thread")
+    error.__cause__ = exc
+    return error
+
+
+def _guarded(fn: Callable[..., T], *args: Any) -> T:
+    try:
+        return fn(*args)
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise contained(exc) from exc
 
 
 def _fail(future: asyncio.Future[Any], error: BaseException) -> None:
@@ -77,7 +95,7 @@ class InferencePool:
     def submit(self, fn: Callable[..., T], *args: Any) -> asyncio.Future[T]:
         """Run fn(*args) in the pool; the returned future completes when the thread is done."""
         self.pending += 1
-        future = asyncio.wrap_future(self._executor.submit(fn, *args))
+        future = asyncio.wrap_future(self._executor.submit(_guarded, fn, *args))
         future.add_done_callback(self._done)
         return future
 

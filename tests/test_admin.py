@@ -48,7 +48,7 @@ def test_admin_is_disabled_without_a_configured_token(
         assert response.status_code == 403
         error = response.json()["error"]
         assert error["type"] == "admin_disabled"
-        assert "set the MODEL_REGISTRY_ADMIN_TOKEN environment variable" in error["message"]
+        assert "with the MODEL_REGISTRY_ADMIN_TOKEN environment variable set" in error["message"]
         assert client.post("/models/a/predict", json={"inputs": "x"}).status_code == 200
 
 

@@ -158,6 +158,13 @@ def test_text_is_classified_one_or_many_with_parameters(client: TestClient, buil
     assert ranked[0]["score"] >= ranked[1]["score"] >= ranked[2]["score"]
 
 
+def test_a_text_longer_than_the_model_takes_is_truncated(client: TestClient) -> None:
+    long_text = " ".join(["Der Hund schläft im Garten"] * 100)
+    response = client.post("/models/langid/predict", json={"inputs": long_text})
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"]["label"] == "de"
+
+
 def test_a_custom_plain_pytorch_loader_serves_json(client: TestClient) -> None:
     response = client.post(
         "/models/iris/predict",

@@ -492,24 +492,30 @@ def test_model_within_budget_is_fine(write_config: WriteConfig, tmp_path: Path) 
     assert list(config.models) == ["small"]
 
 
-def two_models(pinned: bool) -> str:
-    flag = "true" if pinned else "false"
+def two_models(a: str, b: str) -> str:
     return (
         "server:\n  memory_budget: 1MB\nmodels:\n"
-        f"  a:\n    loader: fake\n    size_hint: 600kB\n    pinned: {flag}\n"
-        f"  b:\n    loader: fake\n    options: {{size: 600kB}}\n    pinned: {flag}\n"
+        f"  a:\n    loader: fake\n    size_hint: 600kB\n    {a}\n"
+        f"  b:\n    loader: fake\n    options: {{size: 600kB}}\n    {b}\n"
     )
 
 
-def test_pinned_models_must_fit_together(tmp_path: Path) -> None:
-    assert problems_of(tmp_path, two_models(pinned=True)) == [
-        "pinned models need 1.2 MB together, more than server.memory_budget (1.0 MB); "
-        "unpin some or raise the budget"
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [("pinned: true", "pinned: true"), ("hot: true", "hot: true"), ("pinned: true", "hot: true")],
+)
+def test_pinned_and_hot_models_must_fit_together(tmp_path: Path, a: str, b: str) -> None:
+    assert problems_of(tmp_path, two_models(a, b)) == [
+        "pinned and hot models need 1.2 MB together, more than server.memory_budget (1.0 MB); "
+        "unpin some, make some lazy, or raise the budget"
     ]
 
 
-def test_unpinned_models_may_exceed_the_budget_together(write_config: WriteConfig) -> None:
-    config = write_config(two_models(pinned=False))
+@pytest.mark.parametrize(("a", "b"), [("hot: false", "hot: false"), ("pinned: true", "hot: false")])
+def test_lazy_models_may_exceed_the_budget_together(
+    write_config: WriteConfig, a: str, b: str
+) -> None:
+    config = write_config(two_models(a, b))
     assert sorted(config.models) == ["a", "b"]
 
 

@@ -270,3 +270,70 @@ async def test_the_queue_limit_answers_503_with_retry_after(tmp_path: Path) -> N
         assert "2 requests already wait for it (max_queue 2)" in excinfo.value.message
         fake.open_gate("g")
         await asyncio.gather(*waiting)
+
+
+async def test_admin_unload_with_no_drain_time_unloads_an_idle_model(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text("server: {watch: false, drain_timeout: 0}\nmodels:\n  m: {loader: fake}\n")
+    async with manager_for(path) as manager:
+        await ask(manager, "m")
+        assert (await manager.unload("m"))["state"] == "unloaded"
+        assert await ask(manager, "m") is not None  # and it loads again on demand
+        assert manager.describe("m")["load_count"] == 2
+
+
+async def test_a_hot_model_that_found_no_room_is_retried_until_ready(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    text = (
+        "server: {watch: false, memory_budget: 100MB, capacity_wait: 0.1,"
+        " retry_backoff: {initial: 0.1}}\n"
+        "models:\n  h: {loader: fake, hot: true, options: {size: 60MB, predict_gate: h, v: 1}}\n"
+    )
+    path.write_text(text)
+    async with manager_for(path) as manager:
+        await manager.wait_hot()
+        in_flight = asyncio.create_task(ask(manager, "h"))
+        await wait_until(lambda: manager.describe("h")["in_flight"] == 1, "v1 is in use")
+        path.write_text(text.replace("v: 1", "v: 2"))
+        assert (await manager.reload()).replaced == ["h"]
+        # v2 cannot fit while v1 serves its request: it finds no room, and is retried.
+        await wait_until(lambda: manager.describe("h")["error"] is not None, "no room")
+        assert manager.readiness()[1]["pending"] == ["h"]
+        fake.open_gate("h")
+        await in_flight
+        await wait_until(lambda: manager.readiness()[0], "v2 loads and the server is ready")
+        assert manager.describe("h")["state"] == "loaded"
+        assert manager.snapshot()["used_bytes"] == 60 * MB
+
+
+async def test_a_loader_that_calls_sys_exit_fails_alone(tmp_path: Path) -> None:
+    (tmp_path / "exiting_loader.py").write_text("import sys\n\ndef load(ctx):\n    sys.exit(2)\n")
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "server: {watch: false}\n"
+        "models:\n"
+        "  exits: {loader: 'exiting_loader:load'}\n"
+        "  fine: {loader: fake}\n"
+    )
+    async with manager_for(path) as manager:
+        with pytest.raises(ModelFailed) as excinfo:
+            await ask(manager, "exits")
+        assert "SystemExit(2) raised in a worker thread" in excinfo.value.message
+        assert manager.describe("exits")["state"] == "failed"
+        assert await ask(manager, "fine") is not None
+
+
+async def test_the_queue_limit_also_bounds_requests_to_a_loaded_model(tmp_path: Path) -> None:
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "server: {watch: false}\n"
+        "models:\n  m: {loader: fake, max_queue: 2, options: {predict_gate: g}}\n"
+    )
+    async with manager_for(path) as manager:
+        running = [asyncio.create_task(ask(manager, "m")) for _ in range(2)]
+        await wait_until(lambda: manager.describe("m")["in_flight"] == 2, "two in flight")
+        with pytest.raises(QueueFull) as excinfo:
+            await ask(manager, "m")
+        assert excinfo.value.kind == "busy"
+        fake.open_gate("g")
+        await asyncio.gather(*running)

@@ -11,13 +11,18 @@ from registry.loaders.torch_setup import prepare_torch, resolve_device
 
 # Pipeline call arguments the server owns; a request may not override them.
 _RESERVED = frozenset({"batch_size", "num_workers"})
+# Text tasks that accept `truncation`: a text longer than the model takes is cut, not an error.
+_TRUNCATING = frozenset(
+    {"text-classification", "sentiment-analysis", "feature-extraction", "zero-shot-classification"}
+)
 
 
 class PipelineModel:
     """A transformers pipeline; calls are serialised (pipelines are not thread-safe)."""
 
-    def __init__(self, pipe: Any) -> None:
+    def __init__(self, pipe: Any, task: str | None) -> None:
         self._pipe = pipe
+        self._defaults = {"truncation": True} if task in _TRUNCATING else {}
         self.module = pipe.model  # what memory.measure_bytes counts
         self._lock = threading.Lock()
 
@@ -29,7 +34,8 @@ class PipelineModel:
         with self._lock:
             if self._pipe is None:
                 raise RuntimeError("the model was unloaded")
-            outputs = self._pipe(list(inputs), batch_size=len(inputs), **parameters)
+            kwargs = {**self._defaults, **parameters}
+            outputs = self._pipe(list(inputs), batch_size=len(inputs), **kwargs)
         if not isinstance(outputs, list) or len(outputs) != len(inputs):
             outputs = [outputs]
         return list(outputs)
@@ -68,4 +74,4 @@ def load(ctx: LoadContext) -> PipelineModel:
         trust_remote_code=spec.trust_remote_code,
         **kwargs,
     )
-    return PipelineModel(pipe)
+    return PipelineModel(pipe, spec.task)
