@@ -1,0 +1,208 @@
+"""Admission: a request's way in: check its input, wait for the model, lease it, predict.
+
+- Single flight: requests for a cold model wait for its one load task; they do not own it,
+  so a client that goes away cancels nothing.
+- Leases: a request holds its model from before inference until the worker thread is done
+  (not until the request is cancelled), so a model is never closed under a running call.
+- Backpressure: past `max_queue` waiting requests a model answers 503 with Retry-After.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from registry.errors import (
+    BadInput,
+    CapacityExceeded,
+    InferenceError,
+    LoadPending,
+    ModelFailed,
+    QueueFull,
+    ShuttingDown,
+    UnknownModel,
+    UnsupportedInput,
+)
+from registry.lifecycle import Lifecycle, predict_json
+from registry.payload import ImageRequest, PredictRequest, decode_image
+from registry.slot import Slot, State
+from registry.threads import InferencePool
+
+log = logging.getLogger("registry")
+
+
+class Admission:
+    """Runs requests against the manager's slots (the same dict, updated by reloads)."""
+
+    def __init__(self, slots: dict[str, Slot], life: Lifecycle, pool: InferencePool) -> None:
+        self._slots = slots
+        self._life = life
+        self._pool = pool
+
+    def lookup(self, name: str) -> Slot:
+        """The slot of `name`, or UnknownModel listing the known names."""
+        slot = self._slots.get(name)
+        if slot is None:
+            raise UnknownModel(name, self._slots)
+        return slot
+
+    async def predict(self, name: str, request: PredictRequest) -> Any:
+        """Run one request on model `name`, loading it first if needed."""
+        if self._life.closing:
+            raise ShuttingDown()
+        slot = self.lookup(name)
+        inputs = await self._prepare(slot, request)
+        slot = await self._acquire(slot)
+        started = time.monotonic()
+        try:
+            future = self._infer(slot, inputs, request.parameters)
+        except BaseException:
+            self._release(slot)
+            raise
+        future.add_done_callback(lambda _: self._release(slot))
+        try:
+            outputs = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if future.cancelled() and current is not None and not current.cancelling():
+                raise ShuttingDown() from None  # the pool dropped the job: shutdown
+            raise
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise BadInput(f"model {slot.name!r} rejected the input: {exc}") from exc
+        except BadInput:
+            raise
+        except Exception as exc:
+            log.exception("inference failed on %s", slot.name)
+            raise InferenceError(
+                f"model {slot.name!r} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+        elapsed = time.monotonic() - started
+        previous = slot.infer_seconds
+        slot.infer_seconds = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
+        return outputs if request.is_batch else outputs[0]
+
+    async def _prepare(self, slot: Slot, request: PredictRequest) -> list[Any]:
+        """Check the input against the model's kind before anything loads."""
+        kind = slot.spec.input_kind
+        what = slot.spec.task or "custom loader"
+        if isinstance(request, ImageRequest):
+            if kind != "image":
+                takes = "text" if kind == "text" else "JSON"
+                raise UnsupportedInput(
+                    f"model {slot.name!r} ({what}) takes {takes}: POST application/json "
+                    '{"inputs": ...}, not a file upload'
+                )
+            return [await self._pool.submit(decode_image, request.data)]
+        if kind == "image":
+            raise UnsupportedInput(
+                f"model {slot.name!r} ({what}) takes an image: POST multipart/form-data "
+                "with the image file in field 'file'"
+            )
+        items = request.inputs if isinstance(request.inputs, list) else [request.inputs]
+        if not items:
+            raise BadInput("'inputs' is an empty list; send at least one input")
+        limit = self._life.settings.max_inputs
+        if len(items) > limit:
+            raise BadInput(f"'inputs' has {len(items)} items; at most {limit} per request")
+        if kind == "text" and not all(isinstance(item, str) for item in items):
+            raise BadInput(
+                f'model {slot.name!r} ({what}) takes text: "inputs" must be a string '
+                "or a list of strings"
+            )
+        return list(items)
+
+    def _infer(
+        self, slot: Slot, inputs: list[Any], parameters: Mapping[str, Any]
+    ) -> asyncio.Future[list[Any]]:
+        if slot.batcher is not None:
+            return slot.batcher.submit(inputs, parameters)
+        assert slot.model is not None
+        return self._pool.submit(predict_json, slot.model, inputs, dict(parameters))
+
+    async def _acquire(self, slot: Slot) -> Slot:
+        """Wait until the model is loaded and take a lease on it."""
+        life = self._life
+        deadline = time.monotonic() + self._life.settings.request_timeout
+        queued: Slot | None = None
+        try:
+            while True:
+                if life.closing:
+                    raise ShuttingDown()
+                while slot.retired:
+                    if slot.replacement is None:
+                        raise UnknownModel(slot.name, self._slots, removed=True)
+                    slot = slot.replacement
+                if slot.state is State.LOADED and not slot.unload_requested:
+                    self._check_queue(slot, loaded=True)
+                    slot.leases += 1
+                    slot.touch()
+                    life.budget.touch(slot)
+                    return slot
+                if queued is not slot:
+                    self._check_queue(slot)
+                    if queued is not None:
+                        queued.waiting -= 1
+                    slot.waiting += 1
+                    queued = slot
+                now = time.monotonic()
+                if slot.state is State.FAILED and now < slot.retry_at:
+                    raise ModelFailed(slot.name, slot.error or "", retry_after=slot.retry_at - now)
+                if slot.state in (State.UNLOADED, State.FAILED) and not slot.unload_requested:
+                    life.start_load(slot)
+                remaining = deadline - now
+                if remaining <= 0:
+                    raise LoadPending(
+                        f"model {slot.name!r} is still {slot.state.value} after "
+                        f"{self._life.settings.request_timeout:g}s (server.request_timeout)",
+                        retry_after=life.load_eta(slot),
+                    )
+                task = slot.load_task
+                if task is None:
+                    await life.wait_changed(remaining)
+                    continue
+                done, _ = await asyncio.wait({task}, timeout=remaining)
+                if task in done and not task.cancelled():
+                    outcome = task.result()
+                    if isinstance(outcome, CapacityExceeded):
+                        raise CapacityExceeded(  # a fresh error per waiter
+                            outcome.name,
+                            outcome.size,
+                            outcome.used,
+                            outcome.budget,
+                            retry_after=outcome.retry_after,
+                        )
+        finally:
+            if queued is not None:
+                queued.waiting -= 1
+
+    def _check_queue(self, slot: Slot, *, loaded: bool = False) -> None:
+        """Past max_queue requests waiting (for a load, room, or a worker): 503."""
+        limit = slot.spec.max_queue or self._life.settings.max_queue
+        if (slot.leases if loaded else slot.waiting + slot.leases) < limit:
+            return
+        loading = slot.state is not State.LOADED
+        if loading:
+            elapsed = time.monotonic() - slot.load_started if slot.load_task else 0.0
+            retry_after = max(1.0, self._life.load_eta(slot) - elapsed)
+        else:
+            retry_after = self._life.busy_eta(slot)
+        raise QueueFull(
+            f"model {slot.name!r} is {'loading' if loading else 'busy'}: "
+            f"{slot.waiting + slot.leases} requests already wait for it (max_queue {limit})",
+            retry_after=retry_after,
+            loading=loading,
+        )
+
+    def _release(self, slot: Slot) -> None:
+        slot.leases -= 1
+        slot.served += 1
+        slot.touch()
+        life = self._life
+        life.budget.touch(slot)
+        if slot.retired or slot.unload_requested:
+            life.unload_when_idle(slot)
+        life.enforce_limit()
+        life.notify()
