@@ -133,7 +133,7 @@ class ModelManager:
             if stuck:  # a model still running a hung request cannot be closed
                 log.error("shutdown: gave up waiting for %d unload(s)", len(stuck))
         self._pool.shutdown()
-        release_memory()
+        release_memory(full=True)
         self._closed = True
         seconds = time.monotonic() - started
         log.info(

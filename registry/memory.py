@@ -160,9 +160,14 @@ def rss_bytes() -> int:
     return pages * os.sysconf("SC_PAGE_SIZE")
 
 
-def release_memory() -> None:
-    """Return freed memory to the OS: gc, malloc_trim on glibc, the CUDA cache if used."""
-    gc.collect()
+def release_memory(*, full: bool = False) -> None:
+    """Return freed memory to the OS: gc, malloc_trim on glibc, the CUDA cache if used.
+
+    Weights are freed by reference counting when a model is dropped; a full collection
+    walks every object of torch and transformers and holds the GIL for ~200 ms, which
+    stalls the event loop. So only the young generations are collected, unless `full`.
+    """
+    gc.collect(2 if full else 1)
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL("libc.so.6").malloc_trim(0)
