@@ -99,11 +99,13 @@ class Lifecycle:
         timeout = slot.spec.load_timeout or self.settings.load_timeout
         try:
             async with self.load_limit:
-                estimate = await run_in_thread(
-                    functools.partial(estimate_bytes, slot.spec, slot.source), name="estimate"
-                )
-                slot.estimate = estimate
-                need = estimate or 0
+                if slot.size_bytes is not None:  # measured on an earlier load of the same files
+                    need = slot.size_bytes
+                else:
+                    slot.estimate = await run_in_thread(
+                        functools.partial(estimate_bytes, slot.spec, slot.source), name="estimate"
+                    )
+                    need = slot.estimate or 0
                 if need > self.budget.limit:
                     raise ModelTooLarge(slot.name, need, self.budget.limit)
                 await self.reserve(slot, need)
