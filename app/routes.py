@@ -17,8 +17,8 @@ from registry.payload import ImageRequest, TextRequest
 TEXT_SHAPE = '{"inputs": "text" | ["text", ...], "parameters": {...}}'
 
 
-def get_manager(request: Request) -> ModelManager:
-    """The manager the lifespan created."""
+async def get_manager(request: Request) -> ModelManager:
+    """The manager the lifespan created (async: a sync dependency costs a thread hop)."""
     manager: ModelManager = request.app.state.manager
     return manager
 

@@ -27,11 +27,13 @@ from registry.errors import (
     UnsupportedInput,
 )
 from registry.lifecycle import Lifecycle, predict_json
-from registry.payload import ImageRequest, PredictRequest, decode_image
+from registry.payload import ImageRequest, PredictRequest, decode_image, image_pixels
 from registry.slot import Slot, State
 from registry.threads import InferencePool
 
 log = logging.getLogger("registry")
+# Images up to this size are decoded on the event loop: a pool hop costs more than that.
+INLINE_DECODE_PIXELS = 256 * 256
 
 
 class Admission:
@@ -95,6 +97,8 @@ class Admission:
                     f"model {slot.name!r} ({what}) takes {takes}: POST application/json "
                     '{"inputs": ...}, not a file upload'
                 )
+            if image_pixels(request.data) <= INLINE_DECODE_PIXELS:
+                return [decode_image(request.data)]  # well under a millisecond
             return [await self._pool.submit(decode_image, request.data)]
         if kind == "image":
             raise UnsupportedInput(

@@ -1,10 +1,12 @@
 """Dynamic batching: concurrent requests to one model become one call.
 
-A batch is dispatched when it holds `max_size` inputs, or `max_wait` after its first request
-arrived, whichever comes first; a request that is alone with its model is dispatched at once,
-so batching costs an idle model no latency. Requests with different parameters are never
-mixed. If a batch call raises, its requests are retried one by one, so a bad input fails
-only its own request. One batch per model runs at a time.
+A batch is dispatched once it holds as many inputs as recent batches did (an average that
+follows the load, capped at `max_size`), or `max_wait` after its first request arrived,
+whichever comes first. A lone client keeps that average at 1, so its requests go at once and
+batching costs it no latency; 16 busy clients keep it near 16, so a batch goes as soon as
+their requests are in instead of waiting for a size they never reach. Requests with
+different parameters are never mixed. If a batch call raises, its requests are retried one
+by one, so a bad input fails only its own request. One batch per model runs at a time.
 """
 
 from __future__ import annotations
@@ -34,13 +36,11 @@ class _Entry:
 class Batcher:
     """Collects requests for one model and runs them in batches through `run`."""
 
-    def __init__(
-        self, run: Run, *, max_size: int, max_wait: float, alone: Callable[[], bool]
-    ) -> None:
+    def __init__(self, run: Run, *, max_size: int, max_wait: float) -> None:
         self._run = run
         self.max_size = max_size
         self.max_wait = max_wait
-        self._alone = alone  # true when no other request holds this model
+        self._typical = 1.0  # moving average of recent batch sizes, in inputs
         self._queue: deque[_Entry] = deque()
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -64,13 +64,15 @@ class Batcher:
         loop = asyncio.get_running_loop()
         while self._queue:
             first = self._queue[0]
-            if not self._alone():
-                deadline = first.arrived + self.max_wait
-                while self._fill(first.key) < self.max_size and loop.time() < deadline:
-                    self._arrived.clear()
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())
+            target = min(self.max_size, max(1, round(self._typical)))
+            deadline = first.arrived + self.max_wait
+            while self._fill(first.key) < target and loop.time() < deadline:
+                self._arrived.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())
             batch = self._take(first.key)
+            size = sum(len(entry.inputs) for entry in batch)
+            self._typical = 0.5 * self._typical + 0.5 * size
             await self._execute(batch)
 
     def _fill(self, key: str) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import time
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from registry.errors import (
 )
 from registry.lifecycle import Lifecycle
 from registry.loaders.torch_setup import configure as configure_torch
-from registry.memory import release_memory
+from registry.memory import compact, release_memory
 from registry.payload import PredictRequest
 from registry.reload import Changes, plan
 from registry.slot import Slot, State
@@ -35,6 +36,8 @@ from registry.units import format_bytes, format_duration
 from registry.watcher import stamp, watch
 
 log = logging.getLogger("registry")
+IDLE_BEFORE_COMPACT = 30.0  # seconds without requests or loads
+COMPACT_EVERY = 600.0
 
 
 class ModelManager:
@@ -133,6 +136,7 @@ class ModelManager:
             if stuck:  # a model still running a hung request cannot be closed
                 log.error("shutdown: gave up waiting for %d unload(s)", len(stuck))
         self._pool.shutdown()
+        gc.unfreeze()
         release_memory(full=True)
         self._closed = True
         seconds = time.monotonic() - started
@@ -309,10 +313,17 @@ class ModelManager:
     # -------------------------------------------------------------------- helpers
 
     async def _reap(self) -> None:
-        """Unload models idle past their TTL; retry failed hot models after their backoff."""
+        """Unload models idle past their TTL; retry failed hot models after their backoff;
+        collect frozen garbage when the server has been idle for a while."""
+        busy_at = last_compact = time.monotonic()
         while not self._life.closing:
             await asyncio.sleep(0.25)
             now = time.monotonic()
+            if any(s.leases or s.waiting or s.load_task for s in self._slots.values()):
+                busy_at = now
+            elif now - busy_at > IDLE_BEFORE_COMPACT and now - last_compact > COMPACT_EVERY:
+                last_compact = now
+                await run_in_thread(compact, name="compact")
             default_ttl = self.config.server.idle_ttl
             for slot in list(self._slots.values()):
                 ttl = slot.spec.idle_ttl if slot.spec.idle_ttl is not None else default_ttl

@@ -44,6 +44,18 @@ class ImageRequest:
 PredictRequest = TextRequest | ImageRequest
 
 
+def image_pixels(data: bytes) -> int:
+    """Width x height from the image header alone (cheap); 0 when it is not an image."""
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(io.BytesIO(data)) as image:
+            width, height = image.size
+    except Exception:  # decode_image() reports what is wrong
+        return 0 if not data else MAX_IMAGE_PIXELS
+    return int(width) * int(height)
+
+
 def decode_image(data: bytes) -> Image:
     """Decode an upload into an RGB PIL image, or raise BadInput saying what was wrong."""
     from PIL import Image as PILImage
