@@ -94,7 +94,7 @@ class ModelManager:
         return self._life.closing
 
     def begin_shutdown(self) -> None:
-        """Refuse new requests from now on (safe to call from a signal handler)."""
+        """Refuse new requests from now on (the server calls it when a signal arrives)."""
         if not self._life.closing:
             self._life.closing = True
             self._in_flight_at_close = sum(s.leases for s in self._all_slots())
