@@ -124,7 +124,9 @@ class Admission:
         if slot.batcher is not None:
             return slot.batcher.submit(inputs, parameters)
         assert slot.model is not None
-        return self._pool.submit(predict_json, slot.model, inputs, dict(parameters))
+        return self._pool.submit(
+            predict_json, slot.model, inputs, dict(parameters), thread=slot.thread
+        )
 
     async def _acquire(self, slot: Slot) -> Slot:
         """Wait until the model is loaded and take a lease on it."""

@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Coroutine, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +171,7 @@ class Lifecycle:
 
     def _loaded(self, slot: Slot, model: Model, seconds: float) -> None:
         slot.model = model
+        slot.thread = self.pool.thread_for(slot.name)
         slot.state = State.LOADED
         slot.load_count += 1
         slot.failures = 0
@@ -196,15 +198,19 @@ class Lifecycle:
             slot.batcher = None
             return
         slot.batcher = Batcher(
-            functools.partial(self._run_batch, slot.model),
+            functools.partial(self._run_batch, slot.model, slot.thread),
             max_size=batch.max_size,
             max_wait=batch.max_wait_ms / 1000,
         )
 
     async def _run_batch(
-        self, model: Model, inputs: list[Any], parameters: Mapping[str, Any]
+        self,
+        model: Model,
+        thread: ThreadPoolExecutor | None,
+        inputs: list[Any],
+        parameters: Mapping[str, Any],
     ) -> list[Any]:
-        return await self.pool.submit(predict_json, model, inputs, dict(parameters))
+        return await self.pool.submit(predict_json, model, inputs, dict(parameters), thread=thread)
 
     def _failed(self, slot: Slot, exc: BaseException, timeout: float) -> None:
         backoff = self.settings.retry_backoff
@@ -283,6 +289,7 @@ class Lifecycle:
 
     async def _unload(self, slot: Slot, why: str, quiet: bool) -> None:
         model, slot.model = slot.model, None
+        thread, slot.thread = slot.thread, None
         slot.batcher = None
         size = self.budget.size_of(slot)
         idle = time.monotonic() - slot.last_used_mono
@@ -293,6 +300,7 @@ class Lifecycle:
         except Exception:
             log.exception("error while unloading %s (its bytes are released anyway)", slot.name)
         finally:
+            self.pool.retire(thread)
             self.budget.release(slot)
             slot.state = State.UNLOADED
             slot.unload_task = None

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from concurrent.futures import ThreadPoolExecutor
+
     from registry.batching import Batcher
     from registry.config import ModelSpec, Source
     from registry.loaders import Model
@@ -54,6 +56,7 @@ class Slot:
     replacement: Slot | None = None
     hot_ready: bool = False  # a hot model's preload has succeeded
     batcher: Batcher | None = None
+    thread: ThreadPoolExecutor | None = None  # the model's inference thread while loaded
     infer_seconds: float | None = None  # moving average of one inference call
 
     @property
