@@ -40,8 +40,10 @@ def setup(threads: int | None) -> Any:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     import torch
 
-    from registry.loaders.torch_setup import default_threads
+    from registry.loaders.torch_setup import configure, default_threads
 
+    # The registry's loader (minilm) applies the configured count again on its first load.
+    configure(threads)
     torch.set_num_threads(threads or default_threads())
     import transformers
 

@@ -111,7 +111,11 @@ languages in turn) and, for minilm, 16 English-word sentences of 8-20 words
   are hot in one server; the notes give the mean batch size from `GET /models`
   (`batches.inputs / batches.batches`, warm-up included) and flag a `load_count` other than 1
   or any wrk error / non-2xx. Baseline: the in-process sequential rate (one input per call, in
-  a loop, D seconds; the same run as the warm baseline for digits and langid).
+  a loop, D seconds; the same run as the warm baseline for digits and langid). The
+  "torch_threads=all cores" row: a second server with `server: {torch_threads: <cores>}`
+  serving minilm and langid (both 32/5ms), the same wrk runs, against the minilm loop with
+  `torch.set_num_threads(<cores>)`; its note adds langid's rate in that server and, in both
+  servers, langid's first request after an admin unload minus a warm one (median of 3).
 - **isolation**: langid p99 (wrk -c1, D seconds) while another thread loads and unloads
   bert-memory-demo (~266 MB) in a loop (admin API `POST .../load` or a predict, then
   `POST .../unload`; without the admin API: predict it, then predict minilm, which the budget

@@ -54,10 +54,18 @@ class Context:
         body = self.inputs.text_bodies[index].read_bytes()
         return raw_request(port, "POST", f"/models/{name}/predict", body, "application/json")
 
-    def baseline_loop(self, name: str) -> dict[str, Any]:
-        """The in-process sequential loop of a model (run once per suite run, then reused)."""
-        if name not in self.loops:
-            progress(f"  in-process baseline: {name}, one input per call, {self.duration:g}s")
+    def baseline_loop(self, name: str, threads: int | None = None) -> dict[str, Any]:
+        """The in-process sequential loop of a model (run once per suite run, then reused).
+
+        `threads`: torch intra-op threads (default: the server's default, cores - 1).
+        """
+        key = name if threads is None else f"{name}@{threads}"
+        if key not in self.loops:
+            with_threads = f", {threads} torch threads" if threads else ""
+            progress(
+                f"  in-process baseline: {name}, one input per call, {self.duration:g}s"
+                + with_threads
+            )
             kind = MODEL_KIND[name]
             job = {
                 "mode": "loop",
@@ -66,6 +74,7 @@ class Context:
                 "kind": kind,
                 "files": [str(p) for p in self.inputs.files(kind)],
                 "seconds": self.duration,
+                "threads": threads,
             }
             result = measure_quietly(f"in-process {name}", [], lambda: inproc(job))
             lat = result.pop("latencies_s")
@@ -77,8 +86,8 @@ class Context:
                 mean_ms=sum(lat) / len(lat) * 1e3,
                 rate=median(len(t) / sum(t) for t in thirds),
             )
-            self.loops[name] = result
-        return self.loops[name]
+            self.loops[key] = result
+        return self.loops[key]
 
 
 # The kind of input (Inputs.files) each model of the warm and throughput scenarios gets.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from bench_common import (
     BATCH,
     Process,
+    admin_available,
     cpu_seconds,
     measure_quietly,
     median,
@@ -14,9 +16,10 @@ from bench_common import (
     progress,
     start_server,
     wait_ready,
+    wait_state,
     write_config,
 )
-from bench_http import Http
+from bench_http import Http, fire
 from bench_report import Row
 from bench_scenarios import MODEL_KIND, Context
 from bench_wrk import run_wrk, wrk_script
@@ -28,8 +31,10 @@ TUNED = {"max_size": 16, "max_wait_ms": 5}
 # ----------------------------------------------------------------- warm latency
 
 
-def _hot_server(ctx: Context, name: str, models: dict[str, dict[str, Any]]) -> Process:
-    server = start_server(write_config(ctx.workdir, name, models), name)
+def _hot_server(
+    ctx: Context, name: str, models: dict[str, dict[str, Any]], **settings: Any
+) -> Process:
+    server = start_server(write_config(ctx.workdir, name, models, **settings), name)
     try:
         wait_ready(server)
     except BaseException:
@@ -161,6 +166,69 @@ def _mode(suffix: str) -> str:
     return "batching {max_size}/{max_wait_ms}ms".format(**spec) + tuned
 
 
+# A second server with torch_threads = every core (README: for a compute-bound model), against
+# an in-process baseline with as many threads; langid rides along to show what the event loop
+# loses to torch's threads, and a few langid reloads show the first-inference cost.
+ALL_CORES = os.cpu_count() or 1
+ALL_CORES_MODELS = ("minilm", "langid")
+RELOADS = 3
+
+
+def _reload_ms(ctx: Context, server: Process, name: str) -> list[float]:
+    """First request after an admin unload minus a warm one, RELOADS times ([]: no admin API)."""
+    http = Http(server.port)
+    request = ctx.text_request(server.port, name)
+    times: list[float] = []
+    try:
+        if not admin_available(http, name):  # unloads it if so
+            return times
+        for _ in range(RELOADS):
+            wait_state(http, [name], "unloaded")
+            (status, first), *_ = fire(server.port, [request])
+            assert status == 200, f"reload request: {status}\n{server.tail()}"
+            warm = median(fire(server.port, [request])[0][1] for _ in range(3))
+            times.append((first - warm) * 1e3)
+            http.admin(name, "unload")
+    finally:
+        http.close()
+    return times
+
+
+def _serve(
+    ctx: Context,
+    label: str,
+    models: dict[str, dict[str, Any]],
+    raw: dict[str, Any],
+    reload: str,
+    threads: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """wrk -c16 on every model of one server; its GET /models entries; then `reload` reloads."""
+    settings = {} if threads is None else {"torch_threads": threads}
+    with _hot_server(ctx, label, models, **settings) as server:
+        kinds = {name: MODEL_KIND[name.split("-")[0]] for name in models}
+        raw.update(_wrk_rounds(ctx, server, kinds, 16))
+        entries = {m["name"]: m for m in Http(server.port).get("/models")["models"]}
+        raw[f"{label}-reload-ms"] = _reload_ms(ctx, server, reload)
+    return entries
+
+
+def _notes(result: dict[str, Any], entry: dict[str, Any]) -> list[str]:
+    """load_count, CPU per request, mean batch and wrk problems of one wrk summary."""
+    result["load_count"] = entry["load_count"]
+    result["batches"] = entry["batches"]
+    notes = [f"load_count {entry['load_count']}"] if entry["load_count"] != 1 else []
+    notes.append(
+        f"CPU per request: server {result['server_cpu_ms_per_req']:.2f} ms, "
+        f"wrk {result['wrk_cpu_ms_per_req']:.2f} ms"
+    )
+    if entry["batches"] and entry["batches"]["batches"]:
+        result["mean_batch"] = entry["batches"]["inputs"] / entry["batches"]["batches"]
+        notes.append(f"mean batch {result['mean_batch']:.1f} inputs")
+    if result["errors"]:
+        notes.append(_wrk_problems(result))
+    return notes
+
+
 def throughput(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     """16 concurrent clients (wrk -c16), batching on and off, vs. the sequential pipeline."""
     models: dict[str, dict[str, Any]] = {}
@@ -170,30 +238,16 @@ def throughput(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             extra = {} if spec is None else {"batch": spec}
             models[base_name + suffix] = model(base_name, hot=True, **extra)
     raw: dict[str, Any] = {"batch": BATCH, "tuned": TUNED, "connections": 16}
-    with _hot_server(ctx, "throughput", models) as server:
-        kinds = {name: MODEL_KIND[name.split("-")[0]] for name in models}
-        raw.update(_wrk_rounds(ctx, server, kinds, 16))
-        entries = {m["name"]: m for m in Http(server.port).get("/models")["models"]}
+    entries = _serve(ctx, "throughput", models, raw, "langid")
+    all_models = {f"{n}-allcores": model(n, hot=True, batch=BATCH) for n in ALL_CORES_MODELS}
+    label = "throughput-allcores"
+    entries |= _serve(ctx, label, all_models, raw, "langid-allcores", ALL_CORES)
     rows: list[Row] = []
     for base_name, suffixes in THROUGHPUT_MODELS.items():
         base = ctx.baseline_loop(base_name)
         raw[f"{base_name}-inproc"] = {k: v for k, v in base.items() if k != "latencies_s"}
         for suffix in suffixes:
             name = base_name + suffix
-            entry = entries[name]
-            raw[name]["load_count"] = entry["load_count"]
-            raw[name]["batches"] = entry["batches"]
-            notes = [f"load_count {entry['load_count']}"] if entry["load_count"] != 1 else []
-            notes.append(
-                f"CPU per request: server {raw[name]['server_cpu_ms_per_req']:.2f} ms, "
-                f"wrk {raw[name]['wrk_cpu_ms_per_req']:.2f} ms"
-            )
-            if entry["batches"] and entry["batches"]["batches"]:
-                mean = entry["batches"]["inputs"] / entry["batches"]["batches"]
-                raw[name]["mean_batch"] = mean
-                notes.append(f"mean batch {mean:.1f} inputs")
-            if raw[name]["errors"]:
-                notes.append(_wrk_problems(raw[name]))
             rows.append(
                 Row(
                     f"throughput: {base_name}, 16 clients, {_mode(suffix)}",
@@ -203,7 +257,30 @@ def throughput(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
                     "ratio",
                     VARIANTS[suffix][1],
                     higher_is_better=True,
-                    note="; ".join(notes),
+                    note="; ".join(_notes(raw[name], entries[name])),
                 )
             )
+    base = ctx.baseline_loop("minilm", threads=ALL_CORES)
+    raw["minilm-inproc-allcores"] = {k: v for k, v in base.items() if k != "latencies_s"}
+    notes = _notes(raw["minilm-allcores"], entries["minilm-allcores"])
+    _notes(raw["langid-allcores"], entries["langid-allcores"])
+    reload_all, reload_default = (median(raw[f"{k}-reload-ms"]) for k in (label, "throughput"))
+    notes.append(
+        f"in-process baseline at {base['torch_threads']} torch threads; in the same server, "
+        f"langid 16 clients 32/5ms {raw['langid-allcores']['rps']:.0f} req/s (default threads: "
+        f"{raw['langid']['rps']:.0f}), langid reload after an unload (first request - warm, "
+        f"median of {RELOADS}) {reload_all:.1f} ms (default threads: {reload_default:.1f} ms)"
+    )
+    rows.append(
+        Row(
+            f"throughput: minilm, 16 clients, {_mode('')}, torch_threads=all cores ({ALL_CORES})",
+            raw["minilm-allcores"]["rps"],
+            base["rate"],
+            "req/s",
+            "ratio",
+            2.0,
+            higher_is_better=True,
+            note="; ".join(notes),
+        )
+    )
     return rows, raw
