@@ -305,8 +305,19 @@ def machine() -> dict[str, Any]:
         text=True,
         check=False,
     ).stdout.strip()
-    dirty = subprocess.run(
-        ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+    dirty = subprocess.run(  # the suite's own outputs do not count
+        [
+            "git",
+            "-C",
+            str(REPO),
+            "status",
+            "--porcelain",
+            "--untracked-files=no",
+            "--",
+            ".",
+            ":!BENCHMARKS.md",
+            ":!BENCHMARKS.json",
+        ],
         capture_output=True,
         text=True,
         check=False,
