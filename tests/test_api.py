@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import io
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +11,7 @@ from types import ModuleType
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from support import builders, digit_png
 
 from app.main import create_app
 from registry.config import load_config
@@ -33,24 +32,9 @@ ENTRY_KEYS = {
 TEXT_SHAPE = '{"inputs": "text" | ["text", ...], "parameters": {...}}'
 
 
-def _builders() -> ModuleType:
-    path = Path(__file__).resolve().parent.parent / "scripts" / "build_models.py"
-    spec = importlib.util.spec_from_file_location("build_models", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def builders() -> ModuleType:
-    return _builders()
-
-
-def png_of_digit(builders: ModuleType, index: int) -> bytes:
-    buffer = io.BytesIO()
-    builders.digit_image(index).save(buffer, format="PNG")
-    return buffer.getvalue()
+@pytest.fixture(scope="module", name="builders")
+def builders_fixture() -> ModuleType:
+    return builders()
 
 
 @pytest.fixture
@@ -127,7 +111,7 @@ def test_an_uploaded_digit_is_classified(client: TestClient, builders: ModuleTyp
     for index in indexes:
         response = client.post(
             "/models/digits/predict",
-            files={"file": ("digit.png", png_of_digit(builders, index), "image/png")},
+            files={"file": ("digit.png", digit_png(index), "image/png")},
         )
         assert response.status_code == 200, response.text
         body = response.json()
@@ -214,7 +198,7 @@ def test_bad_uploads_get_a_clear_4xx(client: TestClient, files, status, expected
 
 
 def test_a_truncated_image_is_422(client: TestClient, builders: ModuleType) -> None:
-    data = png_of_digit(builders, 0)
+    data = digit_png(0)
     response = client.post(
         "/models/digits/predict", files={"file": ("d.png", data[: len(data) // 2], "image/png")}
     )

@@ -3,42 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import io
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from pathlib import Path
-from types import ModuleType
 
 import pytest
+from support import builders, digit_png, running
 
-from registry.config import Config
 from registry.errors import BadInput
 from registry.loaders import fake
-from registry.manager import ModelManager
 from registry.payload import ImageRequest, TextRequest
 
 pytestmark = pytest.mark.anyio
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def builders() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("build_models", ROOT / "scripts/build_models.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@asynccontextmanager
-async def running(config: Config) -> AsyncIterator[ModelManager]:
-    manager = ModelManager(config)
-    await manager.start()
-    try:
-        yield manager
-    finally:
-        fake.reset()
-        await manager.shutdown(drain_timeout=5)
 
 
 async def test_concurrent_requests_become_one_call_and_keep_their_own_results(
@@ -115,11 +88,8 @@ models:
     build = builders()
     languages = ["en", "de", "fr", "it", "es", "pl", "nl"]
     texts = [build.langid_sentence(languages[i % 7], 100 + i) for i in range(14)]
-    images = []
-    for index in range(build.DIGITS_HELDOUT_START, build.DIGITS_HELDOUT_START + 12):
-        buffer = io.BytesIO()
-        build.digit_image(index).save(buffer, format="PNG")
-        images.append(buffer.getvalue())
+    start = build.DIGITS_HELDOUT_START
+    images = [digit_png(index) for index in range(start, start + 12)]
     async with running(config) as manager:
         for plain, batched, requests in (
             ("langid", "langid-batched", [TextRequest(t, {"top_k": 3}) for t in texts]),

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import io
 import math
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from support import builders, digit_png
 
 from app.main import create_app
 from registry.config import load_config
@@ -22,16 +21,6 @@ def cosine(a: list[float], b: list[float]) -> float:
     return dot / math.sqrt(sum(x * x for x in a) * sum(y * y for y in b))
 
 
-def digit_png(index: int) -> tuple[bytes, int]:
-    spec = importlib.util.spec_from_file_location("build_models", ROOT / "scripts/build_models.py")
-    assert spec is not None and spec.loader is not None
-    builders = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(builders)
-    buffer = io.BytesIO()
-    builders.digit_image(index).save(buffer, format="PNG")
-    return buffer.getvalue(), builders.digit_label(index)
-
-
 def test_the_default_registry_is_valid_and_has_a_hot_model(model_store: Path) -> None:
     config = load_config(ROOT / "models.yaml")
     assert {"digits", "langid", "minilm", "iris", "bert-memory-demo"} <= set(config.models)
@@ -41,7 +30,7 @@ def test_the_default_registry_is_valid_and_has_a_hot_model(model_store: Path) ->
 
 def test_every_default_model_predicts_and_the_budget_evicts(model_store: Path) -> None:
     with TestClient(create_app(ROOT / "models.yaml")) as client:
-        png, label = digit_png(1500)
+        png, label = digit_png(1500), builders().digit_label(1500)
         digits = client.post("/models/digits/predict", files={"file": ("d.png", png)})
         assert digits.status_code == 200, digits.text
         assert digits.json()["predictions"][0]["label"] == str(label)

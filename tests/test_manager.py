@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
 
 import pytest
+from support import running, wait_until
 
-from registry.config import Config
 from registry.errors import (
     CapacityExceeded,
     LoadPending,
@@ -23,27 +21,6 @@ from registry.payload import TextRequest
 
 pytestmark = pytest.mark.anyio
 MB = 1000**2
-
-
-@asynccontextmanager
-async def running(config: Config) -> AsyncIterator[ModelManager]:
-    manager = ModelManager(config)
-    await manager.start()
-    try:
-        yield manager
-    finally:
-        fake.reset()  # let any gated load finish so shutdown does not wait on it
-        await manager.shutdown(drain_timeout=5)
-
-
-async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 20.0) -> None:
-    """Poll the loop until `predicate` holds; the limit only turns a hang into a failure."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.005)
 
 
 def state(manager: ModelManager, name: str) -> str:

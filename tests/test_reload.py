@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
+from support import running, wait_until
 
 from registry.config import load_config
 from registry.errors import ConfigError, ModelFailed, QueueFull, UnknownModel
@@ -28,24 +28,8 @@ models:
 """
 
 
-@asynccontextmanager
-async def manager_for(path: Path) -> AsyncIterator[ModelManager]:
-    manager = ModelManager(load_config(path))
-    await manager.start()
-    try:
-        yield manager
-    finally:
-        fake.reset()
-        await manager.shutdown(drain_timeout=5)
-
-
-async def wait_until(predicate, what: str, limit: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + limit
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting until {what}")
-        await asyncio.sleep(0.01)
+def manager_for(path: Path) -> AbstractAsyncContextManager[ModelManager]:
+    return running(load_config(path))
 
 
 def states(manager: ModelManager) -> dict[str, str]:

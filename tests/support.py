@@ -1,0 +1,57 @@
+"""Helpers shared by the tests: a running manager, polling, the demo-model builders."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import importlib.util
+import io
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import ModuleType
+
+from registry.config import Config
+from registry.loaders import fake
+from registry.manager import ModelManager
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@asynccontextmanager
+async def running(config: Config) -> AsyncIterator[ModelManager]:
+    """A started manager, shut down at the end (gated fake loads are released first)."""
+    manager = ModelManager(config)
+    await manager.start()
+    try:
+        yield manager
+    finally:
+        fake.reset()
+        await manager.shutdown(drain_timeout=5)
+
+
+async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 20.0) -> None:
+    """Poll the loop until `predicate` holds; the limit only turns a hang into a failure."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting until {what}")
+        await asyncio.sleep(0.005)
+
+
+@functools.cache
+def builders() -> ModuleType:
+    """scripts/build_models.py, for its data helpers (digit_image, langid_sentence, ...)."""
+    spec = importlib.util.spec_from_file_location("build_models", ROOT / "scripts/build_models.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def digit_png(index: int) -> bytes:
+    """The PNG a user would upload for scikit-learn digit #index."""
+    buffer = io.BytesIO()
+    builders().digit_image(index).save(buffer, format="PNG")
+    return buffer.getvalue()
