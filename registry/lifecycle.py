@@ -242,7 +242,7 @@ class Lifecycle:
                 budget.reserve(slot, nbytes)
                 self.peak_used = max(self.peak_used, budget.used)
                 return
-            freeing = [s for s in budget.keys_lru_first() if s.state is State.UNLOADING]
+            freeing = self._unloading()
             victims = budget.victims(
                 nbytes, evictable=lambda s: s.evictable, freeing=freeing, replacing=mine
             )
@@ -259,11 +259,15 @@ class Lifecycle:
                 )
             await self.wait_changed(remaining if victims is None else 1.0)
 
+    def _unloading(self) -> list[Slot]:
+        """Models whose bytes are about to be released."""
+        return [s for s in self.budget.keys_lru_first() if s.state is State.UNLOADING]
+
     def enforce_limit(self) -> None:
         """After the budget shrank: evict idle models until the total fits again."""
         if self.budget.used <= self.budget.limit:
             return
-        freeing = [s for s in self.budget.keys_lru_first() if s.state is State.UNLOADING]
+        freeing = self._unloading()
         victims = self.budget.victims(0, evictable=lambda s: s.evictable, freeing=freeing)
         if victims is None:  # evict what can go now; the rest when its requests end
             victims = [s for s in self.budget.keys_lru_first() if s.evictable]

@@ -356,6 +356,12 @@ def memory(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         f"{raw['rss_after'] / 2**20:.0f} MiB"
     )
     peak = max(raw["max_used_sampled"], raw["peak_used_bytes_server"] or 0)
+
+    def rss_row(label: str, baseline: str, target: float | None, note: str) -> Row:
+        """RSS after unloading everything against the level in raw[baseline]."""
+        after, before = raw["rss_after"] / 2**20, raw[baseline] / 2**20
+        return Row(label, after, before, "MiB", "ratio", target, note=note)
+
     rows = [
         Row(
             "memory: peak tracked bytes vs budget",
@@ -370,32 +376,23 @@ def memory(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
                 f"statuses {raw['statuses']}"
             ),
         ),
-        Row(
+        rss_row(
             "memory: RSS after unloading all vs before (every model loaded once first)",
-            raw["rss_after"] / 2**20,
-            raw["rss_before"] / 2**20,
-            "MiB",
-            "ratio",
+            "rss_before",
             1.05,
-            note=f"peak RSS {raw['rss_peak'] / 2**20:.0f} MiB; unloaded by {raw['unload_by']}",
+            f"peak RSS {raw['rss_peak'] / 2**20:.0f} MiB; unloaded by {raw['unload_by']}",
         ),
-        Row(
+        rss_row(
             "memory: same, vs before after a tiny-model warm-up only (info)",
-            raw["rss_after"] / 2**20,
-            raw["rss_before_tiny"] / 2**20,
-            "MiB",
-            "ratio",
+            "rss_before_tiny",
             None,
-            note="baseline: digits, langid, iris loaded and unloaded once (the old pre-level)",
+            "baseline: digits, langid, iris loaded and unloaded once (the old pre-level)",
         ),
-        Row(
+        rss_row(
             "memory: RSS after unloading all vs after cycle 1 (leak check)",
-            raw["rss_after"] / 2**20,
-            raw["rss_after_first_cycle"] / 2**20,
-            "MiB",
-            "ratio",
+            "rss_after_first_cycle",
             1.05,
-            note="baseline: every model loaded once, then all unloaded",
+            "baseline: every model loaded once, then all unloaded",
         ),
     ]
     return rows, raw

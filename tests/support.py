@@ -11,7 +11,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from types import ModuleType
 
-from registry.config import Config
+import pytest
+
+from registry.config import Config, load_config
+from registry.errors import ConfigError
 from registry.loaders import fake
 from registry.manager import ModelManager
 
@@ -38,6 +41,19 @@ async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 20
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting until {what}")
         await asyncio.sleep(0.005)
+
+
+def problems_of(tmp_path: Path, text: str, *, check_sizes: bool = True) -> list[str]:
+    """Write models.yaml, load it, and return the ConfigError's problems."""
+    path = tmp_path / "models.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, check_sizes=check_sizes)
+    error = info.value
+    assert error.path == str(path)
+    assert str(error).startswith(f"invalid config {path}:\n")
+    assert str(error).splitlines()[1:] == [f"  - {p}" for p in error.problems]
+    return error.problems
 
 
 @functools.cache
