@@ -15,25 +15,24 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from registry.blame import model_error
 from registry.errors import (
     BadInput,
     CapacityExceeded,
-    InferenceError,
     LoadPending,
     ModelFailed,
     QueueFull,
+    RegistryError,
     ShuttingDown,
     UnknownModel,
     UnsupportedInput,
 )
 from registry.lifecycle import Lifecycle, predict_json
-from registry.payload import ImageRequest, PredictRequest, decode_image, image_pixels
+from registry.payload import ImageRequest, PredictRequest, decode_image
 from registry.slot import Slot, State
 from registry.threads import InferencePool
 
 log = logging.getLogger("registry")
-# Images up to this size are decoded on the event loop: a pool hop costs more than that.
-INLINE_DECODE_PIXELS = 256 * 256
 
 
 class Admission:
@@ -72,15 +71,10 @@ class Admission:
             if future.cancelled() and current is not None and not current.cancelling():
                 raise ShuttingDown() from None  # the pool dropped the job: shutdown
             raise
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            raise BadInput(f"model {slot.name!r} rejected the input: {exc}") from exc
-        except BadInput:
+        except RegistryError:
             raise
-        except Exception as exc:
-            log.exception("inference failed on %s", slot.name)
-            raise InferenceError(
-                f"model {slot.name!r} failed: {type(exc).__name__}: {exc}"
-            ) from exc
+        except Exception as exc:  # the input's fault (4xx) or the model's (5xx, logged)
+            raise model_error(slot.name, exc, request.parameters) from exc
         elapsed = time.monotonic() - started
         previous = slot.infer_seconds
         slot.infer_seconds = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
@@ -97,9 +91,7 @@ class Admission:
                     f"model {slot.name!r} ({what}) takes {takes}: POST application/json "
                     '{"inputs": ...}, not a file upload'
                 )
-            if image_pixels(request.data) <= INLINE_DECODE_PIXELS:
-                return [decode_image(request.data)]  # well under a millisecond
-            return [await self._pool.submit(decode_image, request.data)]
+            return [await self._pool.submit(decode_image, request.data)]  # never on the loop
         if kind == "image":
             raise UnsupportedInput(
                 f"model {slot.name!r} ({what}) takes an image: POST multipart/form-data "

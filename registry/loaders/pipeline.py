@@ -6,7 +6,9 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from registry.errors import BadInput
 from registry.loaders import LoadContext
+from registry.loaders.pipeline_params import check_parameters, checks_for, model_limits
 from registry.loaders.torch_setup import prepare_torch, resolve_device
 
 # Pipeline call arguments the server owns; a request may not override them.
@@ -30,13 +32,15 @@ class PipelineModel:
         self._defaults = {"truncation": True} if task in _TRUNCATING else {}
         self._single_fast = task in _SINGLE_FAST and hasattr(pipe, "run_single")
         self.module = pipe.model  # what memory.measure_bytes counts
+        self._checks = checks_for(model_limits(pipe))
         self._lock = threading.Lock()
 
     def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
         """Run the pipeline over `inputs` as one batch."""
         reserved = _RESERVED & set(parameters)
         if reserved:
-            raise ValueError(f"parameters {sorted(reserved)} are set by the server")
+            raise BadInput(f"parameters {sorted(reserved)} are set by the server")
+        check_parameters(parameters, self._checks)
         with self._lock:
             if self._pipe is None:
                 raise RuntimeError("the model was unloaded")
@@ -79,10 +83,13 @@ def load(ctx: LoadContext) -> PipelineModel:
     model_kwargs: dict[str, Any] = {}
     if not spec.allow_pickle:
         model_kwargs["use_safetensors"] = True
-    if source.repo is not None:
-        model_kwargs["local_files_only"] = True
     kwargs: dict[str, Any] = dict(ctx.options)
     kwargs.setdefault("model_kwargs", {}).update(model_kwargs)
+    if source.repo is not None:
+        # pipeline() hands its own local_files_only to every from_pretrained() call; the
+        # same key in model_kwargs as well is "got multiple values" there.
+        kwargs["model_kwargs"].pop("local_files_only", None)
+        kwargs["local_files_only"] = True
     if spec.dtype is not None:
         kwargs["dtype"] = spec.dtype
     pipe = pipeline(
