@@ -191,3 +191,36 @@ def test_an_integer_beyond_float_range_is_422(client: TestClient) -> None:
     assert message.startswith("inputs[0][0] is an integer larger than any 64-bit float")
     fine = client.post("/models/numbers/predict", json={"inputs": [[1e300, 1, "NaN", 1]]})
     assert fine.status_code == 200, fine.text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("parameters", "named"),
+    [
+        ({"max_length": 1e20}, "max_length"),
+        ({"stride": -3}, "stride"),
+        ({"max_length": -5}, "max_length"),
+        ({"padding": "max_length", "max_length": 100000}, "max_length"),
+        ({"top_k": "all"}, "top_k"),
+        ({"truncation": "sometimes"}, "truncation"),
+    ],
+)
+def test_bad_pipeline_parameters_are_422_naming_them(
+    tmp_path: Path, model_store: Path, parameters: dict[str, object], named: str
+) -> None:
+    """Item 8: parameters that made langid's tokenizer or model raise (500) are checked first."""
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "server: {watch: false}\nmodels:\n"
+        f"  langid: {{task: text-classification, source: {model_store}/langid-bert}}\n"
+    )
+    with TestClient(create_app(path)) as client:
+        body = {"inputs": "Guten Morgen, wie geht es dir?", "parameters": parameters}
+        response = client.post("/models/langid/predict", json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["message"].startswith(f"parameter {named!r} must be ")
+        fine = client.post(
+            "/models/langid/predict",
+            json={"inputs": "Guten Morgen", "parameters": {"max_length": 16, "top_k": 2}},
+        )
+        assert fine.status_code == 200, fine.text
