@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from registry.errors import BadInput
+from registry.hfcache import snapshot_dir
 from registry.loaders import LoadContext
 from registry.loaders.pipeline_params import check_parameters, checks_for, model_limits
 from registry.loaders.torch_setup import prepare_torch, resolve_device
@@ -78,24 +79,24 @@ def load(ctx: LoadContext) -> PipelineModel:
     spec = ctx.spec
     source = ctx.source
     assert source is not None  # config validation requires a source for a task
-    if source.path is not None and not source.path.exists():
-        raise FileNotFoundError(f"model directory {source.path} does not exist")
+    path = source.path
+    if source.repo is not None:
+        # The cached snapshot, as a plain directory: pipeline() passes its local_files_only
+        # on to the pipeline class, which refuses it, and a directory never downloads.
+        path = snapshot_dir(source.repo, source.revision)
+    assert path is not None
+    if not path.exists():
+        raise FileNotFoundError(f"model directory {path} does not exist")
     model_kwargs: dict[str, Any] = {}
     if not spec.allow_pickle:
         model_kwargs["use_safetensors"] = True
     kwargs: dict[str, Any] = dict(ctx.options)
     kwargs.setdefault("model_kwargs", {}).update(model_kwargs)
-    if source.repo is not None:
-        # pipeline() hands its own local_files_only to every from_pretrained() call; the
-        # same key in model_kwargs as well is "got multiple values" there.
-        kwargs["model_kwargs"].pop("local_files_only", None)
-        kwargs["local_files_only"] = True
     if spec.dtype is not None:
         kwargs["dtype"] = spec.dtype
     pipe = pipeline(
         task=spec.task,
-        model=source.repo if source.repo is not None else str(source.path),
-        revision=source.revision,
+        model=str(path),
         device=resolve_device(spec.device),
         trust_remote_code=spec.trust_remote_code,
         **kwargs,
