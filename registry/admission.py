@@ -180,7 +180,7 @@ class Admission:
                     await life.wait_changed(remaining)
                     continue
                 # The drain's end wakes it too: an admitted request never outlives the drain.
-                wake = {task, life.drain.ended()}
+                wake: set[asyncio.Future[Any]] = {task, life.drain.ended()}
                 done, _ = await asyncio.wait(
                     wake, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
                 )
