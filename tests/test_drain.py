@@ -93,7 +93,7 @@ async def test_a_lowered_budget_is_restored_while_traffic_continues(write_config
                 except Unavailable:
                     await asyncio.sleep(0.01)
 
-        clients = [asyncio.create_task(client(name)) for name in ("a", "a", "b", "b")]
+        clients = [asyncio.create_task(client(name)) for name in ["a", "b"] * 4]
         await wait_until(lambda: served > 20, "traffic flows")
         config.path.write_text(text.replace("memory_budget: 100MB", "memory_budget: 50MB"))
         await manager.reload()
