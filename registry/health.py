@@ -15,9 +15,12 @@ import contextlib
 import functools
 import logging
 import time
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import InferenceTimeout, ModelFailed
+from registry.memory import release_memory
+from registry.payload import to_jsonable
 from registry.slot import Slot
 from registry.threads import ModelThread, run_in_thread
 
@@ -91,8 +94,6 @@ class Health:
         self._life.spawn(self._bury(record, model, thread), name=f"bury {record.slot.name}")
 
     async def _bury(self, record: AbandonedThread, model: Model, thread: ModelThread) -> None:
-        from registry.lifecycle import dispose
-
         try:
             await run_in_thread(functools.partial(dispose, (model, None)), name="dispose")
         except Exception:
@@ -105,3 +106,17 @@ class Health:
 def _log_abort(name: str, job: asyncio.Future[Any]) -> None:
     if not job.cancelled() and job.exception() is not None:
         log.error("abort() of %s raised %r", name, job.exception())
+
+
+def predict_json(model: Model, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
+    """In a worker thread: predict, and make the outputs JSON-safe there too."""
+    return [to_jsonable(out) for out in model.predict(inputs, parameters)]
+
+
+def dispose(result: tuple[Model | None, Any]) -> None:
+    """In a worker thread: close a model and give its memory back."""
+    model = result[0]
+    if model is not None:
+        model.close()
+    del model, result
+    release_memory()

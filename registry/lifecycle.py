@@ -19,7 +19,7 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +29,10 @@ from registry.budget import ByteBudget
 from registry.config import ServerSettings
 from registry.drain import Drain
 from registry.errors import CapacityExceeded, InferenceTimeout, ModelTooLarge
-from registry.health import Health
+from registry.health import Health, dispose, predict_json
 from registry.loaders import LoadContext, Model, load_model
-from registry.memory import estimate_bytes, measure_bytes, release_memory
-from registry.payload import to_jsonable
+from registry.memory import estimate_bytes, measure_bytes
+from registry.restore import over_budget
 from registry.slot import Slot, State
 from registry.threads import InferencePool, ModelThread, run_in_thread
 from registry.units import format_bytes, format_duration
@@ -344,40 +344,14 @@ class Lifecycle:
         return [s for s in self.budget.keys_lru_first() if s.state is State.UNLOADING]
 
     def enforce_limit(self) -> None:
-        """After the budget shrank: unload models until the total fits again.
-
-        Idle models go first, least recently used first; models in use are marked so that
-        they take no new lease and unload once their in-flight requests end.
-        """
-        budget = self.budget
-        excess = budget.used - budget.limit
-        if excess <= 0:
-            return
-        order = budget.keys_lru_first()
-        for slot in order:
-            if slot.state is State.UNLOADING or slot.unload_requested:
-                excess -= budget.size_of(slot)
-        candidates = [
-            s
-            for s in order
-            if s.state is State.LOADED and not s.spec.pinned and not s.unload_requested
-        ]
-        candidates.sort(key=lambda s: not s.evictable)  # stable: idle ones first, LRU first
-        for slot in candidates:
-            if excess <= 0:
-                return
-            excess -= budget.size_of(slot)
-            if slot.evictable:
-                self.start_unload(slot, "LRU, the memory budget was lowered")
-            else:
-                slot.unload_requested = True
-                slot.unload_why = "the memory budget was lowered"
-                self.unload_when_idle(slot)
-
-    @property
-    def restoring(self) -> bool:
-        """The budget was lowered below what is held; models are being unloaded to fit."""
-        return self.budget.used > self.budget.limit
+        """After the budget shrank: unload models until the total fits again (restore.py)."""
+        idle, busy = over_budget(self.budget)
+        for slot in idle:
+            self.start_unload(slot, "LRU, the memory budget was lowered")
+        for slot in busy:  # no new lease; unloads once its in-flight requests end
+            slot.unload_requested = True
+            slot.unload_why = "the memory budget was lowered"
+            self.unload_when_idle(slot)
 
     # ----------------------------------------------------------------- unloading
 
@@ -426,17 +400,3 @@ class Lifecycle:
             format_duration(idle),
             why,
         )
-
-
-def predict_json(model: Model, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
-    """In a worker thread: predict, and make the outputs JSON-safe there too."""
-    return [to_jsonable(out) for out in model.predict(inputs, parameters)]
-
-
-def dispose(result: tuple[Model | None, Any]) -> None:
-    """In a worker thread: close a model and give its memory back."""
-    model = result[0]
-    if model is not None:
-        model.close()
-    del model, result
-    release_memory()

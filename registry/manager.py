@@ -211,7 +211,7 @@ class ModelManager:
             "budget_bytes": budget.limit,
             "used_bytes": budget.used,
             "peak_used_bytes": self._life.peak_used,
-            "budget_state": "restoring" if self._life.restoring else "ok",
+            "budget_state": "restoring" if budget.used > budget.limit else "ok",  # lowered
             "abandoned_threads": len(self._life.abandoned),
             "abandoned": self._life.abandoned.info(),
             "unused_loads": self._life.unused_loads,
