@@ -41,7 +41,7 @@ COMPACT_EVERY = 600.0
 
 
 class ModelManager:
-    """The registry of models and their life cycles (see DESIGN.md)."""
+    """The registry of models and their life cycles (docs/architecture.md)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
