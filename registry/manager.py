@@ -170,11 +170,6 @@ class ModelManager:
         """The public view of one model."""
         return self._lookup(name).info()
 
-    @property
-    def peak_used(self) -> int:
-        """The most bytes ever tracked at once."""
-        return self._life.peak_used
-
     def snapshot(self) -> dict[str, Any]:
         """The public view of the whole registry."""
         budget = self._life.budget
