@@ -32,3 +32,16 @@ def test_the_serve_deploy_file_builds_the_registry_application(tmp_path: Path) -
     assert registry.num_replicas == args["replicas"]
     router = registry._deployment_config.request_router_config
     assert router.request_router_class == "app.ray_router:ModelAwareRouter"
+
+
+def test_the_plain_server_never_imports_ray() -> None:
+    """The [ray] extra is optional: the core, the app and the CLI load without Ray."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, app.main, app.cli, app.server, registry.manager; "
+        "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
