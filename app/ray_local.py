@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 log = logging.getLogger("app")
@@ -44,11 +44,17 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.close()
 
 
+Streams = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
 async def _relay(
-    client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter, open_upstream: object
+    client_r: asyncio.StreamReader,
+    client_w: asyncio.StreamWriter,
+    open_upstream: Callable[[], Awaitable[Streams]],
 ) -> None:
+    """Copy bytes both ways between a client and a fresh upstream connection."""
     try:
-        up_r, up_w = await open_upstream()  # type: ignore[operator]
+        up_r, up_w = await open_upstream()
     except OSError:
         client_w.close()
         return
