@@ -104,7 +104,16 @@ class ModelAwareRouter(RequestRouter):
 
     def _free(self, replica: RunningReplica, now: float) -> int:
         stats = replica.routing_stats or {}
-        free = int(stats.get("free_bytes", 0))
+        if "free_bytes" in stats:
+            free = int(stats["free_bytes"])
+        else:  # not polled yet: a replica that just started (or restarted) holds nothing
+            free = max(
+                (
+                    int((r.routing_stats or {}).get("budget_bytes", 0))
+                    for r in self.curr_replicas.values()
+                ),
+                default=0,
+            )
         since = _reported_at(replica)
         sent = self._sent_bytes.get(replica.replica_id.unique_id, [])
         sent[:] = [(when, size) for when, size in sent if when > since]

@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from support import digit_png
+from support import ROOT, digit_png
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ray.serve", reason="needs the [ray] extra (scripts/setup.sh installs it)")
@@ -103,9 +103,13 @@ class RayServer:
 
 
 @pytest.fixture(scope="module")
-def config_path(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Path:
+def config_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = ROOT / "model-store"
+    if not (store / "digits-resnet" / "BUILD.json").exists():  # the only demo model used here
+        build = [sys.executable, str(ROOT / "scripts/build_models.py"), "--only", "digits-resnet"]
+        subprocess.run(build, check=True)
     path = tmp_path_factory.mktemp("ray") / "models.yaml"
-    path.write_text(CONFIG.format(budget=BUDGET, store=model_store))
+    path.write_text(CONFIG.format(budget=BUDGET, store=store))
     return path
 
 
@@ -240,7 +244,12 @@ def test_same_answers_and_errors_as_the_plain_server(
             {"files": {"file": ("d.png", digit_png(3), "image/png")}},
         ),
     ]
+    image = {"files": {"file": ("d.png", digit_png(3), "image/png")}}
     with TestClient(create_app(config_path)) as plain:
+        for side in (plain, client):  # loading torch may outlast request_timeout: warm up
+            deadline = time.monotonic() + 180
+            while side.post("/models/digits/predict", **image).status_code == 503:  # type: ignore[arg-type]
+                assert time.monotonic() < deadline, "digits never loaded"
         for method, path, kwargs in cases:
             want = plain.request(method, path, **kwargs)
             got = client.request(method, path, **kwargs)

@@ -29,7 +29,12 @@ class Replica:
 
 def replica(rid: str, free: int, held: dict[str, int] | None = None, at: float = 0.0) -> Replica:
     models = {name: {"state": "loaded", "size_bytes": size} for name, size in (held or {}).items()}
-    stats = {"free_bytes": free, "models": models, "reported_at": at or time.time()}
+    stats = {
+        "budget_bytes": 100 * MB,
+        "free_bytes": free,
+        "models": models,
+        "reported_at": at or time.time(),
+    }
     return Replica(ReplicaID(rid, DeploymentID("RegistryReplica", "app")), stats)
 
 
@@ -95,3 +100,10 @@ def test_an_eviction_reported_after_the_routing_decision_is_believed() -> None:
     replicas[0].routing_stats = {**replicas[0].routing_stats, "reported_at": time.time() + 1}
     replicas[0].routing_stats["free_bytes"] = 30 * MB  # it loaded other models since
     assert choose(chooser, replicas, "m")[0] == ["b"]
+
+
+def test_a_replica_not_polled_yet_counts_as_empty() -> None:
+    """A new (or restarted) replica without a report yet holds nothing: it gets cold models."""
+    fresh = Replica(ReplicaID("new", DeploymentID("RegistryReplica", "app")))
+    replicas = [replica("a", 20 * MB, {"m": 80 * MB}), fresh]
+    assert choose(router(replicas), replicas, "x") == [["new"], ["a"]]
