@@ -13,6 +13,7 @@ from registry.errors import (
     InferenceTimeout,
     ModelFailed,
     ModelTooLarge,
+    UnknownModel,
 )
 from registry.loaders import fake
 from registry.manager import ModelManager
@@ -222,3 +223,25 @@ async def test_a_model_measured_bigger_than_the_room_honours_its_backoff(write_c
         assert fake.attempts("m") == 1
         assert manager.describe("m")["size_bytes"] == 50 * MB
         assert manager.snapshot()["used_bytes"] == 60 * MB
+
+
+async def test_removing_a_model_whose_load_hangs_answers_its_waiters(write_config) -> None:
+    """Issue 7 item 6: waiters of a removed model's load get a clear error at once."""
+    text = (
+        "server: {memory_budget: 100MB, watch: false}\n"
+        "models:\n  m: {loader: fake, options: {size: 30MB, gate: stuck}}\n  keep: {loader: fake}\n"
+    )
+    config = write_config(text)
+    async with running(config) as manager:
+        waiter = ask(manager, "m")
+        await wait_until(lambda: fake.attempts("m") == 1, "the load hangs")
+        config.path.write_text(
+            text.replace("  m: {loader: fake, options: {size: 30MB, gate: stuck}}\n", "")
+        )
+        await manager.reload()
+        with pytest.raises(UnknownModel) as excinfo:
+            await asyncio.wait_for(waiter, 10)
+        assert "was removed from the registry" in excinfo.value.message
+        assert manager.snapshot()["abandoned_threads"] == 1
+        fake.open_gate("stuck")
+        await wait_until(lambda: manager.snapshot()["used_bytes"] == 0, "its bytes are released")
