@@ -17,6 +17,7 @@ from registry.errors import (
     BadInput,
     ConfigError,
     InferenceError,
+    InferenceTimeout,
     ModelTooLarge,
     RegistryError,
     Unavailable,
@@ -34,6 +35,7 @@ _STATUS: list[tuple[type[RegistryError], int]] = [
     (ConfigError, 422),
     (Unavailable, 503),
     (ModelTooLarge, 507),
+    (InferenceTimeout, 504),
     (InferenceError, 500),
 ]
 

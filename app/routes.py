@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import re
-from typing import Annotated, Any
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -16,6 +19,8 @@ from registry.errors import BadInput, UnsupportedInput
 from registry.manager import ModelManager
 from registry.payload import ImageRequest, TextRequest, check_numbers
 
+log = logging.getLogger("app")
+T = TypeVar("T")
 TEXT_SHAPE = '{"inputs": "text" | ["text", ...], "parameters": {...}}'
 # What a non-finite or float-overflowing number needs in JSON text: NaN/Infinity, an
 # exponent of 100 or more, or a run of 100 digits.
@@ -94,8 +99,43 @@ async def predict(name: str, request: Request, manager: Manager) -> dict[str, An
         payload = await _read_upload(request)
     else:
         payload = await _read_json(request)
-    predictions = await manager.predict(name, payload)
+    predictions = await unless_disconnected(request, manager.predict(name, payload))
     return {"model": name, "predictions": predictions}
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first.
+
+    A request waiting for a load (or for its model's turn) whose client has gone must not
+    keep counting as queued nor run later: cancelling it drops it from the manager's queues.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while True:  # the body has been read: the next message is the disconnect
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+                task.cancel()
+                return
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            log.info("%s %s: the client went away; dropped", request.method, request.url.path)
+            raise ClientGone() from None
+        raise
+    finally:
+        watcher.cancel()
 
 
 async def _read_upload(request: Request) -> ImageRequest:
