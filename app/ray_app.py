@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,8 @@ from starlette.responses import JSONResponse, Response
 
 from app.ray_aggregate import merge_ready, merge_snapshots
 from app.ray_replica import Answer, Forwarded, RegistryReplica
-from registry.config import Config, Source, load_config
+from app.visibility import bearer_matches, public
+from registry.config import Config, Source, admin_token, load_config
 from registry.errors import UnknownModel
 from registry.slot import Slot
 
@@ -59,6 +61,7 @@ class Gateway:
         config = load_config(config_path)
         # A bound on every forwarded call, so that nothing hangs on a lost replica.
         self._timeout = config.server.request_timeout + 60.0
+        self._token = admin_token(config.server)
         self._app = serve.get_replica_context().app_name
         self._blank = {
             name: Slot(name=name, spec=spec, source=_source(config, name)).info()
@@ -81,7 +84,8 @@ class Gateway:
             path in ("/models", "/health/ready")
             or (path.startswith("/models/") and path.count("/") == 2)
         ):
-            return await self._view(path)
+            admin = self._token is not None and bearer_matches(request, self._token)
+            return await self._view(path, admin=admin)
         if path == "/admin/reload":
             return error(
                 409,
@@ -144,22 +148,30 @@ class Gateway:
         missing = [n.rsplit("#", 1)[-1] for n, r in zip(names, got, strict=True) if r is None]
         return reports, missing
 
-    async def _view(self, path: str) -> Response:
-        """GET /models, GET /models/{name} or /health/ready, merged over the replicas."""
+    async def _view(self, path: str, *, admin: bool) -> Response:
+        """GET /models, GET /models/{name} or /health/ready, merged over the replicas.
+
+        As on the plain server, only a caller with the admin token sees paths and sources.
+        """
         reports, unreachable = await self._reports()
+        shown: Callable[[Any], Any] = _as_is if admin else public
         if path == "/health/ready":
             body = merge_ready(reports, unreachable)
-            return JSONResponse(body, status_code=200 if body["status"] == "ready" else 503)
+            return JSONResponse(shown(body), status_code=200 if body["status"] == "ready" else 503)
         if not reports:
             return error(503, "no_replicas", "no registry replica is reachable yet", 1)
         merged = merge_snapshots(reports, self._blank, unreachable)
         if path == "/models":
-            return JSONResponse(merged)
+            return JSONResponse(shown(merged))
         name = path.removeprefix("/models/")
         for entry in merged["models"]:
             if entry["name"] == name:
-                return JSONResponse(entry)
+                return JSONResponse(shown(entry))
         return _unknown(name, self._blank)
+
+
+def _as_is(body: Any) -> Any:
+    return body
 
 
 def _headers(answer: Answer) -> dict[str, str]:

@@ -9,6 +9,7 @@ It reports the models it holds and its free budget to Ray's request router
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import MutableMapping
@@ -62,11 +63,15 @@ async def call_asgi(app: FastAPI, request: Forwarded) -> Answer:
         "client": ("127.0.0.1", 0),
     }
     sent = False
+    never = asyncio.Event()
 
     async def receive() -> dict[str, Any]:
         nonlocal sent
-        if sent:  # the app reads past the body only when waiting for a disconnect
-            return {"type": "http.disconnect"}
+        if sent:
+            # The app reads past the body only to watch for the client hanging up. The
+            # forwarded request has no connection of its own: Ray cancels this call if its
+            # caller goes away, so there is no disconnect to report; wait until cancelled.
+            await never.wait()
         sent = True
         return {"type": "http.request", "body": request.body, "more_body": False}
 
