@@ -62,7 +62,12 @@ class Slot:
     @property
     def evictable(self) -> bool:
         """Idle, loaded and not pinned."""
-        return self.state is State.LOADED and self.leases == 0 and not self.spec.pinned
+        return (
+            self.state is State.LOADED
+            and self.leases == 0
+            and self.waiting == 0
+            and not self.spec.pinned
+        )
 
     def touch(self) -> None:
         """Record a use now."""
