@@ -338,9 +338,9 @@ def test_models_and_metrics_show_the_eviction_policy_and_priorities(client: Test
     """Issue 8: GET /models and /metrics show the policy and each held model's priority."""
     assert client.post("/models/echo/predict", json={"inputs": "x"}).status_code == 200
     view = client.get("/models").json()
-    assert view["eviction"] == "lru"
+    assert view["eviction"] == "cost"  # the default
     echo = client.get("/models/echo").json()
-    assert echo["eviction"] == "lru" and isinstance(echo["eviction_priority"], float)
+    assert echo["eviction"] == "cost" and isinstance(echo["eviction_priority"], float)
     lines = client.get("/metrics").text.splitlines()
-    assert 'model_registry_eviction_policy{policy="lru"} 1.0' in lines
+    assert 'model_registry_eviction_policy{policy="cost"} 1.0' in lines
     assert any(line.startswith('model_registry_eviction_priority{model="echo"} ') for line in lines)

@@ -27,7 +27,7 @@ def ask(manager: ModelManager, name: str) -> asyncio.Task[object]:
 async def test_a_big_load_evicts_only_what_it_needs(write_config, caplog) -> None:
     """Issue 8, minimal victim set: like bert-memory-demo after digits, langid and minilm."""
     config = write_config(
-        "server: {memory_budget: 300MB}\n"
+        "server: {memory_budget: 300MB, eviction: lru}\n"
         "models:\n"
         "  digits: {loader: fake, options: {size: 1MB}}\n"
         "  langid: {loader: fake, options: {size: 2MB}}\n"
