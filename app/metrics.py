@@ -42,6 +42,16 @@ class RegistryCollector(Collector):
             "1 while models are unloaded to fit a lowered memory budget",
             value=1.0 if snapshot["budget_state"] == "restoring" else 0.0,
         )
+        policy = GaugeMetricFamily(
+            "model_registry_eviction_policy", "1 for the eviction policy in use", labels=["policy"]
+        )
+        policy.add_metric([snapshot["eviction"]], 1.0)
+        yield policy
+        priority = GaugeMetricFamily(
+            "model_registry_eviction_priority",
+            "Eviction priority of each held model (lower goes first)",
+            labels=["model"],
+        )
         state = GaugeMetricFamily(
             "model_registry_model_state",
             "1 for the model's current state",
@@ -63,7 +73,9 @@ class RegistryCollector(Collector):
             queued.add_metric([name], entry["queued"])
             loads.add_metric([name], entry["load_count"])
             served.add_metric([name], entry["served"])
-        yield from (state, size, in_flight, queued, loads, served)
+            if entry["eviction_priority"] is not None:
+                priority.add_metric([name], entry["eviction_priority"])
+        yield from (state, size, in_flight, queued, loads, served, priority)
 
 
 @router.get("/metrics", include_in_schema=False)

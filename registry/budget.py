@@ -1,37 +1,44 @@
-"""The memory budget: bytes held per model, in least-recently-used order.
+"""The memory budget: bytes held per model, in the eviction policy's order.
 
-A `cachetools.LRUCache` sized by bytes keeps the order and the total. The budget never evicts
-on its own: `victims()` asks which idle models an insert would push out, by letting
-`LRUCache.popitem()` pick them on a copy, and the manager unloads them before it reserves.
-So the tracked total only counts memory that is really held or promised, and never exceeds
-the limit.
+A cachetools cache sized by bytes (registry/policy.py: LRU, or cost-aware) keeps the order
+and the total. The budget never evicts on its own: `victims()` asks which idle models an
+insert would push out, by letting the cache's `popitem()` pick them on a copy, then gives
+back every pick the room does not need; the manager unloads them before it reserves. So the
+tracked total only counts memory that is really held or promised, and never exceeds the limit.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Collection, Hashable
 from typing import Generic, TypeVar
 
-from cachetools import Cache, LRUCache
+from cachetools import Cache
+
+from registry.policy import Order, Policy, new_order
 
 K = TypeVar("K", bound=Hashable)
 
 
-def _nbytes(value: int) -> int:
-    return value
+def _one_second(key: object) -> float:
+    return 1.0
 
 
 class ByteBudget(Generic[K]):
     """Bytes reserved per key under `limit`; `touch()` marks a key as just used."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(
+        self,
+        limit: int,
+        policy: Policy = "lru",
+        reload_seconds: Callable[[K], float] = _one_second,
+    ) -> None:
         if limit <= 0:
             raise ValueError("a memory budget must be positive")
         self.limit = limit
+        self.policy: Policy = policy
         # The cache never evicts by itself (unbounded); the limit is enforced by reserve().
-        self._lru: LRUCache[K, int] = LRUCache(maxsize=math.inf, getsizeof=_nbytes)
+        self._lru: Order[K] = new_order(policy, reload_seconds)
 
     @property
     def used(self) -> int:
@@ -73,12 +80,21 @@ class ByteBudget(Generic[K]):
         return self._lru.pop(key, 0)
 
     def touch(self, key: K) -> None:
-        """Mark `key` as the most recently used."""
+        """Record a use of `key` (LRU: most recent now; cost: one more use)."""
         if key in self._lru:
-            self._lru[key]  # an LRUCache lookup moves the key to the recent end
+            self._lru.use(key)
+
+    def priority(self, key: K) -> float | None:
+        """The key's eviction priority (lower goes first); None when it holds nothing."""
+        return self._lru.priority(key) if key in self._lru else None
+
+    def evicted(self, key: K) -> None:
+        """`key` is being evicted by the policy (the cost policy's clock rises to it)."""
+        if key in self._lru:
+            self._lru.evicted(key)
 
     def keys_lru_first(self) -> list[K]:
-        """Every key, least recently used first."""
+        """Every key, in the policy's eviction order (LRU: least recently used first)."""
         trial = copy.copy(self._lru)
         order: list[K] = []
         while trial:
@@ -94,11 +110,13 @@ class ByteBudget(Generic[K]):
         freeing: Collection[K] = (),
         replacing: K | None = None,
     ) -> list[K] | None:
-        """The least recently used evictable keys whose release makes `nbytes` fit.
+        """The evictable keys, in policy order, whose release makes `nbytes` fit.
 
-        `freeing` are keys already being released (their bytes count as free soon).
-        Returns [] when nothing must be evicted, None when even evicting every evictable
-        key would not make room.
+        Picks in the policy's order until the room is made, then gives back every pick the
+        room does not need, the last (most valuable) first, so a big model's load does not
+        also throw out small ones for nothing. `freeing` are keys already being released
+        (their bytes count as free soon). Returns [] when nothing must be evicted, None
+        when even evicting every evictable key would not make room.
         """
         held = self.size_of(replacing) if replacing is not None else 0
         soon_free = sum(self.size_of(k) for k in freeing if k in self._lru)
@@ -106,16 +124,20 @@ class ByteBudget(Generic[K]):
         if need <= 0:
             return []
         trial = copy.copy(self._lru)
-        chosen: list[K] = []
+        chosen: list[tuple[K, int]] = []
         while need > 0:
             try:
                 key, size = trial.popitem()  # least recently used first
             except KeyError:
                 return None
             if key != replacing and key not in freeing and evictable(key):
-                chosen.append(key)
+                chosen.append((key, size))
                 need -= size
-        return chosen
+        for pick in reversed(list(chosen)):
+            if need + pick[1] <= 0:  # the room is made without this one
+                chosen.remove(pick)
+                need += pick[1]
+        return [key for key, _ in chosen]
 
     def set_limit(self, limit: int) -> None:
         """Change the limit; a lower one may leave `used` above it until models are evicted."""

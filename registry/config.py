@@ -89,6 +89,7 @@ class ServerSettings(_Strict):
     predict_timeout: Duration = Field(default=60.0, gt=0)
     drain_timeout: Duration = Field(default=30.0, ge=0)
     max_parallel_loads: int = Field(default=2, ge=1)
+    eviction: Literal["lru", "cost"] = "cost"  # registry/policy.py
     inference_workers: int | None = Field(default=None, ge=1)
     torch_threads: int | None = Field(default=None, ge=1)
     idle_ttl: Duration = 0.0

@@ -1,10 +1,15 @@
 """Loading and unloading models under the byte budget (the manager's machinery).
 
 - A model has at most one load task; the task belongs to this object, not to a request.
-- A load reserves its estimated bytes first, evicting idle models least recently used first
-  (waiting at most `capacity_wait` when everything else is in use or pinned), runs the
-  loader in its own thread under `load_timeout`, then swaps the estimate for the measured
-  size. The tracked total never exceeds the budget.
+- A load reserves its estimated bytes first, evicting idle models in the eviction policy's
+  order (registry/policy.py), only as many as the room needs, and waiting at most
+  `capacity_wait` when everything else is in use or pinned; it runs the loader in its own
+  thread under `load_timeout`, then swaps the estimate for the measured size. The tracked
+  total never exceeds the budget.
+- Loads run in parallel (up to `max_parallel_loads`) only while they fit in free room: a
+  load that must evict waits until no other load is running, so that load's model serves
+  its waiting requests first and the victims are chosen from what is really idle
+  (concurrent clients must not cost more loads than one client would).
 - An unload runs in a thread and releases the bytes when the model is really gone.
 - A load the registry stops waiting for (timeout, model replaced, shutdown) keeps its bytes
   reserved until its thread really ends, and the model is not loaded again before that.
@@ -19,7 +24,7 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +37,7 @@ from registry.errors import CapacityExceeded, InferenceTimeout, ModelTooLarge
 from registry.health import Health, dispose, predict_json
 from registry.loaders import LoadContext, Model, load_model
 from registry.memory import estimate_bytes, measure_bytes
+from registry.policy import describe
 from registry.restore import over_budget
 from registry.slot import Slot, State
 from registry.threads import InferencePool, ModelThread, run_in_thread
@@ -47,7 +53,10 @@ class Lifecycle:
         self.settings = settings
         self.base_dir = base_dir
         self.pool = pool
-        self.budget: ByteBudget[Slot] = ByteBudget(settings.memory_budget)
+        self.budget: ByteBudget[Slot] = ByteBudget(
+            settings.memory_budget, settings.eviction, self.reload_seconds
+        )
+        self._reserving: set[Slot] = set()  # loads inside reserve(), waiting for room
         self.load_limit = asyncio.Semaphore(settings.max_parallel_loads)
         self.closing = False
         self.drain = Drain(self.notify)
@@ -92,6 +101,20 @@ class Lifecycle:
         if slot.load_seconds is not None:
             return math.ceil(slot.load_seconds + 0.5)
         return math.ceil(2 + (slot.estimate or 0) / 200e6)  # imports, then ~200 MB/s
+
+    def reload_seconds(self, slot: Slot) -> float:
+        """What loading the model again costs: its last load time, else a guess."""
+        if slot.load_seconds is not None:
+            return max(slot.load_seconds, 0.001)
+        return 0.5 + (slot.size_bytes or slot.estimate or 0) / 200e6  # ~200 MB/s
+
+    def eviction_view(self, slot: Slot) -> dict[str, Any]:
+        """The policy and the model's eviction priority (lower goes first), for the views."""
+        priority = self.budget.priority(slot)
+        return {
+            "eviction": self.budget.policy,
+            "eviction_priority": None if priority is None else round(priority, 6),
+        }
 
     # ------------------------------------------------------------------- loading
 
@@ -317,27 +340,56 @@ class Lifecycle:
         deadline = time.monotonic() + self.settings.capacity_wait
         budget = self.budget
         mine = slot if replacing else None
-        while True:
-            if budget.fits(nbytes, replacing=mine):
-                budget.reserve(slot, nbytes)
-                self.peak_used = max(self.peak_used, budget.used)
-                return
-            freeing = self._unloading()
-            victims = budget.victims(
-                nbytes, evictable=lambda s: s.evictable, freeing=freeing, replacing=mine
-            )
-            for victim in victims or ():
-                self.start_unload(victim, f"LRU, to fit {slot.name}")
-            remaining = deadline - time.monotonic()
-            if victims is None and remaining <= 0:
-                raise CapacityExceeded(
-                    slot.name,
+        self._reserving.add(slot)
+        try:
+            while True:
+                if budget.fits(nbytes, replacing=mine):
+                    budget.reserve(slot, nbytes)
+                    self.peak_used = max(self.peak_used, budget.used)
+                    return
+                remaining = deadline - time.monotonic()
+                if not replacing and remaining > 0 and self._loads_running(slot):
+                    # Evict only once the running load has served its waiters: what is idle
+                    # then is really idle, not a model whose next request is on its way.
+                    await self.wait_changed(remaining)
+                    continue
+                victims = budget.victims(
                     nbytes,
-                    budget.used - (budget.size_of(slot) if replacing else 0),
-                    budget.limit,
-                    retry_after=self.busy_eta(slot),
+                    evictable=lambda s: s.evictable,
+                    freeing=self._unloading(),
+                    replacing=mine,
                 )
-            await self.wait_changed(remaining if victims is None else 1.0)
+                self._evict(victims or [], f"to fit {slot.name}")
+                if victims is None and remaining <= 0:
+                    raise CapacityExceeded(
+                        slot.name,
+                        nbytes,
+                        budget.used - (budget.size_of(slot) if replacing else 0),
+                        budget.limit,
+                        retry_after=self.busy_eta(slot),
+                    )
+                await self.wait_changed(remaining if victims is None else 1.0)
+        finally:
+            self._reserving.discard(slot)
+
+    def _loads_running(self, slot: Slot) -> bool:
+        """Whether another model's loader runs now (its bytes reserved, not waiting for room)."""
+        return any(
+            s is not slot and s.state is State.LOADING and s not in self._reserving
+            for s in self.budget.keys_lru_first()
+        )
+
+    def _evict(self, victims: Sequence[Slot], purpose: str) -> None:
+        """Unload `victims`; each log line says why the policy chose it."""
+        if not victims:
+            return
+        order = [s for s in self.budget.keys_lru_first() if s.evictable]
+        for victim in victims:
+            priority = self.budget.priority(victim) or 0.0
+            rank = order.index(victim) + 1 if victim in order else 1
+            why = describe(self.budget.policy, priority, rank, len(order))
+            self.budget.evicted(victim)
+            self.start_unload(victim, why, purpose=purpose)
 
     def _unloading(self) -> list[Slot]:
         """Models whose bytes are about to be released."""
@@ -346,8 +398,7 @@ class Lifecycle:
     def enforce_limit(self) -> None:
         """After the budget shrank: unload models until the total fits again (restore.py)."""
         idle, busy = over_budget(self.budget)
-        for slot in idle:
-            self.start_unload(slot, "LRU, the memory budget was lowered")
+        self._evict(idle, "because the memory budget was lowered")
         for slot in busy:  # no new lease; unloads once its in-flight requests end
             slot.unload_requested = True
             slot.unload_why = "the memory budget was lowered"
@@ -363,14 +414,18 @@ class Lifecycle:
                 why = "replaced by a new version in models.yaml"
             self.start_unload(slot, why)
 
-    def start_unload(self, slot: Slot, why: str, *, quiet: bool = False) -> None:
-        """Start unloading a loaded model."""
+    def start_unload(
+        self, slot: Slot, why: str, *, quiet: bool = False, purpose: str | None = None
+    ) -> None:
+        """Start unloading a loaded model; `purpose` (an eviction's) ends its log line."""
         if slot.state is not State.LOADED:
             return
         slot.state = State.UNLOADING
-        slot.unload_task = self.spawn(self._unload(slot, why, quiet), name=f"unload {slot.name}")
+        slot.unload_task = self.spawn(
+            self._unload(slot, why, quiet, purpose), name=f"unload {slot.name}"
+        )
 
-    async def _unload(self, slot: Slot, why: str, quiet: bool) -> None:
+    async def _unload(self, slot: Slot, why: str, quiet: bool, purpose: str | None) -> None:
         model, slot.model = slot.model, None
         thread, slot.thread = slot.thread, None
         slot.batcher = None
@@ -392,11 +447,12 @@ class Lifecycle:
             slot.unload_requested = False
             slot.unload_why = None
             self.notify()
-        verb = "evicted" if why.startswith("LRU") else "unloaded"
+        verb = "unloaded" if purpose is None else "evicted"
         (log.debug if quiet else log.info)(
-            f"{verb} %s (%s, idle %s, %s)",
+            f"{verb} %s (%s, idle %s, %s)%s",
             slot.name,
             format_bytes(size),
             format_duration(idle),
             why,
+            "" if purpose is None else f" {purpose}",
         )

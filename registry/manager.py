@@ -197,7 +197,7 @@ class ModelManager:
 
     def describe(self, name: str) -> dict[str, Any]:
         """The public view of one model."""
-        return self._lookup(name).info()
+        return self._entry(self._lookup(name))
 
     def snapshot(self) -> dict[str, Any]:
         """The public view of the whole registry."""
@@ -213,8 +213,13 @@ class ModelManager:
             "config_path": str(self.config.path),
             "config_loaded_at": self.config_loaded_at,
             "config_error": self.config_error,
-            "models": [self._slots[name].info() for name in sorted(self._slots)],
+            "eviction": budget.policy,
+            "models": [self._entry(self._slots[name]) for name in sorted(self._slots)],
         }
+
+    def _entry(self, slot: Slot) -> dict[str, Any]:
+        """A model's public view, with its eviction priority."""
+        return {**slot.info(), **self._life.eviction_view(slot)}
 
     # ------------------------------------------------------------------- requests
 
@@ -247,7 +252,7 @@ class ModelManager:
             raise ModelFailed(
                 slot.name, slot.error or "", retry_after=slot.retry_at - time.monotonic()
             )
-        return slot.info()
+        return self._entry(slot)
 
     async def unload(self, name: str) -> dict[str, Any]:
         """Unload a model once its in-flight requests finish (up to drain_timeout)."""
@@ -265,7 +270,7 @@ class ModelManager:
                 await asyncio.shield(slot.unload_task)
             if self._unloaded(slot):
                 slot.unload_requested = False  # else the last lease unloads it
-        return slot.info()
+        return self._entry(slot)
 
     @staticmethod
     def _unloaded(slot: Slot) -> bool:

@@ -16,6 +16,7 @@ RESTART_SETTINGS = (
     "watch",
     "max_header_size",
     "max_headers",
+    "eviction",
 )
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark suite: each scenario against a baseline measured in the same run.
 
-    scripts/bench.sh [--quick] [--only startup,cold,warm,throughput,isolation,stampede,memory]
+    scripts/bench.sh [--quick] [--only startup,cold,warm,throughput,isolation,stampede,memory,trace]
 
 prints a table; a full run (no --quick, --only, --reps or --duration; or any run with
 --write) writes BENCHMARKS.json (raw numbers) and BENCHMARKS.md (the table, the machine, the
@@ -35,6 +35,7 @@ import bench_load
 import bench_ray
 import bench_scenarios
 import bench_serving
+import bench_trace
 from bench_common import CLI, QUIET, REPO, STORE, progress
 from bench_http import Inputs
 from bench_report import Row, kept_analysis, machine, markdown, max_others, text_table
@@ -51,6 +52,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {  # name -> (function, needs wrk)
     "stampede": (bench_load.stampede, False),
     "memory": (bench_load.memory, False),
     "ray": (bench_ray.ray_scale, False),
+    "trace": (bench_trace.trace, False),
 }
 ALIASES = {"cold-load": "cold", "warm-latency": "warm", "batching": "throughput"}
 

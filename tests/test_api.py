@@ -335,3 +335,15 @@ def test_metrics_expose_the_budget_and_model_states(client: TestClient) -> None:
     assert 'model_registry_model_state{model="echo",state="unloaded"} 0.0' in lines
     assert 'model_registry_loads_total{model="echo"} 1.0' in lines
     assert 'model_registry_served_total{model="echo"} 1.0' in lines
+
+
+def test_models_and_metrics_show_the_eviction_policy_and_priorities(client: TestClient) -> None:
+    """Issue 8: GET /models and /metrics show the policy and each held model's priority."""
+    assert client.post("/models/echo/predict", json={"inputs": "x"}).status_code == 200
+    view = client.get("/models").json()
+    assert view["eviction"] == "cost"  # the default
+    echo = client.get("/models/echo").json()
+    assert echo["eviction"] == "cost" and isinstance(echo["eviction_priority"], float)
+    lines = client.get("/metrics").text.splitlines()
+    assert 'model_registry_eviction_policy{policy="cost"} 1.0' in lines
+    assert any(line.startswith('model_registry_eviction_priority{model="echo"} ') for line in lines)
