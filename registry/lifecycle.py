@@ -26,10 +26,12 @@ from registry.batching import Batcher
 from registry.budget import ByteBudget
 from registry.config import ServerSettings
 from registry.errors import CapacityExceeded, ModelTooLarge
+from registry.events import EventBus, EventKind, UnloadReason
 from registry.loaders import LoadContext, Model, load_model
 from registry.memory import estimate_bytes, measure_bytes, release_memory
 from registry.payload import to_jsonable
 from registry.slot import Slot, State
+from registry.stats import Stats
 from registry.threads import InferencePool, run_in_thread
 from registry.units import format_bytes, format_duration
 
@@ -47,6 +49,8 @@ class Lifecycle:
         self.load_limit = asyncio.Semaphore(settings.max_parallel_loads)
         self.closing = False
         self.peak_used = 0
+        self.events = EventBus()
+        self.stats = Stats()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Event()
 
@@ -95,6 +99,7 @@ class Lifecycle:
         slot.error = None
         slot.load_started = time.monotonic()
         slot.load_task = self.spawn(self._load(slot), name=f"load {slot.name}")
+        self.events.emit(EventKind.LOADING, slot.name, estimate_bytes=slot.estimate)
 
     async def _load(self, slot: Slot) -> BaseException | None:
         """Load one model; never raises (but for cancellation): the outcome is returned."""
@@ -136,6 +141,7 @@ class Lifecycle:
             slot.error = exc.message
             slot.retry_at = time.monotonic() + self.settings.retry_backoff.initial
             log.warning("cannot load %s: %s", slot.name, exc.message)
+            self._record_failure(slot, exc.message)
             return exc
         except asyncio.CancelledError:
             slot.state = State.UNLOADED
@@ -188,6 +194,8 @@ class Lifecycle:
             format_bytes(slot.size_bytes or 0),
             format_duration(seconds),
         )
+        self.stats.of(slot.name).record_load(seconds)
+        self.events.emit(EventKind.LOADED, slot.name, bytes=slot.size_bytes, seconds=seconds)
         if slot.retired or slot.unload_requested:
             self.unload_when_idle(slot)
 
@@ -231,6 +239,11 @@ class Lifecycle:
             slot.failures,
             format_duration(delay),
         )
+        self._record_failure(slot, slot.error, retry_in=delay)
+
+    def _record_failure(self, slot: Slot, error: str, **data: Any) -> None:
+        self.stats.of(slot.name).failures += 1
+        self.events.emit(EventKind.FAILED, slot.name, error=error, **data)
 
     async def reserve(self, slot: Slot, nbytes: int, *, replacing: bool = False) -> None:
         """Reserve bytes for `slot`, evicting idle models; wait at most capacity_wait."""
@@ -247,7 +260,7 @@ class Lifecycle:
                 nbytes, evictable=lambda s: s.evictable, freeing=freeing, replacing=mine
             )
             for victim in victims or ():
-                self.start_unload(victim, f"LRU, to fit {slot.name}")
+                self.start_unload(victim, f"LRU, to fit {slot.name}", reason=UnloadReason.LRU)
             remaining = deadline - time.monotonic()
             if victims is None and remaining <= 0:
                 raise CapacityExceeded(
@@ -272,7 +285,7 @@ class Lifecycle:
         if victims is None:  # evict what can go now; the rest when its requests end
             victims = [s for s in self.budget.keys_lru_first() if s.evictable]
         for victim in victims:
-            self.start_unload(victim, "LRU, the memory budget was lowered")
+            self.start_unload(victim, "the memory budget was lowered", reason=UnloadReason.BUDGET)
 
     # ----------------------------------------------------------------- unloading
 
@@ -282,16 +295,22 @@ class Lifecycle:
             why = "removed from models.yaml" if slot.retired else "admin request"
             if slot.retired and slot.replacement is not None:
                 why = "replaced by a new version in models.yaml"
-            self.start_unload(slot, why)
+            reason = UnloadReason.RELOAD if slot.retired else UnloadReason.ADMIN
+            self.start_unload(slot, why, reason=reason)
 
-    def start_unload(self, slot: Slot, why: str, *, quiet: bool = False) -> None:
-        """Start unloading a loaded model."""
+    def start_unload(
+        self, slot: Slot, why: str, *, reason: UnloadReason, quiet: bool = False
+    ) -> None:
+        """Start unloading a loaded model; `why` is for people, `reason` for the stream."""
         if slot.state is not State.LOADED:
             return
         slot.state = State.UNLOADING
-        slot.unload_task = self.spawn(self._unload(slot, why, quiet), name=f"unload {slot.name}")
+        slot.unload_task = self.spawn(
+            self._unload(slot, why, reason, quiet), name=f"unload {slot.name}"
+        )
 
-    async def _unload(self, slot: Slot, why: str, quiet: bool) -> None:
+    async def _unload(self, slot: Slot, why: str, reason: UnloadReason, quiet: bool) -> None:
+        started = time.monotonic()
         model, slot.model = slot.model, None
         thread, slot.thread = slot.thread, None
         slot.batcher = None
@@ -310,7 +329,11 @@ class Lifecycle:
             slot.unload_task = None
             slot.unload_requested = False
             self.notify()
-        verb = "evicted" if why.startswith("LRU") else "unloaded"
+        verb = "evicted" if reason.eviction else "unloaded"
+        seconds = time.monotonic() - started
+        self.stats.of(slot.name).record_unload(reason, seconds)
+        kind = EventKind.EVICTED if reason.eviction else EventKind.UNLOADED
+        self.events.emit(kind, slot.name, reason=reason.value, freed_bytes=size, seconds=seconds)
         (log.debug if quiet else log.info)(
             f"{verb} %s (%s, idle %s, %s)",
             slot.name,
