@@ -34,9 +34,9 @@ function ago(iso) {
 }
 
 function colorOf(name) {
-  let h = 0;
-  for (const c of name) h = (h * 31 + c.charCodeAt(0)) >>> 0;
-  return COLORS[h % COLORS.length];
+  // by position in the (sorted) model list: neighbours in the bar get different colours
+  const index = snapshot ? snapshot.models.findIndex((m) => m.name === name) : 0;
+  return COLORS[Math.max(0, index) % COLORS.length];
 }
 
 function setText(el, text) { if (el.textContent !== text) el.textContent = text; }
@@ -73,9 +73,9 @@ function renderMemory(data) {
       seg = document.createElement("div");
       seg.className = "seg";
       seg.dataset.model = m.name;
-      seg.style.background = colorOf(m.name);
       bar.appendChild(seg);
     }
+    seg.style.background = colorOf(m.name);
     const reserved = m.state === "loading";
     seg.classList.toggle("loading", reserved);
     seg.dataset.state = m.state;
@@ -110,7 +110,7 @@ function makeRow(name) {
   const cells = {};
   for (const col of COLUMNS) {
     const td = document.createElement("td");
-    td.className = col;
+    td.className = "c-" + col;
     if (["size", "in_flight", "queued", "served", "load_seconds", "ttl_left"].includes(col)) {
       td.classList.add("num");
     }
