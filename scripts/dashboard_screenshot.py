@@ -34,7 +34,7 @@ models:
   langid: {loader: fake, idle_ttl: 2m, options: {size: 820kB, load_seconds: 0.1}}
   ocr: {loader: fake, options: {size: 150MB, load_seconds: 600}}
   summariser: {loader: fake, options: {size: 140MB, load_seconds: 0.5}}
-  spam-filter: {loader: fake, options: {size: 5MB, fail: "no model.safetensors in ./model-store/spam"}}
+  spam-filter: {loader: fake, options: {size: 5MB, fail: "no model.safetensors in ./store/spam"}}
   translator: {loader: fake, options: {size: 60MB}}
 """
 
