@@ -29,14 +29,14 @@ class Client:
         self.url = url.rstrip("/")
         self.timeout = timeout
         token = os.environ.get(TOKEN_ENV)
-        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # one client (and connection pool) for every call: the load's and its progress polls
+        self.http = httpx.Client(headers=headers, timeout=timeout)
 
     def call(self, method: str, path: str) -> dict[str, Any]:
         """Send one request; a non-2xx answer or no server raises CLIError."""
         try:
-            response = httpx.request(
-                method, self.url + path, headers=self.headers, timeout=self.timeout
-            )
+            response = self.http.request(method, self.url + path)
         except httpx.TransportError as exc:
             raise CLIError(
                 f"cannot reach the server at {self.url} ({type(exc).__name__}); is it running? "
@@ -77,8 +77,8 @@ def ls(client: Client, out: TextIO) -> int:
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        out.write("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-        out.write("\n")
+        cells = (cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        out.write("  ".join(cells).rstrip() + "\n")
     used, budget = snapshot["used_bytes"], snapshot["budget_bytes"]
     out.write(f"\nbudget {format_bytes(budget)}, used {format_bytes(used)}")
     out.write(f" ({100 * used / budget:.0f}%); * = estimated size\n")
@@ -129,8 +129,9 @@ def _progress(
             continue
         elapsed = format_duration(time.monotonic() - started)
         held = entry.get("size_bytes")
-        state = entry["state"]
-        line = f"{state} {name}" + (f" ({format_bytes(held)})" if held else "")
+        if entry["state"] != "loading":  # not started yet, or done: the result says it
+            continue
+        line = f"loading {name}" + (f" ({format_bytes(held)})" if held else "")
         if tty:
             tick += 1
             err.write(f"\r{spinner[tick % 4]} {line} {elapsed}\033[K")
@@ -179,6 +180,9 @@ def run(command: Callable[[], int]) -> int:
         return command()
     except CLIError as exc:
         print(f"model-registry: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `model-registry ls | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
 

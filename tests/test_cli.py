@@ -64,7 +64,7 @@ def test_load_shows_progress_ends_with_its_time_and_ls_shows_it(server: ServerPr
     assert lines[0].split() == ["NAME", "STATE", "SIZE", "IN-FLIGHT", "LAST-USED", "TTL-LEFT"]
     big = next(line.split() for line in lines if line.startswith("big "))
     assert big[1:5] == ["loaded", "60.0", "MB", "0"]
-    assert big[-1] in ("60m", "59m")  # idle_ttl 1h, just used
+    assert big[-1] in ("1h00m", "59m")  # idle_ttl 1h, just used
     small = next(line.split() for line in lines if line.startswith("small "))
     assert small[1] == "unloaded" and small[-2:] == ["never", "-"]
     assert "budget 100.0 MB, used 60.0 MB (60%)" in listing.stdout
