@@ -43,7 +43,7 @@ COMPACT_EVERY = 600.0
 
 
 class ModelManager:
-    """The registry of models and their life cycles (see DESIGN.md)."""
+    """The registry of models and their life cycles (docs/architecture.md)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -187,11 +187,6 @@ class ModelManager:
     def pool(self) -> InferencePool:
         """The inference pool (its busy count is a metric)."""
         return self._pool
-
-    @property
-    def peak_used(self) -> int:
-        """The most bytes ever tracked at once."""
-        return self._life.peak_used
 
     def snapshot(self) -> dict[str, Any]:
         """The public view of the whole registry."""
