@@ -160,6 +160,8 @@ class EventBus:
     def subscribe(self, after: int | None = None) -> Subscription:
         """A new reader; with `after`, the kept events after that id are replayed first."""
         subscription = Subscription(self, self._queue_limit)
+        if after is not None and after > self.last_id:
+            after = 0  # an id from before a restart: everything kept here is new to it
         if after is not None and after < self.last_id:
             kept = [e for e in self._ring if e.id > after]
             oldest = kept[0].id if kept else self._next_id

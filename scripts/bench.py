@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_load
+import bench_observe
 import bench_scenarios
 import bench_serving
 from bench_common import CLI, QUIET, REPO, STORE, progress
@@ -49,6 +50,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {  # name -> (function, needs wrk)
     "isolation": (bench_load.isolation, True),
     "stampede": (bench_load.stampede, False),
     "memory": (bench_load.memory, False),
+    "observe": (bench_observe.observe, False),
 }
 ALIASES = {"cold-load": "cold", "warm-latency": "warm", "batching": "throughput"}
 
@@ -89,10 +91,15 @@ def selected(only: str | None) -> list[str]:
     return [n for n in SCENARIOS if n in names]
 
 
-def preflight() -> None:
+NO_DEMO_MODELS = {"observe"}  # scenarios that use only the fake loader
+
+
+def preflight(names: list[str]) -> None:
     """Fail early, and clearly, when the set-up is missing."""
     if not CLI.exists():
         raise SystemExit(f"{CLI} is missing: run scripts/setup.sh first")
+    if set(names) <= NO_DEMO_MODELS:
+        return
     missing = [
         name
         for name in ("digits-resnet", "langid-bert", "bert-memory-demo", "iris-mlp")
@@ -106,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the suite."""
     args = parse_args(argv)
     names = selected(args.only)
-    preflight()
+    preflight(names)
     QUIET["max_wait"] = args.quiet_wait
     QUIET["budget"] = 60.0 if args.quick else 180.0
     started = time.monotonic()

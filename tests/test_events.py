@@ -13,7 +13,7 @@ from registry.events import EventBus, EventKind, UnloadReason
 pytestmark = pytest.mark.anyio
 
 
-async def drain(subscription, limit: float = 5.0) -> list:
+async def drain(subscription) -> list:
     """Every event queued now (a short wait ends it)."""
     out = []
     while (event := await subscription.next(within=0.05)) is not None:
@@ -35,6 +35,13 @@ async def test_ids_increase_and_a_client_resumes_after_the_last_id_it_saw() -> N
         "time": round(first[1].time, 3),
         "bytes": 5,
     }
+
+
+async def test_an_id_from_before_a_restart_replays_everything_kept() -> None:
+    bus = EventBus()
+    bus.emit(EventKind.LOADING, "a")
+    bus.emit(EventKind.LOADED, "a")
+    assert [e.id for e in await drain(bus.subscribe(after=500))] == [1, 2]
 
 
 async def test_resuming_past_the_kept_history_starts_with_a_gap() -> None:
