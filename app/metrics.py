@@ -89,7 +89,7 @@ class RegistryCollector(Collector):
             (
                 "abandoned_threads",
                 "Worker threads still running a load or call the registry gave up on",
-                getattr(self.manager, "abandoned_threads", 0),
+                snapshot.get("abandoned_threads", 0),  # 0 where the core keeps no such count
             ),
             ("event_subscribers", "Open GET /events streams", self.manager.events.subscribers),
         ]
