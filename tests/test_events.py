@@ -143,3 +143,26 @@ async def test_shutdown_ends_open_subscriptions(write_config) -> None:
         manager.begin_shutdown()
         assert await asyncio.wait_for(waiter, 5) is None
         assert subscription.closed
+
+
+def test_the_dashboard_files_and_a_bad_last_event_id(write_config) -> None:
+    """The page ships in the package (no CDN); /events refuses an id that is not a number."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    config = write_config("server: {watch: false}\nmodels:\n  a: {loader: fake}\n")
+    with TestClient(create_app(config)) as client:
+        root = client.get("/", follow_redirects=False)
+        assert root.status_code == 307 and root.headers["location"] == "/dashboard"
+        page = client.get("/dashboard")
+        assert page.headers["content-type"].startswith("text/html")
+        assert '<script src="/dashboard/dashboard.js">' in page.text
+        assert "http" not in page.text.replace("http-equiv", "")  # nothing from elsewhere
+        script = client.get("/dashboard/dashboard.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert "new EventSource(" in script.text
+        assert client.get("/dashboard/dashboard.css").headers["content-type"].startswith("text/css")
+        response = client.get("/events", headers={"Last-Event-ID": "seven"})
+        assert response.status_code == 400
+        assert response.json()["error"]["type"] == "bad_request"
