@@ -36,7 +36,7 @@ def configure(level: str, fmt: str) -> None:
     handler = logging.StreamHandler()
     if fmt == "json":
         handler.setFormatter(JSONFormatter())
-        logging.getLogger("registry.events").setLevel(logging.INFO)
+        logging.getLogger("registry.events").setLevel(level.upper())
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
         logging.getLogger("registry.events").setLevel(logging.WARNING)
