@@ -6,6 +6,7 @@ place that knows Prometheus. Names follow its conventions (`_bytes`, `_seconds`,
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 from fastapi import APIRouter
@@ -174,10 +175,9 @@ class RegistryCollector(Collector):
             P + "unload_duration_seconds", "Time to unload a model", labels=["model"]
         )
         for name in sorted(current | set(stats)):
-            model = self.manager.stats.of(name) if name in stats else None
+            model = stats.get(name)
             if model is None:
-                for reason in UnloadReason:
-                    evictions.add_metric([name, reason.value], 0.0)
+                evictions.add_metric([name, UnloadReason.LRU.value], 0.0)
                 continue
             for outcome, count in sorted(model.requests.items()):
                 status = self.status_classes.get(outcome, "5xx")
@@ -186,25 +186,42 @@ class RegistryCollector(Collector):
             misses.add_metric([name], model.misses)
             loads.add_metric([name], model.loads)
             failures.add_metric([name], model.failures)
-            for reason in UnloadReason:
-                evictions.add_metric([name, reason.value], model.unloads[reason.value])
+            for reason in UnloadReason:  # a reason appears once it happened (lru always)
+                if model.unloads[reason.value] or reason is UnloadReason.LRU:
+                    evictions.add_metric([name, reason.value], model.unloads[reason.value])
             duration.add_metric([name], _buckets(model.duration), model.duration.total)
             for phase in PHASES:
                 histogram = model.phases[phase]
                 phases.add_metric([name, phase], _buckets(histogram), histogram.total)
-            load_time.add_metric([name], _buckets(model.load_seconds), model.load_seconds.total)
-            unload_time.add_metric(
-                [name], _buckets(model.unload_seconds), model.unload_seconds.total
-            )
+            for family, histogram in (
+                (load_time, model.load_seconds),
+                (unload_time, model.unload_seconds),
+            ):
+                if histogram.count:  # a model that never loaded (unloaded) has no histogram
+                    family.add_metric([name], _buckets(histogram), histogram.total)
         yield from (requests, hits, misses, loads, failures, evictions)
         yield from (duration, phases, load_time, unload_time)
+
+
+class Collected(Collector):
+    """Families already read (on the event loop), to be formatted elsewhere."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        """The families as read."""
+        return iter(self.families)
 
 
 @router.get("/metrics", include_in_schema=False)
 async def metrics(manager: Manager) -> Response:
     """Prometheus exposition: the registry's figures and the standard process collectors."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RegistryCollector(manager))
+    # Read the manager's state on the loop (it is not thread-safe), format it in a thread:
+    # formatting 100 models' histograms takes long enough to delay other requests.
+    registry.register(Collected(list(RegistryCollector(manager).collect())))
     for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
         registry.register(collector)
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    body = await asyncio.to_thread(generate_latest, registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

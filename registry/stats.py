@@ -16,26 +16,9 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-# Seconds: from a sub-millisecond inference to a multi-minute load.
-BUCKETS: tuple[float, ...] = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    300.0,
-)
+# Bucket upper bounds in seconds. Few on purpose: a scrape of 100 models stays small.
+REQUEST_BUCKETS: tuple[float, ...] = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30)
+LOAD_BUCKETS: tuple[float, ...] = (0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300)
 PHASES = ("load_wait", "queue", "inference")
 
 
@@ -43,9 +26,12 @@ PHASES = ("load_wait", "queue", "inference")
 class Histogram:
     """Observations in fixed buckets (upper bounds, plus +Inf), with their sum."""
 
-    bounds: tuple[float, ...] = BUCKETS
-    counts: list[int] = field(default_factory=lambda: [0] * (len(BUCKETS) + 1))
+    bounds: tuple[float, ...] = REQUEST_BUCKETS
+    counts: list[int] = field(default_factory=list)
     total: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = self.counts or [0] * (len(self.bounds) + 1)
 
     def observe(self, value: float) -> None:
         """Count one value."""
@@ -93,8 +79,8 @@ class ModelStats:
     )
     hits: int = 0  # the model was loaded when the request arrived
     misses: int = 0  # the request waited for a load
-    load_seconds: Histogram = field(default_factory=Histogram)
-    unload_seconds: Histogram = field(default_factory=Histogram)
+    load_seconds: Histogram = field(default_factory=lambda: Histogram(LOAD_BUCKETS))
+    unload_seconds: Histogram = field(default_factory=lambda: Histogram(LOAD_BUCKETS))
     loads: int = 0
     failures: int = 0
     unloads: Counter[str] = field(default_factory=Counter)  # by UnloadReason value

@@ -126,6 +126,10 @@ def test_evictions_by_reason_and_memory_figures_move(client: TestClient) -> None
     samples = scrape(client)
     assert value(samples, "model_registry_evictions_total", model="b", reason="admin") == 1
     assert value(samples, "model_registry_evictions_total", model="b", reason="lru") == 0
+    assert (
+        "model_registry_evictions_total",
+        frozenset({("model", "b"), ("reason", "ttl")}),
+    ) not in samples
     assert value(samples, "model_registry_used_bytes") == 0
     # loading a, loaded a, loading b, evicted a, loaded b, unloaded b
     assert value(samples, "model_registry_events_total") == 6
