@@ -285,7 +285,8 @@ class Lifecycle:
         if victims is None:  # evict what can go now; the rest when its requests end
             victims = [s for s in self.budget.keys_lru_first() if s.evictable]
         for victim in victims:
-            self.start_unload(victim, "the memory budget was lowered", reason=UnloadReason.BUDGET)
+            why = "LRU, the memory budget was lowered"
+            self.start_unload(victim, why, reason=UnloadReason.BUDGET)
 
     # ----------------------------------------------------------------- unloading
 
