@@ -135,6 +135,33 @@ async def test_reloads_are_events_applied_or_refused(write_config, tmp_path) -> 
         assert any("bogus" in problem for problem in refused.data["problems"])
 
 
+async def test_a_lowered_budget_and_a_removal_unload_with_their_reasons(
+    write_config, tmp_path
+) -> None:
+    only_a = "models:\n  a: {loader: fake, options: {size: 30MB}}\n"
+    models = only_a + "  b: {loader: fake, options: {size: 30MB}}\n"
+    config = write_config(f"server: {{memory_budget: 100MB, watch: false}}\n{models}")
+    async with running(config) as manager:
+        await manager.load("a")
+        await manager.load("b")
+        subscription = manager.events.subscribe()
+        path = tmp_path / "models.yaml"
+        path.write_text(f"server: {{memory_budget: 40MB, watch: false}}\n{models}")
+        await manager.reload()
+        await wait_until(lambda: manager.snapshot()["used_bytes"] <= 40e6, "a is evicted")
+        path.write_text(f"server: {{memory_budget: 40MB, watch: false}}\n{only_a}")
+        await manager.reload()
+        await wait_until(lambda: "b" not in manager.names(), "b is removed")
+        await wait_until(lambda: manager.snapshot()["used_bytes"] == 0, "b is unloaded")
+        events = [(e.kind, e.model, e.data.get("reason")) for e in await drain(subscription)]
+        assert events == [
+            (EventKind.CONFIG_APPLIED, None, None),
+            (EventKind.EVICTED, "a", "budget"),
+            (EventKind.CONFIG_APPLIED, None, None),
+            (EventKind.UNLOADED, "b", "reload"),
+        ]
+
+
 async def test_shutdown_ends_open_subscriptions(write_config) -> None:
     config = write_config("server: {watch: false}\nmodels:\n  a: {loader: fake}\n")
     async with running(config) as manager:
