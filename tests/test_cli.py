@@ -146,6 +146,7 @@ def test_json_logs_carry_the_model_and_the_event(server: ServerProcess) -> None:
     records = [json.loads(line) for line in server.output if line.startswith("{")]
     assert records, server.log
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert not [r for r in records if "color_message" in r]  # uvicorn's ANSI copy stays out
     loaded = [r for r in records if r.get("event") == "loaded" and r.get("model") == "small"]
     assert loaded and loaded[0]["bytes"] == 1_000_000 and loaded[0]["logger"] == "registry.events"
     assert not [line for line in server.output if line.strip() and not line.startswith("{")]
