@@ -31,6 +31,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument(
         "--log-format", default="text", choices=["text", "json"], help="json: one object a line"
     )
+    serve.add_argument(
+        "--ray",
+        action="store_true",
+        help="run N registry replicas on a local Ray Serve (needs the [ray] extra)",
+    )
+    serve.add_argument("--replicas", type=int, default=2, help="replicas with --ray (default 2)")
+    serve.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)  # tests: written when up
     validate = commands.add_parser("validate", help="check a models.yaml and exit")
     validate.add_argument("config", help="path of models.yaml")
     _add_client_commands(commands)
@@ -100,6 +107,10 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.server.port
     if not _is_loopback(host):
         log.warning("binding %s: the server is reachable from other machines", host)
+    if args.ray:
+        from app.ray_local import run_local  # ray is imported only in the namespace
+
+        return run_local(Path(args.config), args.replicas, host, port, args.ready_file)
     from app.server import run_server  # uvicorn is imported only to serve
 
     return run_server(config, host, port, access_log=not args.no_access_log)
