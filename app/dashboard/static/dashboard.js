@@ -64,6 +64,12 @@ function render(data) {
 function renderMemory(data) {
   const budget = data.budget_bytes;
   const bar = $("memory-bar");
+  // held_bytes is what the budget holds; a server without it: the size of what is in memory
+  for (const m of data.models) {
+    if (m.held_bytes === undefined) {
+      m.held_bytes = ["loading", "loaded", "unloading"].includes(m.state) ? (m.size_bytes || 0) : 0;
+    }
+  }
   const held = data.models.filter((m) => m.held_bytes > 0);
   const seen = new Set();
   for (const m of held) {
@@ -284,7 +290,7 @@ $("filter").addEventListener("input", () => { if (snapshot) renderRows(snapshot.
 (async function start() {
   await refresh();
   // replay the last events for the timeline, then follow the stream
-  const last = snapshot ? snapshot.last_event_id : 0;
+  const last = snapshot && Number.isInteger(snapshot.last_event_id) ? snapshot.last_event_id : 0;
   connect(Math.max(0, last - 50));
   setInterval(refresh, 1000);
 })();
