@@ -93,6 +93,11 @@ class RegistryCollector(Collector):
                 snapshot.get("abandoned_threads", 0),  # 0 where the core keeps no such count
             ),
             ("event_subscribers", "Open GET /events streams", self.manager.events.subscribers),
+            (
+                "budget_restoring",
+                "1 while models are unloaded to fit a lowered memory budget",
+                1.0 if snapshot.get("budget_state") == "restoring" else 0.0,
+            ),
         ]
         for name, doc, value in gauges:
             assert isinstance(value, int | float)
