@@ -1,4 +1,4 @@
-"""`model-registry serve` and `model-registry validate`."""
+"""`model-registry serve | validate | ls | load | unload | reload`."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from registry.errors import ConfigError
 from registry.units import format_bytes
 
 log = logging.getLogger("app")
-LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -30,6 +29,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
     serve.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="json: one object a line"
+    )
+    serve.add_argument(
         "--ray",
         action="store_true",
         help="run N registry replicas on a local Ray Serve (needs the [ray] extra)",
@@ -38,10 +40,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)  # tests: written when up
     validate = commands.add_parser("validate", help="check a models.yaml and exit")
     validate.add_argument("config", help="path of models.yaml")
+    _add_client_commands(commands)
     args = parser.parse_args(argv)
     if args.command == "validate":
         return _validate(Path(args.config))
-    return _serve(args)
+    if args.command == "serve":
+        return _serve(args)
+    return _client_command(args)
+
+
+def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """ls, load, unload, reload: against a running server (token from the environment)."""
+    from app.client import DEFAULT_URL, TOKEN_ENV
+
+    helps = {
+        "ls": "list the models: state, size, in flight, last used, TTL left",
+        "load": f"load a model now and show its progress (needs ${TOKEN_ENV})",
+        "unload": f"unload a model after its in-flight requests (needs ${TOKEN_ENV})",
+        "reload": f"re-read models.yaml on the server (needs ${TOKEN_ENV})",
+    }
+    for name, text in helps.items():
+        sub = commands.add_parser(name, help=text)
+        sub.add_argument("--url", default=DEFAULT_URL, help=f"the server (default {DEFAULT_URL})")
+        if name in ("load", "unload"):
+            sub.add_argument("name", help="the model's name")
+
+
+def _client_command(args: argparse.Namespace) -> int:
+    from app import client
+
+    http = client.Client(args.url)
+    out, err = sys.stdout, sys.stderr
+    commands = {
+        "ls": lambda: client.ls(http, out),
+        "load": lambda: client.load(http, args.name, out, err),
+        "unload": lambda: client.unload(http, args.name, out),
+        "reload": lambda: client.reload(http, out),
+    }
+    return client.run(commands[args.command])
 
 
 def _validate(path: Path) -> int:
@@ -59,7 +95,9 @@ def _validate(path: Path) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format=LOG_FORMAT)
+    from app.logformat import configure
+
+    configure(args.log_level, args.log_format)
     try:
         config = load_config(Path(args.config))
     except ConfigError as exc:

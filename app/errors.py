@@ -63,8 +63,13 @@ def error_response(
 
 def status_of(exc: RegistryError) -> int:
     """HTTP status for a registry error."""
+    return status_of_class(type(exc))
+
+
+def status_of_class(error: type[RegistryError]) -> int:
+    """HTTP status for a registry error class."""
     for cls, status in _STATUS:
-        if isinstance(exc, cls):
+        if issubclass(error, cls):
             return status
     return 500
 

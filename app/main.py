@@ -12,7 +12,8 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app import admin, errors, metrics, routes
+from app import admin, errors, events, metrics, routes
+from app.dashboard import router as dashboard_router
 from app.limits import BodyLimit, BodyTooLarge, too_large_message
 from registry.config import Config, load_config
 from registry.manager import ModelManager
@@ -72,6 +73,8 @@ def create_app(config: Config | str | Path) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(admin.router)
     app.include_router(metrics.router)
+    app.include_router(events.router)
+    app.include_router(dashboard_router)
     return app
 
 

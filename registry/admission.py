@@ -35,6 +35,7 @@ from registry.errors import (
 from registry.lifecycle import Lifecycle
 from registry.payload import ImageRequest, PredictRequest, decode_image
 from registry.slot import Slot, State
+from registry.stats import Timing
 from registry.threads import InferencePool
 
 log = logging.getLogger("registry")
@@ -60,11 +61,44 @@ class Admission:
         if self._life.closing:
             raise ShuttingDown()
         slot = self.lookup(name)
-        inputs = await self._prepare(slot, request)
-        slot = await self._acquire(slot)
+        arrived = time.monotonic()
+        timing = Timing()
+        hit: bool | None = None  # stays None unless the request gets its model
+        started = arrived
+        outcome = "ok"
+        try:
+            inputs = await self._prepare(slot, request)
+            loaded = slot.state is State.LOADED and not slot.unload_requested
+            slot = await self._acquire(slot)
+            started, hit = time.monotonic(), loaded
+            return await self._run(slot, inputs, request, timing)
+        except RegistryError as exc:
+            outcome = exc.kind
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except BaseException:
+            outcome = "internal"
+            raise
+        finally:
+            done = time.monotonic() - started
+            inference = min(done, timing.inference or 0.0)
+            self._life.stats.request(
+                name,
+                outcome,
+                load_wait=started - arrived,
+                queue=done - inference,
+                inference=inference,
+                hit=hit,
+            )
+
+    async def _run(
+        self, slot: Slot, inputs: list[Any], request: PredictRequest, timing: Timing
+    ) -> Any:
         started = time.monotonic()
         try:
-            future = self._infer(slot, inputs, request.parameters)
+            future = self._infer(slot, inputs, request.parameters, timing)
         except BaseException:
             self._release(slot)
             raise
@@ -114,12 +148,14 @@ class Admission:
         return list(items)
 
     def _infer(
-        self, slot: Slot, inputs: list[Any], parameters: Mapping[str, Any]
+        self, slot: Slot, inputs: list[Any], parameters: Mapping[str, Any], timing: Timing
     ) -> asyncio.Future[list[Any]]:
         if slot.batcher is not None:
-            return slot.batcher.submit(inputs, parameters)
+            return slot.batcher.submit(inputs, parameters, timing=timing)
         assert slot.model is not None
-        return self._life.run_predict(slot, slot.model, slot.thread, inputs, parameters)
+        return self._life.run_predict(
+            slot, slot.model, slot.thread, inputs, parameters, timing=timing
+        )
 
     def _withdraw(self, slot: Slot, future: asyncio.Future[list[Any]]) -> None:
         """The caller went away: drop its call if it has not started (else it finishes)."""

@@ -14,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from registry.errors import InferenceTimeout, Unavailable
+from registry.stats import Timing
 
 Run = Callable[[list[Any], Mapping[str, Any]], Awaitable[list[Any]]]
 
@@ -30,6 +32,7 @@ class _Entry:
     parameters: Mapping[str, Any]
     key: str
     arrived: float
+    timing: Timing | None = None
     future: asyncio.Future[list[Any]] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -50,12 +53,16 @@ class Batcher:
         self.batched_inputs = 0
 
     def submit(
-        self, inputs: Sequence[Any], parameters: Mapping[str, Any]
+        self,
+        inputs: Sequence[Any],
+        parameters: Mapping[str, Any],
+        *,
+        timing: Timing | None = None,
     ) -> asyncio.Future[list[Any]]:
         """Queue one request; the future gets its outputs (or its own error)."""
         loop = asyncio.get_running_loop()
         key = json.dumps(parameters, sort_keys=True, default=repr)
-        entry = _Entry(list(inputs), parameters, key, loop.time())
+        entry = _Entry(list(inputs), parameters, key, loop.time(), timing)
         self._queue.append(entry)
         self._arrived.set()
         if self._task is None or self._task.done():
@@ -107,6 +114,7 @@ class Batcher:
 
     async def _execute_batch(self, batch: list[_Entry]) -> None:
         inputs = [item for entry in batch for item in entry.inputs]
+        started = time.perf_counter()
         try:
             outputs = await self._run(inputs, batch[0].parameters)
         except Exception as exc:
@@ -122,8 +130,11 @@ class Batcher:
             return
         self.batches += 1
         self.batched_inputs += len(inputs)
+        seconds = time.perf_counter() - started  # the batch's call: every request's inference
         start = 0
         for entry in batch:
+            if entry.timing is not None:
+                entry.timing.inference = seconds
             _settle(entry, outputs=outputs[start : start + len(entry.inputs)])
             start += len(entry.inputs)
 

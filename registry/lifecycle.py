@@ -34,12 +34,14 @@ from registry.budget import ByteBudget
 from registry.config import ServerSettings
 from registry.drain import Drain
 from registry.errors import CapacityExceeded, InferenceTimeout, ModelTooLarge
+from registry.events import EventBus, EventKind, UnloadReason
 from registry.health import Health, dispose, predict_json
 from registry.loaders import LoadContext, Model, load_model
 from registry.memory import estimate_bytes, measure_bytes
 from registry.policy import describe
 from registry.restore import over_budget
 from registry.slot import Slot, State
+from registry.stats import Stats, Timing
 from registry.threads import InferencePool, ModelThread, run_in_thread
 from registry.units import format_bytes, format_duration
 
@@ -61,6 +63,8 @@ class Lifecycle:
         self.closing = False
         self.drain = Drain(self.notify)
         self.peak_used = 0
+        self.events = EventBus()
+        self.stats = Stats()
         self.unused_loads = 0  # loads unloaded again before they served a single request
         self.abandoned = Abandoned()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -126,6 +130,7 @@ class Lifecycle:
         slot.error = None
         slot.load_started = time.monotonic()
         slot.load_task = self.spawn(self._load(slot), name=f"load {slot.name}")
+        self.events.emit(EventKind.LOADING, slot.name, estimate_bytes=slot.estimate)
 
     async def _load(self, slot: Slot) -> BaseException | None:
         """Load one model; never raises (but for cancellation): the outcome is returned."""
@@ -163,6 +168,7 @@ class Lifecycle:
             slot.error = exc.message
             slot.retry_at = time.monotonic() + self.settings.retry_backoff.initial
             log.warning("cannot load %s: %s", slot.name, exc.message)
+            self._record_failure(slot, exc.message)
             return exc
         except asyncio.CancelledError:
             slot.state = State.UNLOADED
@@ -265,6 +271,8 @@ class Lifecycle:
             format_bytes(slot.size_bytes or 0),
             format_duration(seconds),
         )
+        self.stats.of(slot.name).record_load(seconds)
+        self.events.emit(EventKind.LOADED, slot.name, bytes=slot.size_bytes, seconds=seconds)
         if slot.retired or slot.unload_requested:
             self.unload_when_idle(slot)
 
@@ -297,11 +305,14 @@ class Lifecycle:
         thread: ModelThread | None,
         inputs: list[Any],
         parameters: Mapping[str, Any],
+        *,
+        timing: Timing | None = None,
     ) -> asyncio.Task[list[Any]]:
         """One predict call on the model's thread, bounded by its predict_timeout."""
         timeout = slot.spec.predict_timeout or self.settings.predict_timeout
+        call = (predict_json,) if timing is None else (timing.run, predict_json)
         return self.pool.submit(
-            predict_json,
+            *call,
             model,
             inputs,
             dict(parameters),
@@ -334,6 +345,11 @@ class Lifecycle:
             slot.failures,
             format_duration(delay),
         )
+        self._record_failure(slot, slot.error, retry_in=delay)
+
+    def _record_failure(self, slot: Slot, error: str, **data: Any) -> None:
+        self.stats.of(slot.name).failures += 1
+        self.events.emit(EventKind.FAILED, slot.name, error=error, **data)
 
     async def reserve(self, slot: Slot, nbytes: int, *, replacing: bool = False) -> None:
         """Reserve bytes for `slot`, evicting idle models; wait at most capacity_wait."""
@@ -379,17 +395,21 @@ class Lifecycle:
             for s in self.budget.keys_lru_first()
         )
 
-    def _evict(self, victims: Sequence[Slot], purpose: str) -> None:
+    def _evict(
+        self, victims: Sequence[Slot], purpose: str, reason: UnloadReason | None = None
+    ) -> None:
         """Unload `victims`; each log line says why the policy chose it."""
         if not victims:
             return
+        if reason is None:
+            reason = UnloadReason.COST if self.budget.policy == "cost" else UnloadReason.LRU
         order = [s for s in self.budget.keys_lru_first() if s.evictable]
         for victim in victims:
             priority = self.budget.priority(victim) or 0.0
             rank = order.index(victim) + 1 if victim in order else 1
             why = describe(self.budget.policy, priority, rank, len(order))
             self.budget.evicted(victim)
-            self.start_unload(victim, why, purpose=purpose)
+            self.start_unload(victim, why, reason=reason, purpose=purpose)
 
     def _unloading(self) -> list[Slot]:
         """Models whose bytes are about to be released."""
@@ -398,7 +418,7 @@ class Lifecycle:
     def enforce_limit(self) -> None:
         """After the budget shrank: unload models until the total fits again (restore.py)."""
         idle, busy = over_budget(self.budget)
-        self._evict(idle, "because the memory budget was lowered")
+        self._evict(idle, "because the memory budget was lowered", UnloadReason.BUDGET)
         for slot in busy:  # no new lease; unloads once its in-flight requests end
             slot.unload_requested = True
             slot.unload_why = "the memory budget was lowered"
@@ -412,20 +432,33 @@ class Lifecycle:
             why = "removed from models.yaml" if slot.retired else slot.unload_why or "admin request"
             if slot.retired and slot.replacement is not None:
                 why = "replaced by a new version in models.yaml"
-            self.start_unload(slot, why)
+            reason = UnloadReason.RELOAD if slot.retired else UnloadReason.ADMIN
+            if not slot.retired and slot.unload_why is not None:  # set by enforce_limit
+                reason = UnloadReason.BUDGET
+            self.start_unload(slot, why, reason=reason)
 
     def start_unload(
-        self, slot: Slot, why: str, *, quiet: bool = False, purpose: str | None = None
+        self,
+        slot: Slot,
+        why: str,
+        *,
+        reason: UnloadReason,
+        quiet: bool = False,
+        purpose: str | None = None,
     ) -> None:
-        """Start unloading a loaded model; `purpose` (an eviction's) ends its log line."""
+        """Start unloading a loaded model; `why` is for people, `reason` for the stream, and
+        `purpose` (an eviction's) ends its log line."""
         if slot.state is not State.LOADED:
             return
         slot.state = State.UNLOADING
         slot.unload_task = self.spawn(
-            self._unload(slot, why, quiet, purpose), name=f"unload {slot.name}"
+            self._unload(slot, why, reason, quiet, purpose), name=f"unload {slot.name}"
         )
 
-    async def _unload(self, slot: Slot, why: str, quiet: bool, purpose: str | None) -> None:
+    async def _unload(
+        self, slot: Slot, why: str, reason: UnloadReason, quiet: bool, purpose: str | None
+    ) -> None:
+        started = time.monotonic()
         model, slot.model = slot.model, None
         thread, slot.thread = slot.thread, None
         slot.batcher = None
@@ -447,7 +480,11 @@ class Lifecycle:
             slot.unload_requested = False
             slot.unload_why = None
             self.notify()
-        verb = "unloaded" if purpose is None else "evicted"
+        verb = "evicted" if reason.eviction else "unloaded"
+        seconds = time.monotonic() - started
+        self.stats.of(slot.name).record_unload(reason, seconds)
+        kind = EventKind.EVICTED if reason.eviction else EventKind.UNLOADED
+        self.events.emit(kind, slot.name, reason=reason.value, freed_bytes=size, seconds=seconds)
         (log.debug if quiet else log.info)(
             f"{verb} %s (%s, idle %s, %s)%s",
             slot.name,

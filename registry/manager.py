@@ -25,12 +25,14 @@ from registry.errors import (
     ModelFailed,
     ShuttingDown,
 )
+from registry.events import EventBus, EventKind, UnloadReason
 from registry.lifecycle import Lifecycle
 from registry.loaders.torch_setup import configure as configure_torch
 from registry.memory import compact, release_memory
 from registry.payload import PredictRequest
 from registry.reload import Changes, plan
 from registry.slot import Slot, State
+from registry.stats import Stats
 from registry.threads import InferencePool, default_workers, run_in_thread
 from registry.units import format_bytes, format_duration
 from registry.watcher import stamp, watch
@@ -106,6 +108,7 @@ class ModelManager:
         if life.closing:
             return
         life.closing = True
+        self.events.close()  # open /events streams end, so they do not hold up the drain
         loop = asyncio.get_running_loop()
         timeout = self.config.server.drain_timeout if drain_timeout is None else drain_timeout
         self._drain_deadline = loop.time() + timeout
@@ -147,7 +150,7 @@ class ModelManager:
             if slot.state is State.LOADED and slot.leases == 0:  # never close under a call
                 freed += life.budget.size_of(slot)
                 unloaded += 1
-                life.start_unload(slot, "shutdown", quiet=True)
+                life.start_unload(slot, "shutdown", reason=UnloadReason.SHUTDOWN, quiet=True)
         unloads = [s.unload_task for s in self._all_slots() if s.unload_task is not None]
         if unloads:
             grace = max(0.0, self._drain_deadline - loop.time()) + UNLOAD_GRACE
@@ -199,12 +202,30 @@ class ModelManager:
         """The public view of one model."""
         return self._entry(self._lookup(name))
 
+    @property
+    def events(self) -> EventBus:
+        """The stream of model events (GET /events, the dashboard, the metrics)."""
+        return self._life.events
+
+    @property
+    def stats(self) -> Stats:
+        """Per-model request, load and unload figures (GET /metrics)."""
+        return self._life.stats
+
+    @property
+    def pool(self) -> InferencePool:
+        """The inference pool (its busy count is a metric)."""
+        return self._pool
+
     def snapshot(self) -> dict[str, Any]:
         """The public view of the whole registry."""
         budget = self._life.budget
+        models = [self._entry(self._slots[name]) for name in sorted(self._slots)]
+        loading = (s for s in self._all_slots() if s.state is State.LOADING)
         return {
             "budget_bytes": budget.limit,
             "used_bytes": budget.used,
+            "reserved_bytes": sum(budget.size_of(s) for s in loading),
             "peak_used_bytes": self._life.peak_used,
             "budget_state": "restoring" if budget.used > budget.limit else "ok",  # lowered
             "abandoned_threads": len(self._life.abandoned),
@@ -214,12 +235,19 @@ class ModelManager:
             "config_loaded_at": self.config_loaded_at,
             "config_error": self.config_error,
             "eviction": budget.policy,
-            "models": [self._entry(self._slots[name]) for name in sorted(self._slots)],
+            "models": models,
+            "last_event_id": self.events.last_id,
         }
 
     def _entry(self, slot: Slot) -> dict[str, Any]:
-        """A model's public view, with its eviction priority."""
-        return {**slot.info(), **self._life.eviction_view(slot)}
+        """A model's public view: its eviction priority, what the budget holds for it (loaded,
+        or reserved for a load) and the time its idle TTL leaves it."""
+        return {
+            **slot.info(),
+            **self._life.eviction_view(slot),
+            "held_bytes": self._life.budget.size_of(slot),
+            "ttl_left_seconds": self._ttl_left(slot, time.monotonic()),
+        }
 
     # ------------------------------------------------------------------- requests
 
@@ -272,6 +300,13 @@ class ModelManager:
                 slot.unload_requested = False  # else the last lease unloads it
         return self._entry(slot)
 
+    def _ttl_left(self, slot: Slot, now: float) -> float | None:
+        """Seconds until an idle model's TTL unloads it (None: no TTL, pinned or in use)."""
+        ttl = slot.spec.idle_ttl if slot.spec.idle_ttl is not None else self.config.server.idle_ttl
+        if ttl <= 0 or slot.spec.pinned or slot.state is not State.LOADED or slot.leases:
+            return None
+        return round(max(0.0, ttl - (now - slot.last_used_mono)), 1)
+
     @staticmethod
     def _unloaded(slot: Slot) -> bool:
         return slot.state in (State.UNLOADED, State.FAILED)
@@ -286,6 +321,7 @@ class ModelManager:
             except ConfigError as exc:
                 self.config_error = {"message": exc.message, "problems": exc.problems, "at": _now()}
                 log.error("kept the running registry: %s", exc.message)
+                self.events.emit(EventKind.CONFIG_REFUSED, problems=exc.problems)
                 raise
             self.config_error = None
             if config.digest == self.config.digest:
@@ -337,6 +373,7 @@ class ModelManager:
         if changes.restart_needed:
             log.warning("restart to apply server.%s", ", server.".join(changes.restart_needed))
         log.info("applied %s: %s", config.path.name, changes.summary())
+        self.events.emit(EventKind.CONFIG_APPLIED, **changes.as_dict())
         life.notify()
         return changes
 
@@ -368,7 +405,8 @@ class ModelManager:
             for slot in list(self._slots.values()):
                 ttl = slot.spec.idle_ttl if slot.spec.idle_ttl is not None else default_ttl
                 if ttl > 0 and slot.evictable and now - slot.last_used_mono > ttl:
-                    self._life.start_unload(slot, f"past its idle_ttl of {format_duration(ttl)}")
+                    why = f"past its idle_ttl of {format_duration(ttl)}"
+                    self._life.start_unload(slot, why, reason=UnloadReason.TTL)
                 retry = slot.state is State.FAILED or (
                     slot.state is State.UNLOADED and slot.error is not None  # no room last time
                 )

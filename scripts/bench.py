@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_load
+import bench_observe
 import bench_ray
 import bench_scenarios
 import bench_serving
@@ -53,6 +54,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {  # name -> (function, needs wrk)
     "memory": (bench_load.memory, False),
     "ray": (bench_ray.ray_scale, False),
     "trace": (bench_trace.trace, False),
+    "observe": (bench_observe.observe, False),
 }
 ALIASES = {"cold-load": "cold", "warm-latency": "warm", "batching": "throughput"}
 
@@ -93,10 +95,15 @@ def selected(only: str | None) -> list[str]:
     return [n for n in SCENARIOS if n in names]
 
 
-def preflight() -> None:
+NO_DEMO_MODELS = {"observe"}  # scenarios that use only the fake loader
+
+
+def preflight(names: list[str]) -> None:
     """Fail early, and clearly, when the set-up is missing."""
     if not CLI.exists():
         raise SystemExit(f"{CLI} is missing: run scripts/setup.sh first")
+    if set(names) <= NO_DEMO_MODELS:
+        return
     missing = [
         name
         for name in ("digits-resnet", "langid-bert", "bert-memory-demo", "iris-mlp")
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the suite."""
     args = parse_args(argv)
     names = selected(args.only)
-    preflight()
+    preflight(names)
     QUIET["max_wait"] = args.quiet_wait
     QUIET["budget"] = 60.0 if args.quick else 180.0
     started = time.monotonic()

@@ -26,3 +26,16 @@ if [ "$(cat "$VENV/.setup-stamp" 2>/dev/null)" != "$wanted" ]; then
 fi
 
 "$VENV/bin/python" scripts/build_models.py
+
+# The dashboard's browser tests drive Debian's Chromium headless (never a downloaded browser).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+    if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+        echo "setup: installing chromium and chromium-driver (apt)"
+        apt-get update -qq >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+            chromium chromium-driver >/dev/null
+    else
+        echo "setup: chromium and chromium-driver are missing; install them (as root:" \
+            "apt-get install chromium chromium-driver) to run the browser tests" >&2
+    fi
+fi

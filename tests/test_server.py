@@ -29,11 +29,12 @@ def free_port() -> int:
 class ServerProcess:
     """A server started on loopback and stopped by its PID."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process = subprocess.Popen(
-            [*CLI, "serve", "--config", str(config), "--port", str(self.port)],
+            [*CLI, "serve", "--config", str(config), "--port", str(self.port), *args],
+            env=None if env is None else {**os.environ, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

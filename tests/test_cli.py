@@ -1,0 +1,170 @@
+"""Against a real server process: the CLI (ls, load, unload, reload), GET /events as SSE
+(resume, shutdown), and JSON log lines (issue 13)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_server import ServerProcess, free_port
+
+pytestmark = pytest.mark.slow
+TOKEN = "cli-token"
+CONFIG = """\
+server: {memory_budget: 100MB, watch: false, idle_ttl: 1h}
+models:
+  big: {loader: fake, options: {size: 60MB, load_seconds: 0.6}}
+  small: {loader: fake, options: {size: 1MB}}
+"""
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    config = tmp_path_factory.mktemp("cli") / "models.yaml"
+    config.write_text(CONFIG)
+    process = ServerProcess(
+        config, "--log-format", "json", env={"MODEL_REGISTRY_ADMIN_TOKEN": TOKEN}
+    )
+    try:
+        process.wait_live()
+        yield process
+    finally:
+        process.close()
+
+
+def cli(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin"}
+    if token is not None:
+        env["MODEL_REGISTRY_ADMIN_TOKEN"] = token
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_load_shows_progress_ends_with_its_time_and_ls_shows_it(server: ServerProcess) -> None:
+    result = cli("load", "big", "--url", server.url)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("loaded big (60.0 MB, load ")
+    assert result.stdout.rstrip().endswith("in all)")
+    assert "loading big" in result.stderr  # progress while the 0.6 s load runs
+
+    listing = cli("ls", "--url", server.url, token=None)
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    assert lines[0].split() == ["NAME", "STATE", "SIZE", "IN-FLIGHT", "LAST-USED", "TTL-LEFT"]
+    big = next(line.split() for line in lines if line.startswith("big "))
+    assert big[1:5] == ["loaded", "60.0", "MB", "0"]
+    assert big[-1] in ("1h00m", "59m")  # idle_ttl 1h, just used
+    small = next(line.split() for line in lines if line.startswith("small "))
+    assert small[1] == "unloaded" and small[-2:] == ["never", "-"]
+    assert "budget 100.0 MB, used 60.0 MB (60%)" in listing.stdout
+
+    unloaded = cli("unload", "big", "--url", server.url)
+    assert unloaded.returncode == 0, unloaded.stderr
+    assert unloaded.stdout.startswith("unloaded big (unloaded, freed 60.0 MB) in ")
+    assert httpx.get(f"{server.url}/models/big").json()["state"] == "unloaded"
+
+    reloaded = cli("reload", "--url", server.url)
+    assert reloaded.returncode == 0, reloaded.stderr
+    assert reloaded.stdout == "reloaded models.yaml: nothing changed\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "token", "message"),
+    [
+        (
+            ("load", "nosuch"),
+            TOKEN,
+            "model 'nosuch' is not in the registry; known models: big, small",
+        ),
+        (("unload", "big"), "wrong", "missing or wrong admin token"),
+        (("reload",), None, "missing or wrong admin token"),
+    ],
+)
+def test_errors_are_one_line_and_exit_1(server: ServerProcess, args, token, message) -> None:
+    result = cli(*args, "--url", server.url, token=token)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert len(result.stderr.splitlines()) == 1
+    assert result.stderr.startswith("model-registry: ")
+    assert message in result.stderr
+
+
+def test_no_server_is_one_line_and_exit_1() -> None:
+    result = cli("ls", "--url", f"http://127.0.0.1:{free_port()}")
+    assert result.returncode == 1
+    assert result.stderr.startswith("model-registry: cannot reach the server at http://127.0.0.1:")
+    assert len(result.stderr.splitlines()) == 1
+
+
+def read_events(response: httpx.Response, count: int) -> list[dict[str, object]]:
+    """The next `count` events of an open stream, with their SSE fields."""
+    events: list[dict[str, object]] = []
+    fields: dict[str, str] = {}
+    for line in response.iter_lines():
+        if line == "":
+            if "data" in fields:
+                events.append({**fields, "data": json.loads(fields["data"])})
+                if len(events) == count:
+                    return events
+            fields = {}
+        elif not line.startswith(":"):
+            key, _, value = line.partition(": ")
+            fields[key] = value
+    raise AssertionError(f"the stream ended after {events}")
+
+
+def test_events_stream_and_resume_by_last_event_id(server: ServerProcess) -> None:
+    start = httpx.get(f"{server.url}/models").json()["last_event_id"]
+    timeout = httpx.Timeout(30.0)
+    with httpx.stream("GET", f"{server.url}/events", timeout=timeout) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert httpx.post(f"{server.url}/models/small/predict", json={"inputs": "x"}).is_success
+        loading, loaded = read_events(response, 2)
+    assert loading["event"] == "loading" and loaded["event"] == "loaded"
+    assert int(str(loading["id"])) == start + 1 and int(str(loaded["id"])) == start + 2
+    assert loaded["data"]["model"] == "small" and loaded["data"]["bytes"] == 1_000_000
+
+    headers = {"Last-Event-ID": str(start + 1)}
+    with httpx.stream("GET", f"{server.url}/events", headers=headers, timeout=timeout) as again:
+        (replayed,) = read_events(again, 1)
+    assert replayed["id"] == loaded["id"] and replayed["data"] == loaded["data"]
+
+
+def test_json_logs_carry_the_model_and_the_event(server: ServerProcess) -> None:
+    assert httpx.post(f"{server.url}/models/small/predict", json={"inputs": "x"}).is_success
+    records = [json.loads(line) for line in server.output if line.startswith("{")]
+    assert records, server.log
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    assert not [r for r in records if "color_message" in r]  # uvicorn's ANSI copy stays out
+    loaded = [r for r in records if r.get("event") == "loaded" and r.get("model") == "small"]
+    assert loaded and loaded[0]["bytes"] == 1_000_000 and loaded[0]["logger"] == "registry.events"
+    assert not [line for line in server.output if line.strip() and not line.startswith("{")]
+
+
+def test_an_open_event_stream_does_not_hold_up_shutdown(tmp_path: Path) -> None:
+    """Shutdown ends open /events streams, so the drain finishes and the process exits 0."""
+    config = tmp_path / "models.yaml"
+    config.write_text("server: {drain_timeout: 60}\nmodels:\n  a: {loader: fake}\n")
+    process = ServerProcess(config)
+    try:
+        process.wait_live()
+        with httpx.stream("GET", f"{process.url}/events", timeout=30) as response:
+            lines = response.iter_lines()
+            assert next(lines) == "retry: 1000"
+            code = process.stop()  # SIGTERM; waits at most 30 s, half the drain timeout
+            assert code == 0, process.log
+            assert list(lines) == [""]  # the stream ended instead of waiting for the drain
+        assert "shutdown complete" in process.log
+    finally:
+        process.close()

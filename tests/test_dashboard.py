@@ -1,0 +1,169 @@
+"""The dashboard in a real browser: Debian's Chromium, headless, driven by Selenium (issue 13).
+
+scripts/setup.sh installs `chromium` and `chromium-driver`; Selenium is pointed at them, so
+nothing is downloaded (SE_OFFLINE also keeps Selenium Manager from trying).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from test_server import ServerProcess
+
+pytestmark = pytest.mark.slow
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+TOKEN = "dashboard-token"
+WAIT = 20.0  # seconds: only turns a hang into a failure
+
+if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+    pytest.skip(
+        "Chromium is missing: scripts/setup.sh installs it (apt-get install chromium "
+        "chromium-driver)",
+        allow_module_level=True,
+    )
+
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.options import Options  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.support import expected_conditions  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+
+def config_text() -> str:
+    lines = [
+        "server: {memory_budget: 100MB, watch: false, capacity_wait: 1}",
+        "models:",
+        "  big: {loader: fake, options: {size: 60MB, load_seconds: 0.2}}",
+        "  other: {loader: fake, options: {size: 60MB}}",
+    ]
+    lines += [f"  m{i:03d}: {{loader: fake, options: {{size: 100kB}}}}" for i in range(98)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[ServerProcess]:
+    config = tmp_path / "models.yaml"
+    config.write_text(config_text())
+    process = ServerProcess(config, env={"MODEL_REGISTRY_ADMIN_TOKEN": TOKEN})
+    try:
+        process.wait_live()
+        yield process
+        assert process.stop() == 0, process.log
+    finally:
+        process.close()
+
+
+@pytest.fixture
+def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,900",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver: WebDriver, css: str) -> None:
+    WebDriverWait(driver, WAIT).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))
+    )
+
+
+def gone(driver: WebDriver, css: str) -> None:
+    WebDriverWait(driver, WAIT).until(lambda d: not d.find_elements(By.CSS_SELECTOR, css))
+
+
+def open_dashboard(driver: WebDriver, server: ServerProcess) -> None:
+    driver.get(server.url + "/")  # redirects to /dashboard
+    wait_for(driver, '#connection[data-state="live"]')
+    wait_for(driver, 'tr[data-model="m097"]')
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#model-rows tr")) == 100
+
+
+def test_a_load_through_the_api_shows_on_the_page(server: ServerProcess, browser) -> None:
+    open_dashboard(browser, server)
+    wait_for(browser, 'tr[data-model="big"][data-state="unloaded"]')
+    assert not browser.find_elements(By.CSS_SELECTOR, '#memory-bar [data-model="big"]')
+
+    response = httpx.post(
+        f"{server.url}/models/big/load", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+
+    wait_for(browser, 'tr[data-model="big"][data-state="loaded"]')
+    wait_for(browser, '#memory-bar [data-model="big"][data-state="loaded"]')
+    segment = browser.find_element(By.CSS_SELECTOR, '#memory-bar [data-model="big"]')
+    assert segment.get_attribute("data-bytes") == "60000000"
+    bar = browser.find_element(By.ID, "memory-bar")
+    assert segment.size["width"] == pytest.approx(0.6 * bar.size["width"], abs=3)
+    wait_for(browser, '#events li[data-type="loaded"][data-model="big"]')
+    row = browser.find_element(By.CSS_SELECTOR, 'tr[data-model="big"]')
+    assert "60.0 MB" in row.text
+
+
+def test_admin_buttons_ask_for_the_token_and_act(server: ServerProcess, browser) -> None:
+    httpx.post(f"{server.url}/models/big/load", headers={"Authorization": f"Bearer {TOKEN}"})
+    open_dashboard(browser, server)
+    wait_for(browser, 'tr[data-model="big"][data-state="loaded"]')
+
+    browser.find_element(
+        By.CSS_SELECTOR, 'tr[data-model="other"] button[data-action="load"]'
+    ).click()
+    alert = WebDriverWait(browser, WAIT).until(expected_conditions.alert_is_present())
+    alert.send_keys(TOKEN)
+    alert.accept()
+
+    wait_for(browser, 'tr[data-model="other"][data-state="loaded"]')
+    wait_for(browser, 'tr[data-model="big"][data-state="unloaded"]')  # evicted to make room
+    wait_for(browser, '#events li[data-type="evicted"][data-model="big"]')
+    gone(browser, '#memory-bar [data-model="big"]')
+    assert "load other: other is loaded" in browser.find_element(By.ID, "message").text
+
+    # the token is remembered for the session: no second prompt
+    browser.find_element(
+        By.CSS_SELECTOR, 'tr[data-model="other"] button[data-action="unload"]'
+    ).click()
+    wait_for(browser, 'tr[data-model="other"][data-state="unloaded"]')
+    wait_for(browser, '#events li[data-type="unloaded"][data-model="other"]')
+    state = httpx.get(f"{server.url}/models/other").json()["state"]
+    assert state == "unloaded"
+    screenshot = os.environ.get("DASHBOARD_SCREENSHOT")
+    if screenshot:
+        browser.save_screenshot(screenshot)
+
+
+def test_a_wrong_token_is_reported_on_the_page(server: ServerProcess, browser) -> None:
+    open_dashboard(browser, server)
+    browser.find_element(
+        By.CSS_SELECTOR, 'tr[data-model="m000"] button[data-action="load"]'
+    ).click()
+    for _ in range(2):  # asked again once after the 401
+        alert = WebDriverWait(browser, WAIT).until(expected_conditions.alert_is_present())
+        alert.send_keys("wrong")
+        alert.accept()
+    wait_for(browser, "#message.error")
+    assert "missing or wrong admin token" in browser.find_element(By.ID, "message").text
+    assert httpx.get(f"{server.url}/models/m000").json()["state"] == "unloaded"
