@@ -188,6 +188,16 @@ class ModelManager:
             "models": [self._slots[name].info() for name in sorted(self._slots)],
         }
 
+    async def count_tokens(self, name: str, texts: list[str]) -> list[int] | None:
+        """Token counts by the loaded model's tokenizer; None without one (or if not loaded)."""
+        count = getattr(self._lookup(name).model, "count_tokens", None)
+        if count is None:
+            return None
+        try:
+            return list(await asyncio.to_thread(count, texts))
+        except RuntimeError:  # unloaded meanwhile
+            return None
+
     # ------------------------------------------------------------------- requests
 
     async def predict(self, name: str, request: PredictRequest) -> Any:
