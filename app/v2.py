@@ -146,6 +146,11 @@ async def _predict_images(
     manager: Manager, name: str, images: list[Any], parameters: dict[str, Any]
 ) -> list[Any]:
     """One native image request per image; the model's batcher groups them again."""
+    limit = manager.config.server.max_inputs
+    if len(images) > limit:  # the native check counts a request's inputs; here each is a request
+        raise TensorError(
+            f"the 'image' tensor has {len(images)} images; at most {limit} per request"
+        )
     requests = [ImageRequest(data=data, parameters=parameters) for data in images]
     if len(requests) == 1:
         return [await manager.predict(name, requests[0])]
@@ -208,3 +213,17 @@ async def _json_object(request: Request) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise TensorError("the body must be a JSON object (or empty)")
     return value
+
+
+@router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"], include_in_schema=False)
+async def not_served(path: str, request: Request) -> Response:
+    """Anything else under /v2 (statistics, trace, shared memory): 404, in the protocol shape."""
+    return render(
+        Failure(
+            404,
+            "not_found",
+            f"{request.method} /v2/{path} is not served: this server implements the Open "
+            "Inference Protocol's health, metadata, infer and model repository endpoints "
+            "(extensions: binary_tensor_data, model_repository)",
+        )
+    )

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark suite: each scenario against a baseline measured in the same run.
 
-    scripts/bench.sh [--quick] [--only startup,cold,warm,throughput,isolation,stampede,memory]
+    scripts/bench.sh [--quick] [--only startup,cold,warm,...,memory,protocols]
 
 prints a table; a full run (no --quick, --only, --reps or --duration; or any run with
 --write) writes BENCHMARKS.json (raw numbers) and BENCHMARKS.md (the table, the machine, the
@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_load
+import bench_protocols
 import bench_scenarios
 import bench_serving
 from bench_common import CLI, QUIET, REPO, STORE, progress
@@ -49,6 +50,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {  # name -> (function, needs wrk)
     "isolation": (bench_load.isolation, True),
     "stampede": (bench_load.stampede, False),
     "memory": (bench_load.memory, False),
+    "protocols": (bench_protocols.protocols, False),
 }
 ALIASES = {"cold-load": "cold", "warm-latency": "warm", "batching": "throughput"}
 
