@@ -20,7 +20,7 @@ from fastapi.responses import JSONResponse
 from app.protocol_errors import Failure, shaped_route
 from app.routes import Manager
 from registry.config import ModelSpec
-from registry.errors import BadInput
+from registry.errors import BadInput, InferenceError
 from registry.payload import TextRequest
 
 EMBEDDING_TASKS = frozenset({"sentence-embeddings", "feature-extraction"})
@@ -103,13 +103,18 @@ async def embeddings(request: Request, manager: Manager) -> Response:
         raise RequestError("'dimensions' must be a positive integer", "dimensions")
     spec = _embedding_spec(manager, name)
     predictions = await manager.predict(name, TextRequest(inputs=texts))
-    if spec.task == "sentence-embeddings":
-        vectors = np.asarray(predictions, dtype="<f4")
-        counts = await manager.count_tokens(name, texts)
-    else:  # feature-extraction: one vector per token; mean-pool them as the embedding
-        tokens = [np.asarray(p, dtype="<f4").reshape(-1, np.shape(p)[-1]) for p in predictions]
-        vectors = np.stack([t.mean(axis=0) for t in tokens])
-        counts = [len(t) for t in tokens]
+    try:
+        if spec.task == "sentence-embeddings":
+            vectors = np.asarray(predictions, dtype="<f4")
+            counts = await manager.count_tokens(name, texts)
+        else:  # feature-extraction: one vector per token; mean-pool them as the embedding
+            tokens = [np.asarray(p, dtype="<f4").reshape(-1, np.shape(p)[-1]) for p in predictions]
+            vectors = np.stack([t.mean(axis=0) for t in tokens])
+            counts = [len(t) for t in tokens]
+    except (ValueError, TypeError, IndexError):
+        vectors = np.empty(0)
+    if vectors.ndim != 2 or len(vectors) != len(texts):
+        raise InferenceError(f"model {name!r} did not return one vector of numbers per input")
     if counts is None:
         counts = [len(text.split()) for text in texts]
     size = int(vectors.shape[1])

@@ -24,6 +24,7 @@ models:
   echo: {loader: fake, input: text, options: {size: 1MB}}
   rows: {loader: fake, options: {size: 1MB}}
   gated: {loader: fake, options: {size: 1MB, gate: v2-gate}}
+  vectors: {loader: fake, task: sentence-embeddings, options: {size: 1MB, gate: v2-gate}}
 """
 AUTH = {"Authorization": "Bearer secret"}
 
@@ -140,7 +141,7 @@ def test_unknown_model_and_version_are_404(client: TestClient) -> None:
     unknown = client.get("/v2/models/nope")
     assert unknown.status_code == 404
     assert unknown.json() == {
-        "error": "model 'nope' is not in the registry; known models: echo, gated, rows"
+        "error": "model 'nope' is not in the registry; known models: echo, gated, rows, vectors"
     }
     assert client.post("/v2/models/nope/infer", json={"inputs": []}).status_code == 404
     version = client.get("/v2/models/echo/versions/2")
@@ -180,7 +181,7 @@ def test_openai_errors_have_openais_shape(client: TestClient) -> None:
     unknown = client.post("/v1/embeddings", json={"model": "nope", "input": "x"})
     assert unknown.status_code == 404
     assert unknown.json()["error"] == {
-        "message": "model 'nope' is not in the registry; known models: echo, gated, rows",
+        "message": "model 'nope' is not in the registry; known models: echo, gated, rows, vectors",
         "type": "invalid_request_error",
         "param": None,
         "code": "model_not_found",
@@ -193,4 +194,26 @@ def test_openai_errors_have_openais_shape(client: TestClient) -> None:
     assert tokens.json()["error"]["param"] == "input"
     extra = client.post("/v1/embeddings", json={"model": "echo", "input": "x", "foo": 1})
     assert extra.status_code == 400 and extra.json()["error"]["param"] == "foo"
-    assert client.get("/v1/models").json() == {"object": "list", "data": []}
+    (listed,) = client.get("/v1/models").json()["data"]
+    assert listed["id"] == "vectors" and listed["object"] == "model"
+
+
+def test_openai_loading_is_503_and_a_model_without_vectors_is_500(client: TestClient) -> None:
+    loading = client.post("/v1/embeddings", json={"model": "vectors", "input": "x"})
+    assert loading.status_code == 503
+    assert int(loading.headers["retry-after"]) >= 1
+    assert loading.json()["error"]["type"] == "server_error"
+    assert loading.json()["error"]["code"] == "loading"
+    fake.open_gate("v2-gate")
+    client.post("/models/vectors/load", headers=AUTH)
+    broken = client.post("/v1/embeddings", json={"model": "vectors", "input": "x"})
+    assert broken.status_code == 500  # the fake returns labels, not vectors: not the client's fault
+    assert broken.json()["error"]["message"] == (
+        "model 'vectors' did not return one vector of numbers per input"
+    )
+
+
+def test_unserved_v2_paths_are_404_in_the_protocol_shape(client: TestClient) -> None:
+    response = client.get("/v2/models/echo/stats")
+    assert response.status_code == 404
+    assert "is not served" in response.json()["error"]
