@@ -5,7 +5,8 @@
 - JSON models (custom loaders) take `input`, a numeric tensor, one row per input (or a
   BYTES tensor of JSON documents).
 
-Classifiers answer `label` (BYTES) and `score` (FP32), `[n]`, or `[n, k]` with top_k;
+Classifiers answer `label` (BYTES) and `score` (FP32): `[n]` for the top class, `[n, k]`
+when the model answers its top k (image pipelines by default, any with `top_k`);
 embedding models answer `embedding` (FP32 `[n, dim]`); feature extractors `features`
 (FP32); any other model `output`, a BYTES tensor of each prediction as JSON.
 """
@@ -43,9 +44,11 @@ def signature(spec: ModelSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any
         inputs = [{"name": INPUT_NAME[kind], "datatype": "BYTES", "shape": [-1]}]
     task = spec.task
     if task in CLASSIFIERS:
+        # Image pipelines answer their top 5 by default, text pipelines their top 1.
+        shape = [-1, -1] if kind == "image" else [-1]
         outputs = [
-            {"name": "label", "datatype": "BYTES", "shape": [-1]},
-            {"name": "score", "datatype": "FP32", "shape": [-1]},
+            {"name": "label", "datatype": "BYTES", "shape": shape},
+            {"name": "score", "datatype": "FP32", "shape": shape},
         ]
     elif task in EMBEDDERS:
         outputs = [{"name": EMBEDDERS[task], "datatype": "FP32", "shape": [-1, -1]}]
