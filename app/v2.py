@@ -124,6 +124,11 @@ async def infer(
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise TensorError("compressed requests are not supported; send the body uncompressed")
     parsed = parse_request(await request.body(), request.headers.get(HEADER_LENGTH))
+    if parsed.outputs is not None:  # refuse an unknown output before running the model
+        declared = [output["name"] for output in signature(spec)[1]]
+        unknown = [n for n in parsed.outputs if n not in declared]
+        if unknown:
+            raise TensorError(f"model {name!r} has no output(s) {unknown}; it has {declared}")
     items = model_inputs(name, spec, parsed.inputs)
     if not items:
         raise TensorError(f"the input tensor of model {name!r} is empty; send at least one element")

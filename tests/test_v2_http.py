@@ -131,6 +131,18 @@ def test_malformed_tensors_are_400_in_the_protocol_shape(
     assert isinstance(error, str) and says in error, error
 
 
+def test_an_unknown_requested_output_is_400_before_the_model_runs(client: TestClient) -> None:
+    request = {
+        "inputs": [{"name": "input", "datatype": "FP32", "shape": [1], "data": [1.0]}],
+        "outputs": [{"name": "probabilities"}],
+    }
+    response = client.post("/v2/models/gated/infer", json=request)  # its load would hang
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "model 'gated' has no output(s) ['probabilities']; it has ['output']"
+    }
+
+
 def test_header_length_past_the_body_is_400(client: TestClient) -> None:
     response = client.post("/v2/models/echo/infer", content=b"{}", headers={HEADER_LENGTH: "50"})
     assert response.status_code == 400
