@@ -31,7 +31,7 @@ AUTH = {"Authorization": "Bearer secret"}
 
 @pytest.fixture
 def client(write_config: Callable[[str], Config]) -> Iterator[TestClient]:
-    fake.close_gate("v2-gate")
+    # The gate starts closed: the autouse fixture resets the fake loader's gates.
     with TestClient(create_app(write_config(CONFIG))) as test_client:
         yield test_client
     fake.open_gate("v2-gate")
