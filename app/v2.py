@@ -113,13 +113,19 @@ async def model_ready(name: str, manager: Manager, version: str | None = None) -
 
 
 @router.post("/models/{name}/infer")
-@router.post("/models/{name}/versions/{version}/infer")
-async def infer(
-    name: str, request: Request, manager: Manager, version: str | None = None
-) -> Response:
+async def infer(name: str, request: Request, manager: Manager) -> Response:
     """Run the model on the request's tensors (JSON or binary), as the native predict does."""
-    if version is not None:
-        _check_version(manager, name, version)
+    return await _infer(name, request, manager)
+
+
+@router.post("/models/{name}/versions/{version}/infer")
+async def infer_version(name: str, version: str, request: Request, manager: Manager) -> Response:
+    """As /v2/models/{name}/infer; the version must be 1."""
+    _check_version(manager, name, version)
+    return await _infer(name, request, manager)
+
+
+async def _infer(name: str, request: Request, manager: Manager) -> Response:
     spec = manager.spec(name)
     if request.headers.get("content-encoding", "identity").lower() != "identity":
         raise TensorError("compressed requests are not supported; send the body uncompressed")

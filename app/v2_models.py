@@ -153,9 +153,11 @@ def _all_classified(predictions: list[Any]) -> bool:
 
 
 def _numeric(predictions: list[Any]) -> np.ndarray[Any, Any] | None:
-    for attempt in (predictions, to_jsonable(predictions)):  # plain lists first: cheaper
-        try:
-            return np.asarray(attempt, dtype=np.float32)
-        except (ValueError, TypeError):  # ragged (different token counts) or not numbers
-            continue
-    return None
+    try:  # plain lists of floats (the usual case) convert directly
+        return np.asarray(predictions, dtype=np.float32)
+    except (ValueError, TypeError):
+        pass
+    try:  # numpy or torch values inside
+        return np.asarray(to_jsonable(predictions), dtype=np.float32)
+    except (ValueError, TypeError):  # ragged (different token counts) or not numbers
+        return None

@@ -265,6 +265,8 @@ def encode_response(
 
 
 def _to_binary(tensor: Tensor) -> bytes:
+    if tensor.datatype == "FP32" and isinstance(tensor.data, list):
+        return struct.pack(f"<{len(tensor.data)}f", *tensor.data)  # cheaper than numpy when small
     if tensor.datatype != "BYTES":
         return np.asarray(tensor.data, dtype=NUMERIC[tensor.datatype]).tobytes()
     parts: list[bytes] = []
