@@ -15,6 +15,7 @@ from registry.errors import (
     BadInput,
     ConfigError,
     InferenceError,
+    InferenceTimeout,
     ModelTooLarge,
     RegistryError,
     Unavailable,
@@ -32,6 +33,7 @@ _STATUS: list[tuple[type[RegistryError], int]] = [
     (ConfigError, 422),
     (Unavailable, 503),
     (ModelTooLarge, 507),
+    (InferenceTimeout, 504),
     (InferenceError, 500),
 ]
 

@@ -83,6 +83,7 @@ class ServerSettings(_Strict):
     request_timeout: Duration = Field(default=30.0, gt=0)
     capacity_wait: Duration = Field(default=10.0, ge=0)
     load_timeout: Duration = Field(default=300.0, gt=0)
+    predict_timeout: Duration = Field(default=60.0, gt=0)
     drain_timeout: Duration = Field(default=30.0, ge=0)
     max_parallel_loads: int = Field(default=2, ge=1)
     inference_workers: int | None = Field(default=None, ge=1)
@@ -109,6 +110,7 @@ class ModelSpec(_Strict):
     size_hint: ByteSize | None = None
     idle_ttl: Duration | None = None
     load_timeout: Duration | None = Field(default=None, gt=0)
+    predict_timeout: Duration | None = Field(default=None, gt=0)
     max_queue: int | None = Field(default=None, ge=1)
     batch: BatchSpec | None = None
     device: str = "cpu"

@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_load
 import bench_protocols
+import bench_ray
 import bench_scenarios
 import bench_serving
 from bench_common import CLI, QUIET, REPO, STORE, progress
@@ -51,6 +52,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {  # name -> (function, needs wrk)
     "stampede": (bench_load.stampede, False),
     "memory": (bench_load.memory, False),
     "protocols": (bench_protocols.protocols, False),
+    "ray": (bench_ray.ray_scale, False),
 }
 ALIASES = {"cold-load": "cold", "warm-latency": "warm", "batching": "throughput"}
 
