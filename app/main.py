@@ -12,7 +12,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app import admin, errors, events, metrics, routes
+from app import admin, errors, events, metrics, openai_api, routes, v2
 from app.dashboard import router as dashboard_router
 from app.limits import BodyLimit, BodyTooLarge, too_large_message
 from registry.config import Config, load_config
@@ -75,6 +75,8 @@ def create_app(config: Config | str | Path) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(events.router)
     app.include_router(dashboard_router)
+    app.include_router(v2.router)
+    app.include_router(openai_api.router)
     return app
 
 

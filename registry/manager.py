@@ -249,6 +249,16 @@ class ModelManager:
             "ttl_left_seconds": self._ttl_left(slot, time.monotonic()),
         }
 
+    async def count_tokens(self, name: str, texts: list[str]) -> list[int] | None:
+        """Token counts by the loaded model's tokenizer; None without one (or if not loaded)."""
+        count = getattr(self._lookup(name).model, "count_tokens", None)
+        if count is None:
+            return None
+        try:
+            return list(await asyncio.to_thread(count, texts))
+        except RuntimeError:  # unloaded meanwhile
+            return None
+
     # ------------------------------------------------------------------- requests
 
     async def predict(self, name: str, request: PredictRequest) -> Any:

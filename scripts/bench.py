@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The benchmark suite: each scenario against a baseline measured in the same run.
 
-    scripts/bench.sh [--quick] [--only startup,cold,warm,throughput,isolation,stampede,memory,trace]
+    scripts/bench.sh [--quick] [--only startup,cold,warm,...,memory,trace,protocols,...]
 
 prints a table; a full run (no --quick, --only, --reps or --duration; or any run with
 --write) writes BENCHMARKS.json (raw numbers) and BENCHMARKS.md (the table, the machine, the
@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_load
 import bench_observe
+import bench_protocols
 import bench_ray
 import bench_scenarios
 import bench_serving
@@ -52,6 +53,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {  # name -> (function, needs wrk)
     "isolation": (bench_load.isolation, True),
     "stampede": (bench_load.stampede, False),
     "memory": (bench_load.memory, False),
+    "protocols": (bench_protocols.protocols, False),
     "ray": (bench_ray.ray_scale, False),
     "trace": (bench_trace.trace, False),
     "observe": (bench_observe.observe, False),

@@ -49,6 +49,14 @@ class EmbeddingModel:
                 vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
         return [row for row in vectors.float().cpu().tolist()]
 
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        """How many tokens predict() feeds the model for each text (special tokens included)."""
+        with self._lock:  # the tokenizer is not safe to share with a running predict()
+            if self.tokenizer is None:
+                raise RuntimeError("the model was unloaded")
+            encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return [len(ids) for ids in encoded["input_ids"]]
+
     def close(self) -> None:
         """Drop the model and tokenizer."""
         with self._lock:
