@@ -15,11 +15,13 @@ from registry.errors import (
     BadInput,
     ConfigError,
     InferenceError,
+    InferenceTimeout,
     ModelTooLarge,
     RegistryError,
     Unavailable,
     UnknownModel,
     UnsupportedInput,
+    WorkerDied,
 )
 
 log = logging.getLogger("app")
@@ -32,6 +34,8 @@ _STATUS: list[tuple[type[RegistryError], int]] = [
     (ConfigError, 422),
     (Unavailable, 503),
     (ModelTooLarge, 507),
+    (InferenceTimeout, 504),
+    (WorkerDied, 502),  # the front is fine; its upstream (the worker) failed
     (InferenceError, 500),
 ]
 

@@ -19,17 +19,20 @@ from registry.errors import (
     BadInput,
     CapacityExceeded,
     InferenceError,
+    InferenceTimeout,
     LoadPending,
     ModelFailed,
     QueueFull,
     ShuttingDown,
     UnknownModel,
     UnsupportedInput,
+    WorkerDied,
 )
 from registry.lifecycle import Lifecycle, predict_json
 from registry.payload import ImageRequest, PredictRequest, decode_image, image_pixels
 from registry.slot import Slot, State
 from registry.threads import InferencePool
+from registry.worker_slots import after_request, worker_lost
 
 log = logging.getLogger("registry")
 # Images up to this size are decoded on the event loop: a pool hop costs more than that.
@@ -75,6 +78,9 @@ class Admission:
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise BadInput(f"model {slot.name!r} rejected the input: {exc}") from exc
         except BadInput:
+            raise
+        except (WorkerDied, InferenceTimeout) as exc:
+            worker_lost(self._life, slot, exc)  # a process model's worker died or was killed
             raise
         except Exception as exc:
             log.exception("inference failed on %s", slot.name)
@@ -210,5 +216,6 @@ class Admission:
         life.budget.touch(slot)
         if slot.retired or slot.unload_requested:
             life.unload_when_idle(slot)
+        after_request(life, slot)
         life.enforce_limit()
         life.notify()

@@ -7,6 +7,8 @@
     │   └── UnsupportedInput     the input is the wrong kind (an image for a text model, ...)
     ├── ModelTooLarge            a model is bigger than the whole memory budget
     ├── InferenceError           the model raised while predicting
+    │   ├── InferenceTimeout     an inference ran past predict_timeout (its worker was killed)
+    │   └── WorkerDied           a process model's worker died (signal or exit code)
     └── Unavailable              try again later; carries `retry_after` seconds
         ├── ModelFailed          its last load failed; retried after a backoff
         ├── LoadPending          still loading after the request's wait
@@ -91,6 +93,27 @@ class InferenceError(RegistryError):
     """The model raised while predicting (not the caller's fault)."""
 
     kind = "inference_error"
+
+
+class InferenceTimeout(InferenceError):
+    """An inference ran longer than its `predict_timeout`."""
+
+    kind = "inference_timeout"
+
+
+class WorkerDied(InferenceError):
+    """A process model's worker process died; `how` says how (signal name or exit code)."""
+
+    kind = "worker_died"
+
+    def __init__(self, name: str, pid: int | None, how: str, *, during: str = "inference") -> None:
+        self.name = name
+        self.pid = pid
+        self.how = how
+        super().__init__(
+            f"model {name!r}: its worker process (pid {pid}) died during {during}: {how}; "
+            "the model is marked failed and reloads on a later request"
+        )
 
 
 class Unavailable(RegistryError):

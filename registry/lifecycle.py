@@ -32,6 +32,7 @@ from registry.payload import to_jsonable
 from registry.slot import Slot, State
 from registry.threads import InferencePool, run_in_thread
 from registry.units import format_bytes, format_duration
+from registry.workers import KILL_GRACE, isolation_of, load_in_worker
 
 log = logging.getLogger("registry")
 
@@ -115,6 +116,9 @@ class Lifecycle:
                     self.budget.release(slot)
                     raise asyncio.CancelledError
                 started = time.monotonic()
+                slot.isolation = isolation_of(slot.spec, slot.estimate, self.settings)
+                # A worker times its own load and is killed at load_timeout: wait for that.
+                outer = timeout + (KILL_GRACE * 3 if slot.isolation == "process" else 0)
                 try:
                     model, measured = await asyncio.wait_for(
                         run_in_thread(
@@ -122,7 +126,7 @@ class Lifecycle:
                             name=f"load-{slot.name}",
                             on_orphan=dispose,
                         ),
-                        timeout,
+                        outer,
                     )
                 except BaseException:
                     self.budget.release(slot)
@@ -150,7 +154,12 @@ class Lifecycle:
             self.notify()
 
     def _load_blocking(self, slot: Slot) -> tuple[Model, int | None]:
-        model = load_model(LoadContext(slot.name, slot.spec, slot.source, self.base_dir))
+        ctx = LoadContext(slot.name, slot.spec, slot.source, self.base_dir)
+        if slot.isolation == "process":
+            limit = slot.spec.load_timeout or self.settings.load_timeout
+            worker = load_in_worker(ctx, self.settings, load_timeout=limit)
+            return worker, worker.size_bytes
+        model = load_model(ctx)
         measured = measure_bytes(model)
         # A load creates ~100k long-lived objects; automatic full collections walking them
         # pause every thread for 20-120 ms. Freeze them; compact() collects when idle.

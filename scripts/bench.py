@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_load
 import bench_scenarios
 import bench_serving
+import bench_workers
 from bench_common import CLI, QUIET, REPO, STORE, progress
 from bench_http import Inputs
 from bench_report import Row, kept_analysis, machine, markdown, max_others, text_table
@@ -49,6 +50,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {  # name -> (function, needs wrk)
     "isolation": (bench_load.isolation, True),
     "stampede": (bench_load.stampede, False),
     "memory": (bench_load.memory, False),
+    "workers": (bench_workers.workers, True),
 }
 ALIASES = {"cold-load": "cold", "warm-latency": "warm", "batching": "throughput"}
 
