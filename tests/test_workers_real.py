@@ -106,3 +106,4 @@ def test_workers_exit_when_the_server_is_sigkilled(tmp_path: Path) -> None:
         if server.process.poll() is None:
             os.kill(server.process.pid, signal.SIGKILL)
             server.process.wait(timeout=10)
+        server.close()
