@@ -29,6 +29,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--port", type=int, help="port (default: server.port, 8000)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     serve.add_argument("--no-access-log", action="store_true", help="do not log each request")
+    serve.add_argument(
+        "--ray",
+        action="store_true",
+        help="run N registry replicas on a local Ray Serve (needs the [ray] extra)",
+    )
+    serve.add_argument("--replicas", type=int, default=2, help="replicas with --ray (default 2)")
+    serve.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)  # tests: written when up
     validate = commands.add_parser("validate", help="check a models.yaml and exit")
     validate.add_argument("config", help="path of models.yaml")
     args = parser.parse_args(argv)
@@ -62,6 +69,10 @@ def _serve(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else config.server.port
     if not _is_loopback(host):
         log.warning("binding %s: the server is reachable from other machines", host)
+    if args.ray:
+        from app.ray_local import run_local  # ray is imported only in the namespace
+
+        return run_local(Path(args.config), args.replicas, host, port, args.ready_file)
     from app.server import run_server  # uvicorn is imported only to serve
 
     return run_server(config, host, port, access_log=not args.no_access_log)

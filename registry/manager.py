@@ -42,7 +42,7 @@ COMPACT_EVERY = 600.0
 
 
 class ModelManager:
-    """The registry of models and their life cycles (see DESIGN.md)."""
+    """The registry of models and their life cycles (docs/architecture.md)."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -176,11 +176,6 @@ class ModelManager:
     def describe(self, name: str) -> dict[str, Any]:
         """The public view of one model."""
         return self._lookup(name).info()
-
-    @property
-    def peak_used(self) -> int:
-        """The most bytes ever tracked at once."""
-        return self._life.peak_used
 
     def snapshot(self) -> dict[str, Any]:
         """The public view of the whole registry."""

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 
 class State(enum.StrEnum):
-    """The model life cycle (DESIGN.md)."""
+    """The model life cycle (docs/architecture.md)."""
 
     UNLOADED = "unloaded"
     LOADING = "loading"
@@ -73,7 +73,7 @@ class Slot:
         self.last_used_mono = time.monotonic()
 
     def info(self) -> dict[str, Any]:
-        """The public view served by GET /models (DESIGN.md's Entry)."""
+        """The public view served by GET /models (docs/architecture.md)."""
         spec = self.spec
         return {
             "name": self.name,

@@ -32,6 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_load
+import bench_ray
 import bench_scenarios
 import bench_serving
 import bench_workers
@@ -50,6 +51,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {  # name -> (function, needs wrk)
     "isolation": (bench_load.isolation, True),
     "stampede": (bench_load.stampede, False),
     "memory": (bench_load.memory, False),
+    "ray": (bench_ray.ray_scale, False),
     "workers": (bench_workers.workers, True),
 }
 ALIASES = {"cold-load": "cold", "warm-latency": "warm", "batching": "throughput"}

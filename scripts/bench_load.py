@@ -275,7 +275,8 @@ def memory(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         raw["rss_start"] = server.rss_bytes()
 
         # The first load of each kind of model pays imports and allocator growth that stay
-        # (FACTS.md). Pay them for every model the run uses, one at a time, then unload.
+        # (measured: ~100 MiB). Pay them for every model the run uses, one at a time, then
+        # unload.
         def warm_up(group: tuple[str, ...]) -> int:
             for name in group:
                 status = predict(http, name)

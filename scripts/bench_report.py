@@ -126,8 +126,8 @@ languages in turn) and, for minilm, 16 English-word sentences of 8-20 words
   load, or a fresh server). Medians over N rounds.
 - **memory**: budget 300 MiB (bert-memory-demo + minilm do not fit together). The first load
   of each kind of model pays one-time costs that stay in the process (imports, tokenizer and
-  model classes, allocator growth; FACTS.md: "the first model load in a process pays the
-  imports and ~100 MiB that stays"), so the pre-load level is read after those costs are paid
+  model classes, allocator growth: the first model load in a process pays the imports and
+  ~100 MiB that stays), so the pre-load level is read after those costs are paid
   for every model the run uses: digits, langid, iris, minilm, bert-memory-demo are each loaded
   (a predict) and unloaded once, one at a time, then VmRSS is read from `/proc/<pid>/status`
   (median of 5). The old pre-level, after digits, langid and iris only, is kept as an (info)

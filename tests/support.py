@@ -43,6 +43,24 @@ async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 20
         await asyncio.sleep(0.005)
 
 
+BLOCKED_LOOP_FAILSAFE = 5.0  # seconds: how long a test lets a blocked loop stall
+
+
+async def loop_lag(ticks: int, interval: float = 0.005) -> float:
+    """The longest gap between `ticks` short sleeps beyond their own length, by timestamps.
+
+    A loop that is free answers within milliseconds; a loop blocked by a thread's work (a
+    load or an inference run on the loop) stalls until that work ends, and the gap shows it.
+    """
+    loop = asyncio.get_running_loop()
+    worst = 0.0
+    for _ in range(ticks):
+        before = loop.time()
+        await asyncio.sleep(interval)
+        worst = max(worst, loop.time() - before - interval)
+    return worst
+
+
 def problems_of(tmp_path: Path, text: str, *, check_sizes: bool = True) -> list[str]:
     """Write models.yaml, load it, and return the ConfigError's problems."""
     path = tmp_path / "models.yaml"

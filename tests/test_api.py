@@ -15,6 +15,7 @@ from support import builders, digit_png
 
 from app.main import create_app
 from registry.config import load_config
+from registry.loaders import fake
 
 ENTRY_KEYS = {
     "name",
@@ -272,14 +273,17 @@ def test_a_broken_model_fails_alone(client: TestClient, builders: ModuleType) ->
 
 
 def test_readiness_waits_for_hot_models(config_path: Path) -> None:
+    with config_path.open("a") as f:  # a hot model whose load waits until the test says so
+        f.write("  gated:\n    loader: fake\n    hot: true\n    options: {gate: hot-load}\n")
     with TestClient(create_app(config_path)) as client:
         assert client.get("/health/live").json() == {"status": "live"}
         first = client.get("/health/ready")
-        if first.status_code == 503:
-            assert first.json()["pending"] == ["digits"]
-        deadline = 200
-        while client.get("/health/ready").status_code != 200 and deadline:
-            deadline -= 1
+        assert first.status_code == 503
+        assert "gated" in first.json()["pending"]
+        assert set(first.json()["pending"]) <= {"digits", "gated"}
+        fake.open_gate("hot-load")
+        deadline = time.monotonic() + 60  # a bound on a hang, not a speed target
+        while client.get("/health/ready").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert client.get("/health/ready").json() == {
             "status": "ready",

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 
 import pytest
-from support import running, wait_until
+from support import BLOCKED_LOOP_FAILSAFE, loop_lag, running, wait_until
 
 from registry.errors import (
     CapacityExceeded,
@@ -273,19 +274,31 @@ async def test_the_event_loop_runs_while_a_load_and_an_inference_block(write_con
     config = write_config(
         "models:\n  m: {loader: fake, options: {gate: load, predict_gate: infer}}\n"
     )
+    # Should the loader or the model block the loop, these timers open the gates from other
+    # threads, so that the test fails on the measured lag instead of hanging.
+    failsafes = [
+        threading.Timer(BLOCKED_LOOP_FAILSAFE, fake.open_gate, args=(gate,))
+        for gate in ("load", "infer")
+    ]
     async with running(config) as manager:
-        task = ask(manager, "m")
-        await wait_until(lambda: fake.attempts("m") == 1, "the load is inside the loader")
-        ticks = 0
-        for _ in range(5):  # the loop is free: sleeps complete while the loader blocks
-            await asyncio.sleep(0.001)
-            ticks += 1
-        assert ticks == 5 and state(manager, "m") == "loading"
-        fake.open_gate("load")
-        await wait_until(lambda: manager.describe("m")["in_flight"] == 1, "inference blocks")
-        assert manager.snapshot()["models"][0]["state"] == "loaded"
-        fake.open_gate("infer")
-        await task
+        for timer in failsafes:
+            timer.start()
+        try:
+            task = ask(manager, "m")
+            await wait_until(lambda: fake.attempts("m") == 1, "the load is inside the loader")
+            lag = await loop_lag(ticks=20)
+            assert lag < BLOCKED_LOOP_FAILSAFE / 2, f"the loop stalled {lag:.2f} s in a load"
+            assert state(manager, "m") == "loading"
+            fake.open_gate("load")
+            await wait_until(lambda: manager.describe("m")["in_flight"] == 1, "inference blocks")
+            lag = await loop_lag(ticks=20)
+            assert lag < BLOCKED_LOOP_FAILSAFE / 2, f"the loop stalled {lag:.2f} s in inference"
+            assert manager.snapshot()["models"][0]["state"] == "loaded"
+            fake.open_gate("infer")
+            await task
+        finally:
+            for timer in failsafes:
+                timer.cancel()
 
 
 async def test_shutdown_drains_in_flight_requests_and_refuses_new_ones(write_config) -> None:

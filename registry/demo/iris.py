@@ -68,9 +68,17 @@ class IrisModel:
         self.module = None
 
 
+def network(features: int, hidden: int, classes: int) -> Any:
+    """The MLP: features -> hidden (ReLU) -> class logits; scripts/ trains the same one."""
+    import torch
+
+    return torch.nn.Sequential(
+        torch.nn.Linear(features, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes)
+    )
+
+
 def load(ctx: LoadContext) -> IrisModel:
     """Build the MLP and load its safetensors weights (no pickle)."""
-    import torch
     from safetensors.torch import load_file
 
     if ctx.source is None or ctx.source.path is None:
@@ -78,9 +86,6 @@ def load(ctx: LoadContext) -> IrisModel:
     directory = ctx.source.path
     config = json.loads((directory / "config.json").read_text())
     hidden = int(config.get("hidden", 16))
-    features, classes = len(config["feature_names"]), len(config["labels"])
-    module = torch.nn.Sequential(
-        torch.nn.Linear(features, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, classes)
-    )
+    module = network(len(config["feature_names"]), hidden, len(config["labels"]))
     module.load_state_dict(load_file(str(directory / "model.safetensors")))
     return IrisModel(module.eval(), config)

@@ -46,12 +46,6 @@ def open_gate(name: str) -> None:
         _gates[name].set()
 
 
-def close_gate(name: str) -> None:
-    """Make later loads with gate `name` wait again."""
-    with _lock:
-        _gates[name].clear()
-
-
 def attempts(name: str) -> int:
     """How many loads of model `name` have started."""
     with _lock:

@@ -1,0 +1,140 @@
+"""Ray Serve request router: send a request for model X to a replica that holds X.
+
+Each registry replica reports, through Ray's routing-stats hook, the models it holds and its
+free budget (`ray_app.RegistryReplica.record_routing_stats`). Ray's controller polls that every
+`request_routing_stats_period_s` and pushes it to every router, so the view is up to a period
+(plus a poll) old. Two things cover that staleness:
+
+- the router remembers where it sent each model itself (`_placed`), so a burst of requests for
+  a cold model all follow the first one to the same replica instead of loading it everywhere;
+- the bytes it has just sent towards a replica count against that replica's free budget until
+  the replica's next report, so a burst of cold models spreads instead of piling onto the
+  replica that looked emptiest a second ago.
+
+Ranks: replicas holding (or loading) the model first, then the rest by free budget, most
+first. Ray picks the least-loaded replica of the first rank that has room (max_ongoing_requests)
+and only then looks at the next rank, so a hot model spills onto a second replica only when
+the first is saturated.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray.serve.request_router import (
+    PendingRequest,
+    ReplicaID,
+    RequestRouter,
+    RunningReplica,
+)
+
+HOLDING_STATES = frozenset({"loading", "loaded"})
+DEFAULT_SIZE = 1 << 20  # bytes assumed for a model no replica has reported yet
+
+
+class ModelAwareRouter(RequestRouter):
+    """Model affinity first, then the most free budget (bytes, not a model count)."""
+
+    def initialize_state(self, placement_memory_s: float = 5.0, **kwargs: Any) -> None:
+        """`placement_memory_s`: how long a routing decision outranks an older report."""
+        self._memory_s = placement_memory_s
+        self._placed: dict[str, dict[str, float]] = {}  # model -> replica id -> when
+        self._sent_bytes: dict[str, list[tuple[float, int]]] = {}  # replica -> (when, bytes)
+
+    async def choose_replicas(
+        self,
+        candidate_replicas: list[RunningReplica],
+        pending_request: PendingRequest | None = None,
+    ) -> list[list[RunningReplica]]:
+        """Rank the candidates for the request's model (see the module docstring)."""
+        model = pending_request.metadata.multiplexed_model_id if pending_request else ""
+        if not model or not candidate_replicas:
+            return [candidate_replicas]
+        now = time.time()
+        holding: list[RunningReplica] = []
+        others: list[RunningReplica] = []
+        for replica in candidate_replicas:
+            (holding if self._holds(replica, model, now) else others).append(replica)
+        others.sort(key=lambda r: self._free(r, now), reverse=True)
+        ranks = [holding] if holding else []
+        ranks.extend([r] for r in others)
+        return ranks
+
+    def on_request_routed(
+        self, pending_request: PendingRequest, replica_id: ReplicaID, result: object
+    ) -> None:
+        """Remember where the model went, and its bytes if that replica did not hold it."""
+        model = pending_request.metadata.multiplexed_model_id
+        if not model:
+            return
+        now = time.time()
+        rid = replica_id.unique_id
+        replica = self.curr_replicas.get(replica_id)
+        if replica is not None and not self._reported(replica, model):
+            self._sent_bytes.setdefault(rid, []).append((now, self._size_of(model)))
+        self._placed.setdefault(model, {})[rid] = now
+
+    def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
+        """Forget a dead replica: its models load elsewhere on their next request."""
+        super().on_replica_actor_died(replica_id)
+        rid = replica_id.unique_id
+        self._sent_bytes.pop(rid, None)
+        for places in self._placed.values():
+            places.pop(rid, None)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _holds(self, replica: RunningReplica, model: str, now: float) -> bool:
+        if self._reported(replica, model):
+            return True
+        when = self._placed.get(model, {}).get(replica.replica_id.unique_id)
+        if when is None:
+            return False
+        # A decision newer than the replica's last report stands; an older one was either
+        # confirmed by that report (handled above) or the model has been evicted since.
+        return when > _reported_at(replica) or now - when < self._memory_s
+
+    @staticmethod
+    def _reported(replica: RunningReplica, model: str) -> bool:
+        stats = replica.routing_stats or {}
+        models: dict[str, Any] = stats.get("models", {})
+        entry = models.get(model)
+        return entry is not None and entry.get("state") in HOLDING_STATES
+
+    def _free(self, replica: RunningReplica, now: float) -> int:
+        stats = replica.routing_stats or {}
+        if "free_bytes" in stats:
+            free = int(stats["free_bytes"])
+        else:  # not polled yet: a replica that just started (or restarted) holds nothing
+            free = max(
+                (
+                    int((r.routing_stats or {}).get("budget_bytes", 0))
+                    for r in self.curr_replicas.values()
+                ),
+                default=0,
+            )
+        since = _reported_at(replica)
+        sent = self._sent_bytes.get(replica.replica_id.unique_id, [])
+        sent[:] = [(when, size) for when, size in sent if when > since]
+        return free - sum(size for _, size in sent)
+
+    def _size_of(self, model: str) -> int:
+        """The size some replica measured (or estimated) for `model`, else a default."""
+        sizes: list[int] = []
+        for replica in self.curr_replicas.values():
+            entry = (replica.routing_stats or {}).get("models", {}).get(model)
+            if entry and entry.get("size_bytes"):
+                return int(entry["size_bytes"])
+            sizes.extend(
+                int(e["size_bytes"])
+                for e in (replica.routing_stats or {}).get("models", {}).values()
+                if e.get("size_bytes")
+            )
+        return sum(sizes) // len(sizes) if sizes else DEFAULT_SIZE
+
+
+def _reported_at(replica: RunningReplica) -> float:
+    """Wall-clock time of the replica's last report (hosts are assumed NTP-synced)."""
+    stats = replica.routing_stats or {}
+    return float(stats.get("reported_at", 0.0))

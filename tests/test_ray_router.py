@@ -1,0 +1,109 @@
+"""Issue 12: the request router's choices, on replica reports like the ones Ray hands it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+pytest.importorskip("ray.serve", reason="needs the [ray] extra")
+
+from ray.serve._private.common import DeploymentID, ReplicaID
+
+from app.ray_router import ModelAwareRouter
+
+MB = 1_000_000
+
+
+@dataclass
+class Replica:
+    """What the router reads of a RunningReplica."""
+
+    replica_id: ReplicaID
+    routing_stats: dict[str, Any] = field(default_factory=dict)
+
+
+def replica(rid: str, free: int, held: dict[str, int] | None = None, at: float = 0.0) -> Replica:
+    models = {name: {"state": "loaded", "size_bytes": size} for name, size in (held or {}).items()}
+    stats = {
+        "budget_bytes": 100 * MB,
+        "free_bytes": free,
+        "models": models,
+        "reported_at": at or time.time(),
+    }
+    return Replica(ReplicaID(rid, DeploymentID("RegistryReplica", "app")), stats)
+
+
+def router(replicas: list[Replica]) -> ModelAwareRouter:
+    chooser = ModelAwareRouter.__new__(ModelAwareRouter)  # no Ray: only the policy
+    chooser._replicas = {r.replica_id: r for r in replicas}  # what curr_replicas reads
+    chooser.initialize_state()
+    return chooser
+
+
+def request(model: str) -> Any:
+    return SimpleNamespace(metadata=SimpleNamespace(multiplexed_model_id=model))
+
+
+def choose(chooser: ModelAwareRouter, replicas: list[Replica], model: str) -> list[list[str]]:
+    ranks = asyncio.run(chooser.choose_replicas(replicas, request(model)))  # type: ignore[arg-type]
+    return [[r.replica_id.unique_id for r in rank] for rank in ranks]
+
+
+def route(chooser: ModelAwareRouter, replicas: list[Replica], model: str) -> str:
+    """Choose, then tell the router where the request went (as Ray does)."""
+    first = choose(chooser, replicas, model)[0][0]
+    chosen = next(r for r in replicas if r.replica_id.unique_id == first)
+    chooser.on_request_routed(request(model), chosen.replica_id, None)
+    return first
+
+
+def test_the_replica_holding_the_model_ranks_first() -> None:
+    replicas = [replica("a", 90 * MB), replica("b", 10 * MB, {"m": 5 * MB})]
+    assert choose(router(replicas), replicas, "m") == [["b"], ["a"]]
+
+
+def test_a_cold_model_goes_to_the_most_free_budget() -> None:
+    replicas = [replica("a", 20 * MB), replica("b", 60 * MB), replica("c", 40 * MB)]
+    assert choose(router(replicas), replicas, "x") == [["b"], ["c"], ["a"]]
+
+
+def test_a_burst_of_cold_models_spreads_before_any_new_report() -> None:
+    """Stale free bytes: what the router sent itself counts until the replica reports."""
+    replicas = [
+        replica("a", 50 * MB, {"seen": 10 * MB}),
+        replica("b", 50 * MB - 1, {"seen": 10 * MB}),
+    ]
+    chooser = router(replicas)
+    placed = [route(chooser, replicas, f"cold{i}") for i in range(4)]
+    assert sorted(placed) == ["a", "a", "b", "b"]
+
+
+def test_a_burst_for_one_cold_model_follows_the_first_request() -> None:
+    """Stale holdings: requests racing a load go where the load was sent, not elsewhere."""
+    replicas = [replica("a", 50 * MB), replica("b", 50 * MB)]
+    chooser = router(replicas)
+    first = route(chooser, replicas, "m")
+    assert {route(chooser, replicas, "m") for _ in range(10)} == {first}
+
+
+def test_an_eviction_reported_after_the_routing_decision_is_believed() -> None:
+    """A replica's newer report that no longer lists the model wins once the memory expires."""
+    replicas = [replica("a", 50 * MB), replica("b", 40 * MB)]
+    chooser = router(replicas)
+    chooser._memory_s = 0.0
+    assert route(chooser, replicas, "m") == "a"
+    replicas[0].routing_stats = {**replicas[0].routing_stats, "reported_at": time.time() + 1}
+    replicas[0].routing_stats["free_bytes"] = 30 * MB  # it loaded other models since
+    assert choose(chooser, replicas, "m")[0] == ["b"]
+
+
+def test_a_replica_not_polled_yet_counts_as_empty() -> None:
+    """A new (or restarted) replica without a report yet holds nothing: it gets cold models."""
+    fresh = Replica(ReplicaID("new", DeploymentID("RegistryReplica", "app")))
+    replicas = [replica("a", 20 * MB, {"m": 80 * MB}), fresh]
+    assert choose(router(replicas), replicas, "x") == [["new"], ["a"]]
