@@ -44,6 +44,12 @@ class RegistryCollector(Collector):
         queued = GaugeMetricFamily("model_registry_queued", "Requests waiting", labels=["model"])
         loads = CounterMetricFamily("model_registry_loads", "Completed loads", labels=["model"])
         served = CounterMetricFamily("model_registry_served", "Requests served", labels=["model"])
+        recycles = CounterMetricFamily(
+            "model_registry_worker_recycles", "Leaking workers recycled", labels=["model"]
+        )
+        deaths = CounterMetricFamily(
+            "model_registry_worker_deaths", "Workers that died or were killed", labels=["model"]
+        )
         for entry in snapshot["models"]:
             name = entry["name"]
             for value in State:
@@ -53,7 +59,9 @@ class RegistryCollector(Collector):
             queued.add_metric([name], entry["queued"])
             loads.add_metric([name], entry["load_count"])
             served.add_metric([name], entry["served"])
-        yield from (state, size, in_flight, queued, loads, served)
+            recycles.add_metric([name], entry["recycles"])
+            deaths.add_metric([name], entry["worker_deaths"])
+        yield from (state, size, in_flight, queued, loads, served, recycles, deaths)
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import ctypes
+import gc
 import os
 import pickle
 import signal
@@ -92,11 +93,16 @@ def portable(exc: BaseException) -> BaseException:
             return exc
     if cls.__module__ == "builtins" and isinstance(exc, Exception):
         return getattr(builtins, cls.__name__)(str(exc))  # type: ignore[no-any-return]
+    if not isinstance(exc, Exception):  # SystemExit from user code: the worker survives it
+        return RuntimeError(f"{cls.__name__}({exc}) raised in the model's worker process")
     return RuntimeError(f"{cls.__name__}: {exc}")
 
 
 def main(conn: Connection, ctx: Any, torch_threads: int | None, parent: int) -> None:
     """The worker's entry point (a multiprocessing target; `ctx` is a LoadContext)."""
+    # The objects inherited from the forkserver (torch, transformers) stay out of every
+    # collection: walking them would touch, and so copy, their pages in every worker.
+    gc.freeze()
     _die_with_parent(parent)
     from registry.loaders import load_model
     from registry.loaders.torch_setup import configure

@@ -43,7 +43,29 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("registry")
 
-PRELOAD = ["registry.worker", "torch", "transformers", "transformers.pipelines"]
+# What the forkserver imports once, so that a worker's load does not: torch and
+# transformers, the registry's loaders, and the modules any transformers model or the
+# common pipelines import on their first load (a missing one is skipped).
+PRELOAD = [
+    "registry.worker",
+    "torch",
+    "transformers",
+    "transformers.pipelines",
+    "registry.loaders",
+    "registry.loaders.pipeline",
+    "registry.loaders.embeddings",
+    "registry.loaders.fake",
+    "registry.memory",
+    "registry.payload",
+    "transformers.generation.utils",
+    "transformers.masking_utils",
+    "transformers.modeling_layers",
+    "transformers.pipelines.text_classification",
+    "transformers.pipelines.image_classification",
+    "transformers.pipelines.feature_extraction",
+    "transformers.models.bert.modeling_bert",
+    "PIL.Image",
+]
 PROCESS_FROM = 100 * 1000**2  # auto: models estimated at this size or more get a worker
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 Isolation = Literal["thread", "process"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from support import running, wait_until
@@ -199,3 +200,20 @@ async def test_many_failures_leave_one_worker_per_loaded_model(
         loaded = [n for n in ("a", "b") if manager.describe(n)["state"] == State.LOADED]
         assert sorted(worker_children()) == sorted(worker_pid(manager, n) for n in loaded)
         assert "b" in loaded
+
+
+async def test_a_custom_loader_runs_in_a_worker_by_default(
+    tmp_path: Path, write_config: Callable[[str], Config]
+) -> None:
+    """isolation auto: a custom loader that calls os._exit fails its load, not the server."""
+    (tmp_path / "dying_loader.py").write_text("import os\n\ndef load(ctx):\n    os._exit(3)\n")
+    config = write_config(
+        SERVER + "  dies: {loader: 'dying_loader:load'}\n  fine: {loader: fake}\n"
+    )
+    async with running(config) as manager:
+        with pytest.raises(Exception, match="exited with code 3"):
+            await manager.predict("dies", request("x"))
+        assert manager.describe("dies")["isolation"] == "process"
+        assert manager.describe("dies")["state"] == "failed"
+        assert await manager.predict("fine", request("x"))
+        assert manager.describe("fine")["isolation"] == "thread"
