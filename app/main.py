@@ -63,6 +63,12 @@ def create_app(config: Config | str | Path) -> FastAPI:
         return errors.error_response(413, "too_large", too_large_message(exc.limit))
 
     app.add_exception_handler(BodyTooLarge, body_too_large)
+
+    async def client_gone(request: Request, exc: Exception) -> JSONResponse:
+        # Nobody reads this answer: the client closed the connection (nginx's 499).
+        return errors.error_response(499, "client_closed_request", "the client went away")
+
+    app.add_exception_handler(routes.ClientGone, client_gone)
     app.include_router(routes.router)
     app.include_router(admin.router)
     app.include_router(metrics.router)

@@ -32,6 +32,16 @@ class RegistryCollector(Collector):
         yield GaugeMetricFamily(
             "model_registry_used_bytes", "Bytes held or reserved", value=snapshot["used_bytes"]
         )
+        yield GaugeMetricFamily(
+            "model_registry_abandoned_threads",
+            "Load or predict threads still running after the registry stopped waiting for them",
+            value=snapshot["abandoned_threads"],
+        )
+        yield GaugeMetricFamily(
+            "model_registry_budget_restoring",
+            "1 while models are unloaded to fit a lowered memory budget",
+            value=1.0 if snapshot["budget_state"] == "restoring" else 0.0,
+        )
         state = GaugeMetricFamily(
             "model_registry_model_state",
             "1 for the model's current state",

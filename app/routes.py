@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Annotated, Any
+import logging
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -14,6 +17,8 @@ from registry.errors import BadInput, UnsupportedInput
 from registry.manager import ModelManager
 from registry.payload import ImageRequest, TextRequest
 
+log = logging.getLogger("app")
+T = TypeVar("T")
 TEXT_SHAPE = '{"inputs": "text" | ["text", ...], "parameters": {...}}'
 
 
@@ -83,8 +88,43 @@ async def predict(name: str, request: Request, manager: Manager) -> dict[str, An
         payload = await _read_upload(request)
     else:
         payload = await _read_json(request)
-    predictions = await manager.predict(name, payload)
+    predictions = await unless_disconnected(request, manager.predict(name, payload))
     return {"model": name, "predictions": predictions}
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await `work`, cancelling it if the client disconnects first.
+
+    A request waiting for a load (or for its model's turn) whose client has gone must not
+    keep counting as queued nor run later: cancelling it drops it from the manager's queues.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    gone = False
+
+    async def watch() -> None:
+        nonlocal gone
+        while True:  # the body has been read: the next message is the disconnect
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                gone = True
+                task.cancel()
+                return
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if gone and task.uncancel() == 0:
+            log.info("%s %s: the client went away; dropped", request.method, request.url.path)
+            raise ClientGone() from None
+        raise
+    finally:
+        watcher.cancel()
 
 
 async def _read_upload(request: Request) -> ImageRequest:

@@ -1,10 +1,19 @@
-"""Run the app under uvicorn with a graceful, exit-code-0 shutdown on SIGTERM/SIGINT."""
+"""Run the app under uvicorn with a graceful, bounded shutdown on SIGTERM/SIGINT.
+
+Exit codes: 0 after a clean drain; 1 if the server could not start; 3 if the drain ended
+with work abandoned (admitted requests answered 503 shutting_down, or model threads still
+running: a stuck load or predict). The process exits within drain_timeout plus a few seconds
+however stuck a thread is: model threads are daemon threads, and a watchdog ends the
+process if the shutdown itself hangs.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import math
+import os
 import signal
 import socket
 import threading
@@ -17,14 +26,20 @@ from app.main import create_app
 from registry.config import Config
 
 log = logging.getLogger("app")
+EXIT_ABANDONED = 3
+HTTP_GRACE = 1.0  # uvicorn waits this much past the drain: the manager answers 503s first
+WATCHDOG_GRACE = 10.0  # past the drain, a shutdown that still runs is ended by force
 
 
 class Server(uvicorn.Server):
     """uvicorn, but a handled signal ends the process with 0 instead of being re-raised."""
 
-    def __init__(self, config: uvicorn.Config, on_signal: Callable[[], None]) -> None:
+    def __init__(
+        self, config: uvicorn.Config, on_signal: Callable[[], None], watchdog: float
+    ) -> None:
         super().__init__(config)
         self._on_signal = on_signal
+        self._watchdog = watchdog
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
@@ -50,8 +65,17 @@ class Server(uvicorn.Server):
         """Stop admitting requests at once, then let uvicorn drain connections."""
         if not self.should_exit:
             log.info("received %s: draining in-flight requests", signal.Signals(sig).name)
+            timer = threading.Timer(self._watchdog, _force_exit, args=(self._watchdog,))
+            timer.daemon = True
+            timer.start()
         self._on_signal()
         super().handle_exit(sig, frame)
+
+
+def _force_exit(seconds: float) -> None:
+    log.error("shutdown still running %.0fs after the signal: exiting now", seconds)
+    logging.shutdown()
+    os._exit(EXIT_ABANDONED)
 
 
 def run_server(config: Config, host: str, port: int, *, access_log: bool = True) -> int:
@@ -69,9 +93,15 @@ def run_server(config: Config, host: str, port: int, *, access_log: bool = True)
         port=port,
         log_config=None,
         access_log=access_log,
-        timeout_graceful_shutdown=max(1, round(config.server.drain_timeout)),
+        timeout_graceful_shutdown=math.ceil(config.server.drain_timeout + HTTP_GRACE),
         lifespan="on",
     )
-    server = Server(server_config, on_signal=stop_admitting)
+    drain = config.server.drain_timeout
+    server = Server(server_config, on_signal=stop_admitting, watchdog=drain + WATCHDOG_GRACE)
     server.run()
-    return 0 if server.started else 1
+    if not server.started:
+        return 1
+    report = app.state.manager.report if app.state.manager is not None else {}
+    if report.get("abandoned") or report.get("abandoned_threads"):
+        return EXIT_ABANDONED
+    return 0

@@ -5,6 +5,9 @@
 - Leases: a request holds its model from before inference until the worker thread is done
   (not until the request is cancelled), so a model is never closed under a running call.
 - Backpressure: past `max_queue` waiting requests a model answers 503 with Retry-After.
+- A request that waits protects its model from eviction (`Slot.waiting`) from the moment it
+  waits; a request whose caller went away (cancelled) is dropped from every queue unrun.
+- Shutdown: requests admitted before it are served while the drain lasts; then they get 503.
 """
 
 from __future__ import annotations
@@ -22,13 +25,15 @@ from registry.errors import (
     InferenceTimeout,
     LoadPending,
     ModelFailed,
+    ModelTooLarge,
     QueueFull,
+    RegistryError,
     ShuttingDown,
     UnknownModel,
     UnsupportedInput,
     WorkerDied,
 )
-from registry.lifecycle import Lifecycle, predict_json
+from registry.lifecycle import Lifecycle
 from registry.payload import ImageRequest, PredictRequest, decode_image, image_pixels
 from registry.slot import Slot, State
 from registry.threads import InferencePool
@@ -67,20 +72,18 @@ class Admission:
         except BaseException:
             self._release(slot)
             raise
-        future.add_done_callback(lambda _: self._release(slot))
+        future.add_done_callback(lambda done: self._release(slot, served=not done.cancelled()))
         try:
-            outputs = await asyncio.shield(future)
+            outputs = await self._life.drain.answer(future)
         except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if future.cancelled() and current is not None and not current.cancelling():
-                raise ShuttingDown() from None  # the pool dropped the job: shutdown
+            self._withdraw(slot, future)
             raise
         except (ValueError, TypeError, KeyError, IndexError) as exc:
             raise BadInput(f"model {slot.name!r} rejected the input: {exc}") from exc
-        except BadInput:
-            raise
         except (WorkerDied, InferenceTimeout) as exc:
             worker_lost(self._life, slot, exc)  # a process model's worker died or was killed
+            raise
+        except RegistryError:
             raise
         except Exception as exc:
             log.exception("inference failed on %s", slot.name)
@@ -130,9 +133,13 @@ class Admission:
         if slot.batcher is not None:
             return slot.batcher.submit(inputs, parameters)
         assert slot.model is not None
-        return self._pool.submit(
-            predict_json, slot.model, inputs, dict(parameters), thread=slot.thread
-        )
+        return self._life.run_predict(slot, slot.model, slot.thread, inputs, parameters)
+
+    def _withdraw(self, slot: Slot, future: asyncio.Future[list[Any]]) -> None:
+        """The caller went away: drop its call if it has not started (else it finishes)."""
+        if slot.batcher is not None and slot.batcher.withdraw(future):
+            return
+        self._pool.cancel_queued(future)
 
     async def _acquire(self, slot: Slot) -> Slot:
         """Wait until the model is loaded and take a lease on it."""
@@ -141,7 +148,8 @@ class Admission:
         queued: Slot | None = None
         try:
             while True:
-                if life.closing:
+                if life.drain.over:
+                    life.drain.cut_off += 1
                     raise ShuttingDown()
                 while slot.retired:
                     if slot.replacement is None:
@@ -159,9 +167,10 @@ class Admission:
                         queued.waiting -= 1
                     slot.waiting += 1
                     queued = slot
+                self._check_failed(slot)
+                if life.closing and slot.state is not State.LOADING and slot.load_task is None:
+                    raise ShuttingDown()  # admitted, but its model cannot load any more
                 now = time.monotonic()
-                if slot.state is State.FAILED and now < slot.retry_at:
-                    raise ModelFailed(slot.name, slot.error or "", retry_after=slot.retry_at - now)
                 if slot.state in (State.UNLOADED, State.FAILED) and not slot.unload_requested:
                     life.start_load(slot)
                 remaining = deadline - now
@@ -175,9 +184,17 @@ class Admission:
                 if task is None:
                     await life.wait_changed(remaining)
                     continue
-                done, _ = await asyncio.wait({task}, timeout=remaining)
+                # The drain's end wakes it too: an admitted request never outlives the drain.
+                wake: set[asyncio.Future[Any]] = {task, life.drain.ended()}
+                done, _ = await asyncio.wait(
+                    wake, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
                 if task in done and not task.cancelled():
                     outcome = task.result()
+                    if isinstance(outcome, ModelTooLarge):
+                        raise ModelTooLarge(  # a fresh error per waiter
+                            outcome.name, outcome.size, outcome.budget, measured=outcome.measured
+                        )
                     if isinstance(outcome, CapacityExceeded):
                         raise CapacityExceeded(  # a fresh error per waiter
                             outcome.name,
@@ -189,6 +206,25 @@ class Admission:
         finally:
             if queued is not None:
                 queued.waiting -= 1
+
+    def _check_failed(self, slot: Slot) -> None:
+        """A model that can never fit, is inside its backoff, or still has a stuck thread."""
+        size = slot.size_bytes if slot.size_bytes is not None else slot.estimate
+        limit = self._life.budget.limit
+        if isinstance(slot.failure, ModelTooLarge) and size is not None and size > limit:
+            raise ModelTooLarge(slot.name, size, limit, measured=slot.size_bytes is not None)
+        now = time.monotonic()
+        if slot.state is State.FAILED and now < slot.retry_at:
+            if isinstance(slot.failure, InferenceTimeout):
+                raise self._life.health.error(slot)
+            raise ModelFailed(slot.name, slot.error or "", retry_after=slot.retry_at - now)
+        if slot.abandoned and slot.state in (State.UNLOADED, State.FAILED):
+            raise ModelFailed(
+                slot.name,
+                f"{slot.error or 'stopped'}; its previous thread is still running",
+                retry_after=self._life.settings.retry_backoff.initial,
+                what="cannot load yet",
+            )
 
     def _check_queue(self, slot: Slot, *, loaded: bool = False) -> None:
         """Past max_queue requests waiting (for a load, room, or a worker): 503."""
@@ -208,9 +244,9 @@ class Admission:
             loading=loading,
         )
 
-    def _release(self, slot: Slot) -> None:
+    def _release(self, slot: Slot, *, served: bool = True) -> None:
         slot.leases -= 1
-        slot.served += 1
+        slot.served += served
         slot.touch()
         life = self._life
         life.budget.touch(slot)

@@ -19,6 +19,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from registry.errors import InferenceTimeout, Unavailable
+
 Run = Callable[[list[Any], Mapping[str, Any]], Awaitable[list[Any]]]
 
 
@@ -82,6 +84,9 @@ class Batcher:
         batch: list[_Entry] = []
         size = 0
         for entry in list(self._queue):
+            if entry.future.done():  # withdrawn: its client went away
+                self._queue.remove(entry)
+                continue
             if entry.key != key:
                 continue
             if batch and size + len(entry.inputs) > self.max_size:
@@ -105,8 +110,9 @@ class Batcher:
         try:
             outputs = await self._run(inputs, batch[0].parameters)
         except Exception as exc:
-            if len(batch) == 1:
-                _settle(batch[0], error=exc)
+            if len(batch) == 1 or isinstance(exc, InferenceTimeout | Unavailable):
+                for entry in batch:  # one request, or the model is stuck: no retry one by one
+                    _settle(entry, error=exc)
                 return
             for entry in batch:  # isolate the input that broke the batch
                 try:
@@ -124,6 +130,20 @@ class Batcher:
     def stats(self) -> dict[str, int]:
         """Batches run and inputs in them, since the model loaded."""
         return {"batches": self.batches, "inputs": self.batched_inputs}
+
+    def withdraw(self, future: asyncio.Future[list[Any]]) -> bool:
+        """Drop a request that is still queued (its client went away); False if it runs."""
+        for entry in self._queue:
+            if entry.future is future:
+                self._queue.remove(entry)
+                future.cancel()
+                return True
+        return False
+
+    def fail_queued(self, error: Callable[[], BaseException]) -> None:
+        """Fail every queued request with a fresh `error()` (the model got stuck)."""
+        while self._queue:
+            _settle(self._queue.popleft(), error=error())
 
     def cancel(self) -> None:
         """Fail every queued request (shutdown)."""

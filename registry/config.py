@@ -83,6 +83,7 @@ class ServerSettings(_Strict):
     request_timeout: Duration = Field(default=30.0, gt=0)
     capacity_wait: Duration = Field(default=10.0, ge=0)
     load_timeout: Duration = Field(default=300.0, gt=0)
+    predict_timeout: Duration = Field(default=60.0, gt=0)
     drain_timeout: Duration = Field(default=30.0, ge=0)
     max_parallel_loads: int = Field(default=2, ge=1)
     inference_workers: int | None = Field(default=None, ge=1)
@@ -94,7 +95,6 @@ class ServerSettings(_Strict):
     admin_token: SecretStr | None = None  # prefer the environment variable: files leak
     watch: bool = True
     watch_interval: Duration = Field(default=0.5, gt=0)
-    predict_timeout: Duration = Field(default=60.0, gt=0)
     # Where models run unless their entry says: auto = a worker process for custom loaders
     # and models of PROCESS_FROM bytes or more, the server's own process for the rest.
     isolation: Literal["auto", "thread", "process"] = "auto"

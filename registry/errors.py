@@ -7,7 +7,7 @@
     │   └── UnsupportedInput     the input is the wrong kind (an image for a text model, ...)
     ├── ModelTooLarge            a model is bigger than the whole memory budget
     ├── InferenceError           the model raised while predicting
-    │   ├── InferenceTimeout     an inference ran past predict_timeout (its worker was killed)
+    │   ├── InferenceTimeout     predict ran past predict_timeout (the model is marked failed)
     │   └── WorkerDied           a process model's worker died (signal or exit code)
     └── Unavailable              try again later; carries `retry_after` seconds
         ├── ModelFailed          its last load failed; retried after a backoff
@@ -82,6 +82,7 @@ class ModelTooLarge(RegistryError):
         self.name = name
         self.size = size
         self.budget = budget
+        self.measured = measured
         how = "measured" if measured else "estimated"
         super().__init__(
             f"model {name!r} needs {format_bytes(size)} ({how}) but the whole memory budget is "
@@ -96,9 +97,17 @@ class InferenceError(RegistryError):
 
 
 class InferenceTimeout(InferenceError):
-    """An inference ran longer than its `predict_timeout`."""
+    """A predict call ran past `predict_timeout`; its model is marked failed."""
 
     kind = "inference_timeout"
+
+    def __init__(self, name: str, seconds: float) -> None:
+        self.name = name
+        self.seconds = seconds
+        super().__init__(
+            f"model {name!r} did not answer within {seconds:g}s (predict_timeout); it is marked "
+            "failed and reloads after its backoff once the stuck call ends"
+        )
 
 
 class WorkerDied(InferenceError):
@@ -131,11 +140,13 @@ class ModelFailed(Unavailable):
 
     kind = "model_failed"
 
-    def __init__(self, name: str, error: str, *, retry_after: float) -> None:
+    def __init__(
+        self, name: str, error: str, *, retry_after: float, what: str = "failed to load"
+    ) -> None:
         self.name = name
         self.error = error
         super().__init__(
-            f"model {name!r} failed to load: {error} (next attempt in {retry_after:.0f}s)",
+            f"model {name!r} {what}: {error} (next attempt in {retry_after:.0f}s)",
             retry_after=retry_after,
         )
 

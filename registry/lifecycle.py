@@ -6,6 +6,8 @@
   loader in its own thread under `load_timeout`, then swaps the estimate for the measured
   size. The tracked total never exceeds the budget.
 - An unload runs in a thread and releases the bytes when the model is really gone.
+- A load the registry stops waiting for (timeout, model replaced, shutdown) keeps its bytes
+  reserved until its thread really ends, and the model is not loaded again before that.
 """
 
 from __future__ import annotations
@@ -17,20 +19,22 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Coroutine, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
 from typing import Any
 
+from registry.abandoned import Abandoned, AbandonedThread
 from registry.batching import Batcher
 from registry.budget import ByteBudget
 from registry.config import ServerSettings
-from registry.errors import CapacityExceeded, ModelTooLarge
+from registry.drain import Drain
+from registry.errors import CapacityExceeded, InferenceTimeout, ModelTooLarge
+from registry.health import Health, dispose, predict_json
 from registry.loaders import LoadContext, Model, load_model
-from registry.memory import estimate_bytes, measure_bytes, release_memory
-from registry.payload import to_jsonable
+from registry.memory import estimate_bytes, measure_bytes
+from registry.restore import over_budget
 from registry.slot import Slot, State
-from registry.threads import InferencePool, run_in_thread
+from registry.threads import InferencePool, ModelThread, run_in_thread
 from registry.units import format_bytes, format_duration
 from registry.workers import KILL_GRACE, isolation_of, load_in_worker
 
@@ -47,9 +51,13 @@ class Lifecycle:
         self.budget: ByteBudget[Slot] = ByteBudget(settings.memory_budget)
         self.load_limit = asyncio.Semaphore(settings.max_parallel_loads)
         self.closing = False
+        self.drain = Drain(self.notify)
         self.peak_used = 0
+        self.unused_loads = 0  # loads unloaded again before they served a single request
+        self.abandoned = Abandoned()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._changed = asyncio.Event()
+        self.health = Health(self)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -89,8 +97,8 @@ class Lifecycle:
     # ------------------------------------------------------------------- loading
 
     def start_load(self, slot: Slot) -> None:
-        """Start the model's load unless one runs (single flight)."""
-        if slot.load_task is not None or self.closing or slot.retired:
+        """Start the model's load unless one runs (single flight) or an old thread still runs."""
+        if slot.load_task is not None or self.closing or slot.retired or slot.abandoned:
             return
         slot.state = State.LOADING
         slot.error = None
@@ -100,6 +108,7 @@ class Lifecycle:
     async def _load(self, slot: Slot) -> BaseException | None:
         """Load one model; never raises (but for cancellation): the outcome is returned."""
         timeout = slot.spec.load_timeout or self.settings.load_timeout
+        loaded = False  # the loader ran: a failure from here on cost a whole load
         try:
             async with self.load_limit:
                 if slot.size_bytes is not None:  # measured on an earlier load of the same files
@@ -110,32 +119,27 @@ class Lifecycle:
                     )
                     need = slot.estimate or 0
                 if need > self.budget.limit:
-                    raise ModelTooLarge(slot.name, need, self.budget.limit)
+                    measured = slot.size_bytes is not None
+                    raise ModelTooLarge(slot.name, need, self.budget.limit, measured=measured)
                 await self.reserve(slot, need)
-                if self.closing:  # shutdown began while this load waited for room
+                if self.closing and not slot.waiting:  # shutdown began; nobody waits for it
                     self.budget.release(slot)
                     raise asyncio.CancelledError
                 started = time.monotonic()
                 slot.isolation = isolation_of(slot.spec, slot.estimate, self.settings)
                 # A worker times its own load and is killed at load_timeout: wait for that.
                 outer = timeout + (KILL_GRACE * 3 if slot.isolation == "process" else 0)
-                try:
-                    model, measured = await asyncio.wait_for(
-                        run_in_thread(
-                            functools.partial(self._load_blocking, slot),
-                            name=f"load-{slot.name}",
-                            on_orphan=dispose,
-                        ),
-                        outer,
-                    )
-                except BaseException:
-                    self.budget.release(slot)
-                    raise
+                model, measured_size = await self._run_loader(slot, outer)
+                loaded = True
                 seconds = time.monotonic() - started
-                await self._settle_size(slot, model, measured if measured is not None else need)
+                size = measured_size if measured_size is not None else need
+                await self._settle_size(slot, model, size)
             self._loaded(slot, model, seconds)
             return None
         except CapacityExceeded as exc:
+            if loaded:  # the measured size found no room: back off, do not load it per request
+                self.failed(slot, exc, timeout)
+                return exc
             slot.state = State.UNLOADED
             slot.error = exc.message
             slot.retry_at = time.monotonic() + self.settings.retry_backoff.initial
@@ -145,13 +149,61 @@ class Lifecycle:
             slot.state = State.UNLOADED
             raise
         except Exception as exc:
-            self._failed(slot, exc, timeout)
+            self.failed(slot, exc, timeout)
             return exc
         finally:
             slot.load_task = None
             if slot.state is not State.LOADED:
                 slot.unload_requested = False  # nothing to unload any more
+                slot.unload_why = None
             self.notify()
+
+    async def _run_loader(self, slot: Slot, seconds: float) -> tuple[Model, int | None]:
+        """Run the loader in its thread; if we stop waiting, its bytes stay until it ends."""
+        records: list[AbandonedThread] = []
+        job = run_in_thread(
+            functools.partial(self._load_blocking, slot),
+            name=f"load-{slot.name}",
+            on_orphan=dispose,
+            on_exit=lambda: self.reclaim(records[0]) if records else None,
+        )
+        try:
+            return await asyncio.wait_for(asyncio.shield(job), seconds)
+        except BaseException as exc:
+            if job.done():  # the loader raised: its thread is ending, nothing is held
+                self.budget.release(slot)
+                raise
+            job.cancel()  # a result that comes later is an orphan: disposed of in the thread
+            if isinstance(exc, TimeoutError):
+                why = f"load timed out after {seconds:g}s (load_timeout)"
+            elif slot.retired:
+                why = "replaced in models.yaml" if slot.replacement else "removed from models.yaml"
+            else:
+                why = "shutdown"
+            records.append(self.abandoned.add(slot, "load", why))
+            log.warning(
+                "stopped waiting for the load of %s (%s); its %s stay reserved until the "
+                "loader thread ends",
+                slot.name,
+                why,
+                format_bytes(self.budget.size_of(slot)),
+            )
+            raise
+
+    def reclaim(self, record: AbandonedThread) -> None:
+        """An abandoned thread has ended: give back its model's bytes if nothing else holds them."""
+        slot = record.slot
+        last = self.abandoned.ended(record)
+        idle = slot.state in (State.UNLOADED, State.FAILED) and slot.load_task is None
+        if last and idle:
+            freed = self.budget.release(slot)
+            log.info(
+                "the abandoned %s thread of %s ended; released %s",
+                record.kind,
+                slot.name,
+                format_bytes(freed),
+            )
+        self.notify()
 
     def _load_blocking(self, slot: Slot) -> tuple[Model, int | None]:
         ctx = LoadContext(slot.name, slot.spec, slot.source, self.base_dir)
@@ -168,6 +220,7 @@ class Lifecycle:
 
     async def _settle_size(self, slot: Slot, model: Model, measured: int) -> None:
         """Replace the estimate with the measured size, making room if it grew."""
+        slot.size_bytes = measured  # kept even if it does not fit: the next try reserves it first
         try:
             if measured > self.budget.limit:
                 raise ModelTooLarge(slot.name, measured, self.budget.limit, measured=True)
@@ -176,7 +229,6 @@ class Lifecycle:
             self.budget.release(slot)
             await run_in_thread(functools.partial(dispose, (model, None)), name="dispose")
             raise
-        slot.size_bytes = measured
 
     def _loaded(self, slot: Slot, model: Model, seconds: float) -> None:
         slot.model = model
@@ -185,7 +237,9 @@ class Lifecycle:
         slot.load_count += 1
         slot.failures = 0
         slot.error = None
+        slot.failure = None
         slot.load_seconds = seconds
+        slot.served_at_load = slot.served
         slot.touch()
         self.budget.touch(slot)
         if slot.spec.hot:
@@ -207,34 +261,60 @@ class Lifecycle:
             slot.batcher = None
             return
         slot.batcher = Batcher(
-            functools.partial(self._run_batch, slot.model, slot.thread),
+            functools.partial(self._run_batch, slot, slot.model, slot.thread),
             max_size=batch.max_size,
             max_wait=batch.max_wait_ms / 1000,
         )
 
     async def _run_batch(
         self,
+        slot: Slot,
         model: Model,
-        thread: ThreadPoolExecutor | None,
+        thread: ModelThread | None,
         inputs: list[Any],
         parameters: Mapping[str, Any],
     ) -> list[Any]:
-        return await self.pool.submit(predict_json, model, inputs, dict(parameters), thread=thread)
+        return await self.run_predict(slot, model, thread, inputs, parameters)
 
-    def _failed(self, slot: Slot, exc: BaseException, timeout: float) -> None:
+    def run_predict(
+        self,
+        slot: Slot,
+        model: Model,
+        thread: ModelThread | None,
+        inputs: list[Any],
+        parameters: Mapping[str, Any],
+    ) -> asyncio.Task[list[Any]]:
+        """One predict call on the model's thread, bounded by its predict_timeout."""
+        timeout = slot.spec.predict_timeout or self.settings.predict_timeout
+        return self.pool.submit(
+            predict_json,
+            model,
+            inputs,
+            dict(parameters),
+            thread=thread,
+            timeout=timeout,
+            on_stuck=functools.partial(self.health.stuck, slot, model, thread, timeout),
+        )
+
+    def failed(self, slot: Slot, exc: BaseException, timeout: float) -> None:
+        """Mark the model failed after `exc`; the next load waits for the backoff."""
         backoff = self.settings.retry_backoff
         slot.failures += 1
         delay = min(backoff.max, backoff.initial * 2 ** (slot.failures - 1))
         slot.retry_at = time.monotonic() + delay
         slot.state = State.FAILED
+        slot.failure = exc
         if isinstance(exc, TimeoutError):
             slot.error = f"load timed out after {timeout:g}s (load_timeout)"
-        elif isinstance(exc, ModelTooLarge):
+        elif isinstance(exc, (ModelTooLarge, CapacityExceeded)):
             slot.error = exc.message
+        elif isinstance(exc, InferenceTimeout):
+            slot.error = f"predict timed out after {exc.seconds:g}s (predict_timeout)"
         else:
             slot.error = f"{type(exc).__name__}: {exc}"
         log.error(
-            "failed to load %s: %s (attempt %d, next try in %s)",
+            "%s %s: %s (attempt %d, next try in %s)",
+            "marked failed" if isinstance(exc, InferenceTimeout) else "failed to load",
             slot.name,
             slot.error,
             slot.failures,
@@ -273,22 +353,21 @@ class Lifecycle:
         return [s for s in self.budget.keys_lru_first() if s.state is State.UNLOADING]
 
     def enforce_limit(self) -> None:
-        """After the budget shrank: evict idle models until the total fits again."""
-        if self.budget.used <= self.budget.limit:
-            return
-        freeing = self._unloading()
-        victims = self.budget.victims(0, evictable=lambda s: s.evictable, freeing=freeing)
-        if victims is None:  # evict what can go now; the rest when its requests end
-            victims = [s for s in self.budget.keys_lru_first() if s.evictable]
-        for victim in victims:
-            self.start_unload(victim, "LRU, the memory budget was lowered")
+        """After the budget shrank: unload models until the total fits again (restore.py)."""
+        idle, busy = over_budget(self.budget)
+        for slot in idle:
+            self.start_unload(slot, "LRU, the memory budget was lowered")
+        for slot in busy:  # no new lease; unloads once its in-flight requests end
+            slot.unload_requested = True
+            slot.unload_why = "the memory budget was lowered"
+            self.unload_when_idle(slot)
 
     # ----------------------------------------------------------------- unloading
 
     def unload_when_idle(self, slot: Slot) -> None:
         """Unload now if no request holds the model (else the last lease does it)."""
         if slot.state is State.LOADED and slot.leases == 0:
-            why = "removed from models.yaml" if slot.retired else "admin request"
+            why = "removed from models.yaml" if slot.retired else slot.unload_why or "admin request"
             if slot.retired and slot.replacement is not None:
                 why = "replaced by a new version in models.yaml"
             self.start_unload(slot, why)
@@ -306,6 +385,8 @@ class Lifecycle:
         slot.batcher = None
         size = self.budget.size_of(slot)
         idle = time.monotonic() - slot.last_used_mono
+        if slot.served == slot.served_at_load and why != "shutdown":
+            self.unused_loads += 1
         try:
             await run_in_thread(
                 functools.partial(dispose, (model, None)), name=f"unload-{slot.name}"
@@ -318,6 +399,7 @@ class Lifecycle:
             slot.state = State.UNLOADED
             slot.unload_task = None
             slot.unload_requested = False
+            slot.unload_why = None
             self.notify()
         verb = "evicted" if why.startswith("LRU") else "unloaded"
         (log.debug if quiet else log.info)(
@@ -327,17 +409,3 @@ class Lifecycle:
             format_duration(idle),
             why,
         )
-
-
-def predict_json(model: Model, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
-    """In a worker thread: predict, and make the outputs JSON-safe there too."""
-    return [to_jsonable(out) for out in model.predict(inputs, parameters)]
-
-
-def dispose(result: tuple[Model | None, Any]) -> None:
-    """In a worker thread: close a model and give its memory back."""
-    model = result[0]
-    if model is not None:
-        model.close()
-    del model, result
-    release_memory()

@@ -39,6 +39,7 @@ from registry.watcher import stamp, watch
 log = logging.getLogger("registry")
 IDLE_BEFORE_COMPACT = 30.0  # seconds without requests or loads
 COMPACT_EVERY = 600.0
+UNLOAD_GRACE = 2.0  # seconds unloads may take after the drain (a small, fixed bound)
 
 
 class ModelManager:
@@ -57,6 +58,8 @@ class ModelManager:
         self._admission = Admission(self._slots, self._life, self._pool)
         self._closed = False
         self._in_flight_at_close = 0
+        self._drain_deadline = 0.0
+        self.report: dict[str, Any] = {}  # the shutdown's summary, once it is done
         self._reloading = asyncio.Lock()
         configure_torch(settings.torch_threads)
 
@@ -99,47 +102,63 @@ class ModelManager:
         """True once shutdown has begun."""
         return self._life.closing
 
-    def begin_shutdown(self) -> None:
-        """Refuse new requests from now on (the server calls it when a signal arrives)."""
-        if not self._life.closing:
-            self._life.closing = True
-            self._in_flight_at_close = sum(s.leases for s in self._all_slots())
+    def begin_shutdown(self, drain_timeout: float | None = None) -> None:
+        """Refuse new requests from now on (the server calls it when a signal arrives).
+
+        Requests admitted before now are served while the drain lasts: `drain_timeout`
+        (server.drain_timeout) from now. Then those still waiting get 503 shutting_down.
+        """
+        life = self._life
+        if life.closing:
+            return
+        life.closing = True
+        loop = asyncio.get_running_loop()
+        timeout = self.config.server.drain_timeout if drain_timeout is None else drain_timeout
+        self._drain_deadline = loop.time() + timeout
+        life.drain.end_at(self._drain_deadline)
+        self._in_flight_at_close = sum(s.leases + s.waiting for s in self._all_slots())
+        life.notify()
 
     async def shutdown(self, drain_timeout: float | None = None) -> dict[str, Any]:
-        """Stop admitting, drain leases (bounded), unload everything, give memory back."""
+        """Stop admitting, drain requests (bounded), unload everything, give memory back.
+
+        The drain counts from begin_shutdown() (the signal), so the HTTP server's own wait
+        and this one do not add up. A passed `drain_timeout` overrides the configured one.
+        """
         if self._closed:
             return {}
-        self.begin_shutdown()
         life = self._life
-        life.notify()
+        loop = asyncio.get_running_loop()
         started = time.monotonic()
+        self.begin_shutdown(drain_timeout)
         timeout = self.config.server.drain_timeout if drain_timeout is None else drain_timeout
-        deadline = started + timeout
+        if drain_timeout is not None:
+            self._drain_deadline = min(self._drain_deadline, loop.time() + timeout)
+            life.drain.end_at(self._drain_deadline)
         # The HTTP server may have drained its connections since the signal: count from then.
-        in_flight = max(self._in_flight_at_close, sum(s.leases for s in self._all_slots()))
-        while any(s.leases for s in self._all_slots()) and time.monotonic() < deadline:
-            await life.wait_changed(deadline - time.monotonic())
-        abandoned = sum(s.leases for s in self._all_slots())
+        in_flight = max(self._in_flight_at_close, self._pending())
+        while self._pending() and loop.time() < self._drain_deadline:
+            await life.wait_changed(self._drain_deadline - loop.time())
+        life.drain.end()  # whatever still waits is answered 503 now
         for task in life.tasks("reaper") + life.tasks("watch"):
             task.cancel()
-        loads = life.tasks("load ")  # retired slots' loads too
-        if loads:
-            await asyncio.wait(loads, timeout=max(0.0, deadline - time.monotonic()))
-            for task in loads:
-                task.cancel()
-            await asyncio.gather(*loads, return_exceptions=True)
+        loads = life.tasks("load ")  # retired slots' loads too; nobody waits for them now
+        for task in loads:
+            task.cancel()
+        await asyncio.gather(*loads, return_exceptions=True)
         unloaded, freed = 0, 0
         for slot in self._all_slots():
             if slot.batcher is not None:
                 slot.batcher.cancel()
-            if slot.state is State.LOADED:
+            if slot.state is State.LOADED and slot.leases == 0:  # never close under a call
                 freed += life.budget.size_of(slot)
                 unloaded += 1
                 life.start_unload(slot, "shutdown", quiet=True)
         unloads = [s.unload_task for s in self._all_slots() if s.unload_task is not None]
         if unloads:
-            _, stuck = await asyncio.wait(unloads, timeout=max(10.0, deadline - time.monotonic()))
-            if stuck:  # a model still running a hung request cannot be closed
+            grace = max(0.0, self._drain_deadline - loop.time()) + UNLOAD_GRACE
+            _, stuck = await asyncio.wait(unloads, timeout=grace)
+            if stuck:
                 log.error("shutdown: gave up waiting for %d unload(s)", len(stuck))
         self._pool.shutdown()
         await run_in_thread(workers.stop_all, name="stop-workers")  # any left by a hung call
@@ -147,21 +166,31 @@ class ModelManager:
         release_memory(full=True)
         self._closed = True
         seconds = time.monotonic() - started
+        abandoned = life.drain.cut_off  # admitted, then answered 503 when the drain ended
+        threads = len(life.abandoned)
         log.info(
-            "shutdown complete: drained %d in-flight request(s)%s, unloaded %d model(s) (%s) in %s",
-            in_flight - abandoned,
+            "shutdown complete: drained %d in-flight request(s)%s, unloaded %d model(s) (%s) "
+            "in %s%s",
+            max(0, in_flight - abandoned),
             f", abandoned {abandoned} after the {timeout:g}s drain timeout" if abandoned else "",
             unloaded,
             format_bytes(freed),
             format_duration(seconds),
+            f"; {threads} model thread(s) still running" if threads else "",
         )
-        return {
-            "drained": in_flight - abandoned,
+        self.report = {
+            "drained": max(0, in_flight - abandoned),
             "abandoned": abandoned,
+            "abandoned_threads": threads,
             "unloaded": unloaded,
             "freed_bytes": freed,
             "seconds": seconds,
         }
+        return self.report
+
+    def _pending(self) -> int:
+        """Admitted requests not answered yet: in a model's thread, or waiting for one."""
+        return sum(s.leases + s.waiting for s in self._all_slots())
 
     # ---------------------------------------------------------------------- views
 
@@ -184,6 +213,10 @@ class ModelManager:
             "budget_bytes": budget.limit,
             "used_bytes": budget.used,
             "peak_used_bytes": self._life.peak_used,
+            "budget_state": "restoring" if budget.used > budget.limit else "ok",  # lowered
+            "abandoned_threads": len(self._life.abandoned),
+            "abandoned": self._life.abandoned.info(),
+            "unused_loads": self._life.unused_loads,
             "config_path": str(self.config.path),
             "config_loaded_at": self.config_loaded_at,
             "config_error": self.config_error,
@@ -211,7 +244,10 @@ class ModelManager:
         if slot.state in (State.UNLOADED, State.FAILED):
             self._life.start_load(slot)
         task = slot.load_task
-        outcome = (await asyncio.shield(task)) if task is not None else None
+        outcome = None
+        if task is not None:
+            await asyncio.wait({task})  # not cancelled with the caller; may be (model replaced)
+            outcome = None if task.cancelled() else task.result()
         if isinstance(outcome, CapacityExceeded):
             raise outcome
         if slot.state is State.FAILED:
@@ -310,6 +346,10 @@ class ModelManager:
         """Stop new requests to `slot`; it unloads once its in-flight requests end."""
         slot.retired = True
         slot.replacement = replacement
+        if slot.load_task is not None:
+            # Its waiters move to the replacement; its load-limit permit is freed now, its
+            # bytes when the loader thread really ends (lifecycle's abandoned threads).
+            slot.load_task.cancel()
         self._life.unload_when_idle(slot)
 
     # -------------------------------------------------------------------- helpers

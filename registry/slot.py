@@ -10,11 +10,10 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from concurrent.futures import ThreadPoolExecutor
-
     from registry.batching import Batcher
     from registry.config import ModelSpec, Source
     from registry.loaders import Model
+    from registry.threads import ModelThread
 
 
 class State(enum.StrEnum):
@@ -56,16 +55,25 @@ class Slot:
     replacement: Slot | None = None
     hot_ready: bool = False  # a hot model's preload has succeeded
     batcher: Batcher | None = None
-    thread: ThreadPoolExecutor | None = None  # the model's inference thread while loaded
+    thread: ModelThread | None = None  # the model's inference thread while loaded
     infer_seconds: float | None = None  # moving average of one inference call
     isolation: str | None = None  # where the last load ran: "thread" or "process"
     recycles: int = 0  # process model: workers recycled for growing past their reservation
     worker_deaths: int = 0  # process model: workers that died or were killed
+    abandoned: int = 0  # threads of this model still running after it stopped waiting for them
+    failure: BaseException | None = None  # what the last failed load (or stuck call) raised
+    served_at_load: int = 0  # `served` when the current load finished
+    unload_why: str | None = None  # why an unload waits for the leases to end
 
     @property
     def evictable(self) -> bool:
-        """Idle, loaded and not pinned."""
-        return self.state is State.LOADED and self.leases == 0 and not self.spec.pinned
+        """Idle (no lease, no request waiting for it), loaded and not pinned."""
+        return (
+            self.state is State.LOADED
+            and self.leases == 0
+            and self.waiting == 0
+            and not self.spec.pinned
+        )
 
     def touch(self) -> None:
         """Record a use now."""
@@ -87,6 +95,7 @@ class Slot:
             "queued": self.waiting,
             "load_count": self.load_count,
             "served": self.served,
+            "abandoned_threads": self.abandoned,
             "last_used": _iso(self.last_used),
             "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 4),
             "error": self.error,

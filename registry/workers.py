@@ -273,11 +273,7 @@ class ProcessModel:
             self._conn.send(message)
             if not self._conn.poll(self.predict_timeout):
                 self._end(f"killed after running past predict_timeout ({self.predict_timeout:g}s)")
-                raise InferenceTimeout(
-                    f"model {self.name!r} did not answer within {self.predict_timeout:g}s "
-                    "(predict_timeout); its worker was killed and the model reloads on a "
-                    "later request"
-                )
+                raise InferenceTimeout(self.name, self.predict_timeout)
             reply: tuple[Any, ...] = self._conn.recv()
         except (EOFError, OSError, BrokenPipeError):
             raise WorkerDied(self.name, self.pid, self._end()) from None

@@ -13,6 +13,7 @@ from registry.errors import (
     CapacityExceeded,
     LoadPending,
     ModelFailed,
+    ModelTooLarge,
     ShuttingDown,
     UnknownModel,
 )
@@ -178,7 +179,7 @@ async def test_a_model_measured_bigger_than_the_budget_fails_naming_both_sizes(
         "  ok: {loader: fake, options: {size: 10MB}}\n"
     )
     async with running(config) as manager:
-        with pytest.raises(ModelFailed) as excinfo:
+        with pytest.raises(ModelTooLarge) as excinfo:
             await manager.predict("big", TextRequest("x"))
         message = excinfo.value.message
         assert "needs 150.0 MB (measured)" in message

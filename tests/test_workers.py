@@ -140,7 +140,8 @@ async def test_hung_inference_is_killed_at_predict_timeout(
         with pytest.raises(InferenceTimeout, match="predict_timeout"):
             await manager.predict("slow", request("zzz"))
         assert manager.describe("slow")["state"] == "failed"
-        assert manager.snapshot()["used_bytes"] == 0
+        # Released once the killed worker is reaped and its call's thread has ended.
+        await wait_until(lambda: manager.snapshot()["used_bytes"] == 0, "the bytes are released")
         assert worker_children() == []
         await asyncio.sleep(0.1)
         assert await manager.predict("slow", request("ok"))

@@ -20,7 +20,14 @@ if TYPE_CHECKING:
 
 
 class Model(Protocol):
-    """A loaded model: one output per input, in order."""
+    """A loaded model: one output per input, in order.
+
+    Optional hook: `abort() -> None`. When a predict call runs past `predict_timeout`, the
+    registry answers 504, marks the model failed and, if the model has an `abort()` method,
+    calls it once from another thread so that the stuck call can be stopped (a model that runs
+    in a worker process kills the worker there). It must be safe to call while predict runs
+    and must not block for long; the model is closed once the stuck call returns.
+    """
 
     def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
         """Predict a batch; raise ValueError/TypeError for inputs the model cannot use."""

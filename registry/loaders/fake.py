@@ -17,6 +17,10 @@ Worker-process faults (for `isolation: process`; in a thread model they would hi
   crash_on: "boom"     ... only for a predict call with this input (default: every call)
   hang_on: "zzz"       a predict call with this input blocks for ever (`*` : every call)
   leak: 20MB           each predict call keeps this many more bytes, written (so resident)
+
+Life-cycle fault modes (model code that misbehaves):
+  stop_iteration: where  "load", "predict" or "close" raises StopIteration there
+  predict_hang: true     each predict call blocks until abort() is called (or for ever)
 """
 
 from __future__ import annotations
@@ -59,6 +63,10 @@ def reset() -> None:
             gate.set()  # release anything still waiting
         _gates.clear()
         _load_attempts.clear()
+        _aborts.clear()
+        for event in _hanging:
+            event.set()
+        _hanging.clear()
 
 
 def _gate(name: str) -> threading.Event:
@@ -117,6 +125,8 @@ class FakeModel:
 def load(ctx: LoadContext) -> FakeModel:
     """Build a FakeModel, honouring the timing and failure options."""
     options = ctx.options
+    if options.get("stop_iteration") == "load":
+        next(iter([]))  # model code's StopIteration, e.g. from next() on an empty iterator
     with _lock:
         _load_attempts[ctx.name] += 1
         attempt = _load_attempts[ctx.name]
@@ -134,6 +144,8 @@ def load(ctx: LoadContext) -> FakeModel:
         raise RuntimeError(str(options["fail"]))
     if attempt <= int(options.get("fail_times", 0)):
         raise RuntimeError(f"fake load failure {attempt} of {options['fail_times']}")
+    if "stop_iteration" in options or options.get("predict_hang"):
+        return MisbehavingModel(ctx.name, options)
     return FakeModel(ctx.name, options)
 
 
@@ -170,3 +182,48 @@ class WorkerFaults:
             threading.Event().wait()
         if self.leak:
             self.leaked.append(bytearray(b"\x01") * self.leak)  # written: resident, private
+
+
+# ----------------------------------------------------------------- life-cycle fault modes
+
+_aborts: defaultdict[str, int] = defaultdict(int)
+_hanging: list[threading.Event] = []  # released by reset(), so no test leaves a thread stuck
+
+
+def aborts(name: str) -> int:
+    """How many times abort() was called on models named `name`."""
+    with _lock:
+        return _aborts[name]
+
+
+class MisbehavingModel(FakeModel):
+    """A FakeModel whose predict or close misbehave as its options say."""
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        super().__init__(name, options)
+        self.where = options.get("stop_iteration")
+        self.hang = bool(options.get("predict_hang"))
+        self.aborted = threading.Event()
+        with _lock:
+            _hanging.append(self.aborted)
+
+    def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
+        """Raise StopIteration or hang until aborted, else answer like FakeModel."""
+        if self.where == "predict":
+            next(iter([]))
+        if self.hang:
+            self.aborted.wait()
+            raise RuntimeError("aborted")
+        return super().predict(inputs, parameters)
+
+    def abort(self) -> None:
+        """Stop a hanging predict call (the registry calls it after predict_timeout)."""
+        with _lock:
+            _aborts[self.name] += 1
+        self.aborted.set()
+
+    def close(self) -> None:
+        """Raise StopIteration if asked to, after dropping the ballast."""
+        super().close()
+        if self.where == "close":
+            next(iter([]))

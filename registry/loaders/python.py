@@ -65,6 +65,12 @@ class ObjectModel:
             raise RuntimeError(f"predict returned {len(outputs)} outputs for {len(inputs)} inputs")
         return outputs
 
+    def abort(self) -> None:
+        """Ask the object to stop a stuck predict, if it can (its own abort())."""
+        abort = getattr(self.model, "abort", None)
+        if callable(abort):
+            abort()
+
     def close(self) -> None:
         """Call the object's close(), if any, and drop it."""
         close = getattr(self.model, "close", None)

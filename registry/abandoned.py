@@ -1,0 +1,66 @@
+"""Threads the registry stopped waiting for, and the bytes they still hold.
+
+A load past `load_timeout`, the load of a model removed from models.yaml, or a predict call
+past `predict_timeout` cannot be stopped from outside: Python has no way to kill a thread.
+The registry stops waiting, records the thread here, and keeps the model's bytes reserved
+until the thread really ends (that memory is real), and starts no new load of that model
+until then. A model that can be stopped (an `abort()` method) is asked to stop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from registry.slot import Slot
+
+
+@dataclass(eq=False)
+class AbandonedThread:
+    """One thread that outlived the wait for it."""
+
+    slot: Slot
+    kind: str  # "load" or "inference"
+    why: str
+    since: float = field(default_factory=time.time)
+
+    def info(self) -> dict[str, Any]:
+        """The public view served by GET /models."""
+        return {
+            "model": self.slot.name,
+            "kind": self.kind,
+            "why": self.why,
+            "since": datetime.fromtimestamp(self.since, UTC).isoformat(timespec="milliseconds"),
+            "retired": self.slot.retired,
+        }
+
+
+class Abandoned:
+    """The set of abandoned threads; each slot counts its own in `slot.abandoned`."""
+
+    def __init__(self) -> None:
+        self._records: set[AbandonedThread] = set()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def add(self, slot: Slot, kind: str, why: str) -> AbandonedThread:
+        """Record a thread the registry no longer waits for."""
+        record = AbandonedThread(slot, kind, why)
+        self._records.add(record)
+        slot.abandoned += 1
+        return record
+
+    def ended(self, record: AbandonedThread) -> bool:
+        """The thread is gone; True if its slot has no other abandoned thread."""
+        if record not in self._records:
+            return False
+        self._records.discard(record)
+        record.slot.abandoned -= 1
+        return record.slot.abandoned == 0
+
+    def info(self) -> list[dict[str, Any]]:
+        """Every abandoned thread, oldest first."""
+        return [r.info() for r in sorted(self._records, key=lambda r: r.since)]

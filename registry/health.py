@@ -1,0 +1,122 @@
+"""A predict call past `predict_timeout`: the request gets 504, the model is marked failed.
+
+Python cannot stop a thread, so the stuck call is left to finish on its own (a model with
+an `abort()` method is asked to stop it). Until it does, the model's bytes stay reserved,
+calls queued behind it get 503 instead of waiting, and no new load of the model starts.
+Once it ends, the model is closed, its bytes are released, and the next request after the
+backoff loads it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from registry.errors import InferenceTimeout, ModelFailed
+from registry.memory import release_memory
+from registry.payload import to_jsonable
+from registry.slot import Slot
+from registry.threads import ModelThread, run_in_thread
+
+if TYPE_CHECKING:
+    from registry.abandoned import AbandonedThread
+    from registry.lifecycle import Lifecycle
+    from registry.loaders import Model
+
+log = logging.getLogger("registry")
+
+
+class Health:
+    """Marks models whose calls got stuck as failed, and cleans up once the calls end."""
+
+    def __init__(self, life: Lifecycle) -> None:
+        self._life = life
+
+    def stuck(
+        self,
+        slot: Slot,
+        model: Model,
+        thread: ModelThread | None,
+        timeout: float,
+        call: concurrent.futures.Future[Any],
+    ) -> BaseException:
+        """The call on `model` ran past `timeout`: mark the model failed; the request's error."""
+        if thread is not None and thread.broken is None:
+            self._mark_failed(slot, model, thread, timeout, call)
+        return InferenceTimeout(slot.name, timeout)
+
+    def _mark_failed(
+        self,
+        slot: Slot,
+        model: Model,
+        thread: ModelThread,
+        timeout: float,
+        call: concurrent.futures.Future[Any],
+    ) -> None:
+        life = self._life
+        why = f"predict timed out after {timeout:g}s (predict_timeout)"
+        thread.broken = functools.partial(self.error, slot)
+        if slot.model is model:
+            slot.model = None
+            slot.thread = None
+            if slot.batcher is not None:
+                slot.batcher.fail_queued(lambda: self.error(slot))
+                slot.batcher = None
+            life.failed(slot, InferenceTimeout(slot.name, timeout), timeout)
+        record = life.abandoned.add(slot, "inference", why)
+        abort = getattr(model, "abort", None)
+        if callable(abort):
+            job = run_in_thread(abort, name=f"abort-{slot.name}")
+            job.add_done_callback(functools.partial(_log_abort, slot.name))
+        loop = asyncio.get_running_loop()
+
+        def ended(_: object) -> None:  # in the model's thread, when the stuck call returns
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the process ends
+                loop.call_soon_threadsafe(self._call_ended, record, model, thread)
+
+        call.add_done_callback(ended)
+        life.notify()
+
+    def error(self, slot: Slot) -> ModelFailed:
+        """What requests for a model with a stuck call get (503, retry after the backoff)."""
+        retry_after = max(1.0, slot.retry_at - time.monotonic())
+        return ModelFailed(
+            slot.name, slot.error or "a call got stuck", retry_after=retry_after, what="is failed"
+        )
+
+    def _call_ended(self, record: AbandonedThread, model: Model, thread: ModelThread) -> None:
+        self._life.spawn(self._bury(record, model, thread), name=f"bury {record.slot.name}")
+
+    async def _bury(self, record: AbandonedThread, model: Model, thread: ModelThread) -> None:
+        try:
+            await run_in_thread(functools.partial(dispose, (model, None)), name="dispose")
+        except Exception:
+            log.exception("error while closing %s after its stuck call", record.slot.name)
+        finally:
+            self._life.pool.retire(thread)
+            self._life.reclaim(record)
+
+
+def _log_abort(name: str, job: asyncio.Future[Any]) -> None:
+    if not job.cancelled() and job.exception() is not None:
+        log.error("abort() of %s raised %r", name, job.exception())
+
+
+def predict_json(model: Model, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
+    """In a worker thread: predict, and make the outputs JSON-safe there too."""
+    return [to_jsonable(out) for out in model.predict(inputs, parameters)]
+
+
+def dispose(result: tuple[Model | None, Any]) -> None:
+    """In a worker thread: close a model and give its memory back."""
+    model = result[0]
+    if model is not None:
+        model.close()
+    del model, result
+    release_memory()
