@@ -8,9 +8,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
+from app.visibility import is_admin, public, redact
 from registry.errors import (
     BadInput,
     ConfigError,
@@ -81,9 +83,22 @@ async def _registry_error(request: Request, exc: Exception) -> JSONResponse:
         extra["known"] = exc.known
     if isinstance(exc, ConfigError):
         extra["problems"] = exc.problems
+    message = exc.message
     if status >= 500 and not isinstance(exc, Unavailable):
-        log.error("%s %s: %s", request.method, request.url.path, exc.message)
-    return error_response(status, exc.kind, exc.message, headers, **extra)
+        log.error("%s %s: %s", request.method, request.url.path, message)
+    if not is_admin(request):  # anonymous callers never see server paths
+        message, extra = redact(message), public(extra)
+        if message != exc.message and status < 500:
+            log.info("%s %s -> %d: %s", request.method, request.url.path, status, exc.message)
+    return error_response(status, exc.kind, message, headers, **extra)
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client hung up while sending its body: nobody reads an answer, nothing ran.
+    log.info(
+        "%s %s: the client disconnected before its body arrived", request.method, request.url.path
+    )
+    return Response(status_code=499)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -119,4 +134,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(HTTPError, _http_error)
     app.add_exception_handler(StarletteHTTPException, _starlette_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)

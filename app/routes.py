@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
@@ -13,13 +14,17 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.datastructures import UploadFile
 
+from app.visibility import is_admin, public
 from registry.errors import BadInput, UnsupportedInput
 from registry.manager import ModelManager
-from registry.payload import ImageRequest, TextRequest
+from registry.payload import ImageRequest, TextRequest, check_numbers
 
 log = logging.getLogger("app")
 T = TypeVar("T")
 TEXT_SHAPE = '{"inputs": "text" | ["text", ...], "parameters": {...}}'
+# What a non-finite or float-overflowing number needs in JSON text: NaN/Infinity, an
+# exponent of 100 or more, or a run of 100 digits.
+_ODD_NUMBER = re.compile(rb"NaN|Infinity|[eE]\+?0*[1-9][0-9]{2}|[0-9]{100}")
 
 
 async def get_manager(request: Request) -> ModelManager:
@@ -48,22 +53,28 @@ async def live() -> dict[str, str]:
 
 
 @router.get("/health/ready")
-async def ready(manager: Manager) -> JSONResponse:
+async def ready(request: Request, manager: Manager) -> JSONResponse:
     """200 once every hot model is loaded; 503 listing what is pending until then."""
     is_ready, detail = manager.readiness()
-    return JSONResponse(detail, status_code=200 if is_ready else 503)
+    return JSONResponse(_view(request, detail), status_code=200 if is_ready else 503)
 
 
 @router.get("/models")
-async def list_models(manager: Manager) -> dict[str, Any]:
-    """Every model's load state, and the memory budget."""
-    return manager.snapshot()
+async def list_models(request: Request, manager: Manager) -> dict[str, Any]:
+    """Every model's load state, and the memory budget (paths only with the admin token)."""
+    view: dict[str, Any] = _view(request, manager.snapshot())
+    return view
 
 
 @router.get("/models/{name}")
-async def get_model(name: str, manager: Manager) -> dict[str, Any]:
-    """One model's load state."""
-    return manager.describe(name)
+async def get_model(name: str, request: Request, manager: Manager) -> dict[str, Any]:
+    """One model's load state (paths only with the admin token)."""
+    view: dict[str, Any] = _view(request, manager.describe(name))
+    return view
+
+
+def _view(request: Request, detail: dict[str, Any]) -> Any:
+    return detail if is_admin(request) else public(detail)
 
 
 @router.post("/models/{name}/predict")
@@ -146,10 +157,11 @@ def _form_parameters(raw: object) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(str(raw))
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         value = None
     if not isinstance(value, dict):
         raise BadInput("form field 'parameters' must be a JSON object, e.g. {\"top_k\": 3}")
+    check_numbers(value, "parameters")
     return value
 
 
@@ -162,6 +174,9 @@ async def _read_json(request: Request) -> TextRequest:
     except ValidationError as exc:
         problems = "; ".join(_problem(e) for e in exc.errors())
         raise BadInput(f"expected JSON {TEXT_SHAPE}: {problems}") from None
+    if _ODD_NUMBER.search(raw):  # a cheap scan, so that plain bodies are not walked
+        check_numbers(body.inputs, "inputs")
+        check_numbers(body.parameters, "parameters")
     return TextRequest(inputs=body.inputs, parameters=body.parameters)
 
 

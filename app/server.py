@@ -22,6 +22,7 @@ from types import FrameType
 
 import uvicorn
 
+from app.http_limits import limited_protocol
 from app.main import create_app
 from registry.config import Config
 
@@ -87,8 +88,12 @@ def run_server(config: Config, host: str, port: int, *, access_log: bool = True)
         if manager is not None and server.loop is not None:
             server.loop.call_soon_threadsafe(manager.begin_shutdown)
 
+    settings = config.server
+    http, http_options = limited_protocol(settings.max_header_size, settings.max_headers)
     server_config = uvicorn.Config(
         app,
+        http=http,
+        **http_options,
         host=host,
         port=port,
         log_config=None,

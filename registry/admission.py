@@ -18,10 +18,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from registry.blame import model_error
 from registry.errors import (
     BadInput,
     CapacityExceeded,
-    InferenceError,
     InferenceTimeout,
     LoadPending,
     ModelFailed,
@@ -34,14 +34,12 @@ from registry.errors import (
     WorkerDied,
 )
 from registry.lifecycle import Lifecycle
-from registry.payload import ImageRequest, PredictRequest, decode_image, image_pixels
+from registry.payload import ImageRequest, PredictRequest, decode_image
 from registry.slot import Slot, State
 from registry.threads import InferencePool
 from registry.worker_slots import after_request, worker_lost
 
 log = logging.getLogger("registry")
-# Images up to this size are decoded on the event loop: a pool hop costs more than that.
-INLINE_DECODE_PIXELS = 256 * 256
 
 
 class Admission:
@@ -78,18 +76,13 @@ class Admission:
         except asyncio.CancelledError:
             self._withdraw(slot, future)
             raise
-        except (ValueError, TypeError, KeyError, IndexError) as exc:
-            raise BadInput(f"model {slot.name!r} rejected the input: {exc}") from exc
         except (WorkerDied, InferenceTimeout) as exc:
             worker_lost(self._life, slot, exc)  # a process model's worker died or was killed
             raise
         except RegistryError:
             raise
-        except Exception as exc:
-            log.exception("inference failed on %s", slot.name)
-            raise InferenceError(
-                f"model {slot.name!r} failed: {type(exc).__name__}: {exc}"
-            ) from exc
+        except Exception as exc:  # the input's fault (4xx) or the model's (5xx, logged)
+            raise model_error(slot.name, exc, request.parameters) from exc
         elapsed = time.monotonic() - started
         previous = slot.infer_seconds
         slot.infer_seconds = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
@@ -106,9 +99,7 @@ class Admission:
                     f"model {slot.name!r} ({what}) takes {takes}: POST application/json "
                     '{"inputs": ...}, not a file upload'
                 )
-            if image_pixels(request.data) <= INLINE_DECODE_PIXELS:
-                return [decode_image(request.data)]  # well under a millisecond
-            return [await self._pool.submit(decode_image, request.data)]
+            return [await self._pool.submit(decode_image, request.data)]  # never on the loop
         if kind == "image":
             raise UnsupportedInput(
                 f"model {slot.name!r} ({what}) takes an image: POST multipart/form-data "

@@ -24,7 +24,7 @@ from pydantic import (
 )
 
 from registry.errors import ConfigError
-from registry.units import format_bytes, parse_duration, parse_size
+from registry.units import parse_duration, parse_size
 
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
@@ -51,6 +51,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOADER_PATTERN = re.compile(r"^(fake|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 ADMIN_TOKEN_ENV = "MODEL_REGISTRY_ADMIN_TOKEN"
+MAX_DEPTH = 64  # nesting levels in models.yaml (options included)
 
 
 class _Strict(BaseModel):
@@ -79,6 +80,8 @@ class ServerSettings(_Strict):
     memory_budget: ByteSize = Field(default_factory=lambda: parse_size("50%"), gt=0)
     preload: Literal["background", "wait"] = "background"
     max_upload_size: ByteSize = Field(default=10 * 1000**2, gt=0)
+    max_header_size: ByteSize = Field(default=64 * 1024, ge=1024)  # request line + headers
+    max_headers: int = Field(default=100, ge=1)
     max_inputs: int = Field(default=256, ge=1)
     request_timeout: Duration = Field(default=30.0, gt=0)
     capacity_wait: Duration = Field(default=10.0, ge=0)
@@ -254,6 +257,8 @@ def parse_config(text: str, path: Path) -> Config:
         raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise ConfigError(where, [_yaml_problem(exc)]) from None
+    except RecursionError:  # a backstop: the loader bounds nesting well below the limit
+        raise ConfigError(where, [f"YAML nests deeper than {MAX_DEPTH} levels"]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -285,42 +290,32 @@ def load_config(path: str | Path, *, check_sizes: bool = True) -> Config:
 
 
 def check_config(config: Config) -> None:
-    """Checks that need the files: sources resolve, sizes fit the budget, pins fit together."""
-    from registry.memory import estimate_bytes
+    """Checks that need the files: sources exist, sizes fit the budget, pins fit together."""
+    from registry.config_checks import check_files
 
-    budget = config.server.memory_budget
-    problems: list[str] = []
-    kept_total = 0  # pinned and hot models must all fit at once
-    for name, spec in config.models.items():
-        try:
-            source = config.source_of(name)
-        except ValueError as exc:
-            problems.append(f"model {name!r}, field 'source': {exc}")
-            continue
-        try:
-            estimate = estimate_bytes(spec, source)
-        except ValueError as exc:
-            problems.append(f"model {name!r}, field 'options': {exc}")
-            continue
-        if estimate is not None and estimate > budget:
-            problems.append(
-                f"model {name!r}: needs about {format_bytes(estimate)}, more than the whole "
-                f"server.memory_budget of {format_bytes(budget)}"
-            )
-        if spec.pinned or spec.hot:
-            kept_total += estimate or 0
-    if kept_total > budget:
-        problems.append(
-            f"pinned and hot models need {format_bytes(kept_total)} together, more than "
-            f"server.memory_budget ({format_bytes(budget)}); unpin some, make some lazy, "
-            "or raise the budget"
-        )
-    if problems:
-        raise ConfigError(str(config.path), problems)
+    check_files(config)
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects duplicate keys (YAML silently keeps the last one)."""
+    """A SafeLoader that rejects duplicate keys and nesting deeper than MAX_DEPTH."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        # The composer recurses once per level: a file of 5,000 nested lists would end in
+        # RecursionError instead of a config error.
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"lists or mappings nest deeper than {MAX_DEPTH} levels; flatten the data",
+                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()

@@ -90,12 +90,22 @@ def estimate_bytes(spec: ModelSpec, source: Source | None) -> int | None:
         from registry.loaders.fake import fake_size
 
         return fake_size(spec.options)
-    if source is None or source.path is None or not source.path.is_dir():
+    if source is None:
+        return None
+    directory = source.path
+    if source.repo is not None:  # the snapshot in the local Hugging Face cache
+        from registry.hfcache import snapshot_dir
+
+        try:
+            directory = snapshot_dir(source.repo, source.revision)
+        except LookupError:
+            return None  # reported by the config check, and by the load
+    if directory is None or not directory.is_dir():
         return None
     try:
-        return _weights_estimate(source.path, spec.dtype)
+        return _weights_estimate(directory, spec.dtype)
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        log.debug("cannot estimate the size of %s: %s", source.path, exc)
+        log.debug("cannot estimate the size of %s: %s", directory, exc)
         return None
 
 

@@ -8,7 +8,15 @@ from dataclasses import dataclass, field
 from registry.config import Config
 
 # Server settings that are read once at start; a change needs a restart.
-RESTART_SETTINGS = ("host", "port", "inference_workers", "torch_threads", "watch")
+RESTART_SETTINGS = (
+    "host",
+    "port",
+    "inference_workers",
+    "torch_threads",
+    "watch",
+    "max_header_size",
+    "max_headers",
+)
 
 
 @dataclass

@@ -42,5 +42,5 @@ async def watch(
         last = current
         try:
             await changed()
-        except Exception:  # the callback reports its own errors; keep watching
-            log.debug("reload after an edit of %s failed", path, exc_info=True)
+        except Exception:  # config errors are reported by the callback; this is a bug
+            log.exception("reload after an edit of %s failed", path)

@@ -42,6 +42,7 @@ def builders_fixture() -> ModuleType:
 def config_path(tmp_path: Path, model_store: Path) -> Path:
     corrupt = tmp_path / "corrupt-model"
     corrupt.mkdir()
+    (tmp_path / "no-such-model").mkdir()  # exists for validation; removed once the app is up
     (corrupt / "config.json").write_text('{"model_type": "bert", "num_labels": ')
     (corrupt / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00garbage!")
     path = tmp_path / "models.yaml"
@@ -80,7 +81,9 @@ models:
 
 @pytest.fixture
 def client(config_path: Path) -> Iterator[TestClient]:
-    with TestClient(create_app(config_path)) as test_client:
+    app = create_app(config_path)
+    (config_path.parent / "no-such-model").rmdir()  # the files vanish after validation
+    with TestClient(app) as test_client:
         yield test_client
 
 

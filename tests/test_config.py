@@ -54,6 +54,7 @@ models:
       size: 1MiB
       labels: [a, b]
 """
+    (tmp_path / "digits").mkdir()  # a source must exist
     config = write_config(text)
 
     assert config.path == tmp_path / "models.yaml"
@@ -357,7 +358,8 @@ def test_non_utf8_file(tmp_path: Path) -> None:
         ("task: image-classification\n    source: ./x\n    input: json", "json"),
     ],
 )
-def test_input_kind(write_config: WriteConfig, model: str, kind: str) -> None:
+def test_input_kind(write_config: WriteConfig, tmp_path: Path, model: str, kind: str) -> None:
+    (tmp_path / "x").mkdir()  # a source must exist
     config = write_config(f"models:\n  a:\n    {model}\n")
     assert config.models["a"].input_kind == kind
 

@@ -34,6 +34,8 @@ def test_relative_source_resolves_against_the_yaml_directory(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
+    (conf / "weights" / "a").mkdir(parents=True)  # sources must exist
+    (tmp_path / "shared" / "b").mkdir(parents=True)
 
     config = load_config(conf / "models.yaml")
 
@@ -50,6 +52,7 @@ def test_relative_config_path_is_made_absolute(
         "models:\n  a:\n    task: text-classification\n    source: weights\n"
     )
     monkeypatch.chdir(tmp_path)
+    (conf / "weights").mkdir()
     config = load_config("conf/models.yaml")
     assert config.path == conf / "models.yaml"
     assert config.source_of("a") == Source(path=conf / "weights")

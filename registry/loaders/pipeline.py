@@ -6,7 +6,10 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from registry.errors import BadInput
+from registry.hfcache import snapshot_dir
 from registry.loaders import LoadContext
+from registry.loaders.pipeline_params import check_parameters, checks_for, model_limits
 from registry.loaders.torch_setup import prepare_torch, resolve_device
 
 # Pipeline call arguments the server owns; a request may not override them.
@@ -30,13 +33,15 @@ class PipelineModel:
         self._defaults = {"truncation": True} if task in _TRUNCATING else {}
         self._single_fast = task in _SINGLE_FAST and hasattr(pipe, "run_single")
         self.module = pipe.model  # what memory.measure_bytes counts
+        self._checks = checks_for(model_limits(pipe))
         self._lock = threading.Lock()
 
     def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
         """Run the pipeline over `inputs` as one batch."""
         reserved = _RESERVED & set(parameters)
         if reserved:
-            raise ValueError(f"parameters {sorted(reserved)} are set by the server")
+            raise BadInput(f"parameters {sorted(reserved)} are set by the server")
+        check_parameters(parameters, self._checks)
         with self._lock:
             if self._pipe is None:
                 raise RuntimeError("the model was unloaded")
@@ -74,21 +79,24 @@ def load(ctx: LoadContext) -> PipelineModel:
     spec = ctx.spec
     source = ctx.source
     assert source is not None  # config validation requires a source for a task
-    if source.path is not None and not source.path.exists():
-        raise FileNotFoundError(f"model directory {source.path} does not exist")
+    path = source.path
+    if source.repo is not None:
+        # The cached snapshot, as a plain directory: pipeline() passes its local_files_only
+        # on to the pipeline class, which refuses it, and a directory never downloads.
+        path = snapshot_dir(source.repo, source.revision)
+    assert path is not None
+    if not path.exists():
+        raise FileNotFoundError(f"model directory {path} does not exist")
     model_kwargs: dict[str, Any] = {}
     if not spec.allow_pickle:
         model_kwargs["use_safetensors"] = True
-    if source.repo is not None:
-        model_kwargs["local_files_only"] = True
     kwargs: dict[str, Any] = dict(ctx.options)
     kwargs.setdefault("model_kwargs", {}).update(model_kwargs)
     if spec.dtype is not None:
         kwargs["dtype"] = spec.dtype
     pipe = pipeline(
         task=spec.task,
-        model=source.repo if source.repo is not None else str(source.path),
-        revision=source.revision,
+        model=str(path),
         device=resolve_device(spec.device),
         trust_remote_code=spec.trust_remote_code,
         **kwargs,
