@@ -23,6 +23,7 @@ from registry.errors import (
     Unavailable,
     UnknownModel,
     UnsupportedInput,
+    WorkerDied,
 )
 
 log = logging.getLogger("app")
@@ -36,6 +37,7 @@ _STATUS: list[tuple[type[RegistryError], int]] = [
     (Unavailable, 503),
     (ModelTooLarge, 507),
     (InferenceTimeout, 504),
+    (WorkerDied, 502),  # the front is fine; its upstream (the worker) failed
     (InferenceError, 500),
 ]
 

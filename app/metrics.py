@@ -137,6 +137,12 @@ class RegistryCollector(Collector):
         served = CounterMetricFamily(
             P + "served", "Requests served by the current version", labels=["model"]
         )
+        recycles = CounterMetricFamily(
+            P + "worker_recycles", "Leaking workers recycled", labels=["model"]
+        )
+        deaths = CounterMetricFamily(
+            P + "worker_deaths", "Workers that died or were killed", labels=["model"]
+        )
         models = snapshot["models"]
         assert isinstance(models, list)
         for entry in models:
@@ -153,7 +159,10 @@ class RegistryCollector(Collector):
             served.add_metric([name], entry["served"])
             if entry["eviction_priority"] is not None:
                 priority.add_metric([name], entry["eviction_priority"])
+            recycles.add_metric([name], entry["recycles"])
+            deaths.add_metric([name], entry["worker_deaths"])
         yield from (state, size, measured, held, in_flight, queued, served, priority)
+        yield from (recycles, deaths)
 
     def _stats(self, snapshot: dict[str, object]) -> Iterator[Metric]:
         models = snapshot["models"]

@@ -31,12 +31,14 @@ from registry.errors import (
     ShuttingDown,
     UnknownModel,
     UnsupportedInput,
+    WorkerDied,
 )
 from registry.lifecycle import Lifecycle
 from registry.payload import ImageRequest, PredictRequest, decode_image
 from registry.slot import Slot, State
 from registry.stats import Timing
 from registry.threads import InferencePool
+from registry.worker_slots import after_request, worker_lost
 
 log = logging.getLogger("registry")
 
@@ -107,6 +109,9 @@ class Admission:
             outputs = await self._life.drain.answer(future)
         except asyncio.CancelledError:
             self._withdraw(slot, future)
+            raise
+        except (WorkerDied, InferenceTimeout) as exc:
+            worker_lost(self._life, slot, exc)  # a process model's worker died or was killed
             raise
         except RegistryError:
             raise
@@ -274,5 +279,6 @@ class Admission:
         life.budget.touch(slot)
         if slot.retired or slot.unload_requested:
             life.unload_when_idle(slot)
+        after_request(life, slot)
         life.enforce_limit()
         life.notify()

@@ -99,6 +99,11 @@ class ServerSettings(_Strict):
     admin_token: SecretStr | None = None  # prefer the environment variable: files leak
     watch: bool = True
     watch_interval: Duration = Field(default=0.5, gt=0)
+    # Where models run unless their entry says: auto = a worker process for custom loaders
+    # and models of PROCESS_FROM bytes or more, the server's own process for the rest.
+    isolation: Literal["auto", "thread", "process"] = "auto"
+    # A worker whose private memory grows past its reservation by this fraction is recycled.
+    worker_memory_margin: float = Field(default=0.5, ge=0)
 
 
 class ModelSpec(_Strict):
@@ -115,6 +120,7 @@ class ModelSpec(_Strict):
     idle_ttl: Duration | None = None
     load_timeout: Duration | None = Field(default=None, gt=0)
     predict_timeout: Duration | None = Field(default=None, gt=0)
+    isolation: Literal["thread", "process"] | None = None
     max_queue: int | None = Field(default=None, ge=1)
     batch: BatchSpec | None = None
     device: str = "cpu"
@@ -165,6 +171,7 @@ class ModelSpec(_Strict):
                 "dtype",
                 "trust_remote_code",
                 "allow_pickle",
+                "isolation",
                 "options",
             }
         )

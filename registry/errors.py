@@ -7,7 +7,8 @@
     │   └── UnsupportedInput     the input is the wrong kind (an image for a text model, ...)
     ├── ModelTooLarge            a model is bigger than the whole memory budget
     ├── InferenceError           the model raised while predicting
-    │   └── InferenceTimeout     predict ran past predict_timeout (the model is marked failed)
+    │   ├── InferenceTimeout     predict ran past predict_timeout (the model is marked failed)
+    │   └── WorkerDied           a process model's worker died (signal or exit code)
     └── Unavailable              try again later; carries `retry_after` seconds
         ├── ModelFailed          its last load failed; retried after a backoff
         ├── LoadPending          still loading after the request's wait
@@ -106,6 +107,21 @@ class InferenceTimeout(InferenceError):
         super().__init__(
             f"model {name!r} did not answer within {seconds:g}s (predict_timeout); it is marked "
             "failed and reloads after its backoff once the stuck call ends"
+        )
+
+
+class WorkerDied(InferenceError):
+    """A process model's worker process died; `how` says how (signal name or exit code)."""
+
+    kind = "worker_died"
+
+    def __init__(self, name: str, pid: int | None, how: str, *, during: str = "inference") -> None:
+        self.name = name
+        self.pid = pid
+        self.how = how
+        super().__init__(
+            f"model {name!r}: its worker process (pid {pid}) died during {during}: {how}; "
+            "the model is marked failed and reloads on a later request"
         )
 
 

@@ -38,6 +38,7 @@ class UnloadReason(enum.StrEnum):
     RELOAD = "reload"  # removed from, or replaced in, models.yaml
     BUDGET = "budget"  # the memory budget was lowered below what is held
     SHUTDOWN = "shutdown"
+    RECYCLE = "recycle"  # a process model's worker outgrew its reservation: a fresh one loads
 
     @property
     def eviction(self) -> bool:

@@ -44,6 +44,7 @@ from registry.slot import Slot, State
 from registry.stats import Stats, Timing
 from registry.threads import InferencePool, ModelThread, run_in_thread
 from registry.units import format_bytes, format_duration
+from registry.workers import KILL_GRACE, isolation_of, load_in_worker
 
 log = logging.getLogger("registry")
 
@@ -153,7 +154,10 @@ class Lifecycle:
                     self.budget.release(slot)
                     raise asyncio.CancelledError
                 started = time.monotonic()
-                model, measured_size = await self._run_loader(slot, timeout)
+                slot.isolation = isolation_of(slot.spec, slot.estimate, self.settings)
+                # A worker times its own load and is killed at load_timeout: wait for that.
+                outer = timeout + (KILL_GRACE * 3 if slot.isolation == "process" else 0)
+                model, measured_size = await self._run_loader(slot, outer)
                 loaded = True
                 seconds = time.monotonic() - started
                 size = measured_size if measured_size is not None else need
@@ -231,7 +235,12 @@ class Lifecycle:
         self.notify()
 
     def _load_blocking(self, slot: Slot) -> tuple[Model, int | None]:
-        model = load_model(LoadContext(slot.name, slot.spec, slot.source, self.base_dir))
+        ctx = LoadContext(slot.name, slot.spec, slot.source, self.base_dir)
+        if slot.isolation == "process":
+            limit = slot.spec.load_timeout or self.settings.load_timeout
+            worker = load_in_worker(ctx, self.settings, load_timeout=limit)
+            return worker, worker.size_bytes
+        model = load_model(ctx)
         measured = measure_bytes(model)
         # A load creates ~100k long-lived objects; automatic full collections walking them
         # pause every thread for 20-120 ms. Freeze them; compact() collects when idle.

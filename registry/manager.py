@@ -17,6 +17,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from registry import workers
 from registry.admission import Admission
 from registry.config import Config, ModelSpec, load_config
 from registry.errors import (
@@ -72,6 +73,11 @@ class ModelManager:
             if slot.spec.hot:
                 self._life.start_load(slot)
         self._life.spawn(self._reap(), name="reaper")
+        config = self.config  # process models: start the forkserver's imports now, aside
+        run_in_thread(
+            functools.partial(workers.warm_for, config.models, config.server, config.base_dir),
+            name="forkserver",
+        )
         if self.config.server.watch:
             path, interval = self.config.path, self.config.server.watch_interval
             since = stamp(path)  # now, not when the task first runs
@@ -158,6 +164,7 @@ class ModelManager:
             if stuck:
                 log.error("shutdown: gave up waiting for %d unload(s)", len(stuck))
         self._pool.shutdown()
+        await run_in_thread(workers.stop_all, name="stop-workers")  # any left by a hung call
         gc.unfreeze()
         release_memory(full=True)
         self._closed = True

@@ -57,6 +57,9 @@ class Slot:
     batcher: Batcher | None = None
     thread: ModelThread | None = None  # the model's inference thread while loaded
     infer_seconds: float | None = None  # moving average of one inference call
+    isolation: str | None = None  # where the last load ran: "thread" or "process"
+    recycles: int = 0  # process model: workers recycled for growing past their reservation
+    worker_deaths: int = 0  # process model: workers that died or were killed
     abandoned: int = 0  # threads of this model still running after it stopped waiting for them
     failure: BaseException | None = None  # what the last failed load (or stuck call) raised
     served_at_load: int = 0  # `served` when the current load finished
@@ -102,7 +105,20 @@ class Slot:
             "batches": None if self.batcher is None else self.batcher.stats(),
             "idle_ttl": spec.idle_ttl,
             "description": spec.description,
+            **self._worker_info(),
         }
+
+    def _worker_info(self) -> dict[str, Any]:
+        """Isolation fields (a process model adds its worker's pid and memory)."""
+        info: dict[str, Any] = {
+            "isolation": self.isolation or self.spec.isolation,
+            "recycles": self.recycles,
+            "worker_deaths": self.worker_deaths,
+        }
+        worker = getattr(self.model, "info", None)
+        if callable(worker):
+            info.update(worker())
+        return info
 
 
 def _iso(timestamp: float | None) -> str | None:

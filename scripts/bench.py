@@ -38,6 +38,7 @@ import bench_ray
 import bench_scenarios
 import bench_serving
 import bench_trace
+import bench_workers
 from bench_common import CLI, QUIET, REPO, STORE, progress
 from bench_http import Inputs
 from bench_report import Row, kept_analysis, machine, markdown, max_others, text_table
@@ -57,6 +58,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {  # name -> (function, needs wrk)
     "ray": (bench_ray.ray_scale, False),
     "trace": (bench_trace.trace, False),
     "observe": (bench_observe.observe, False),
+    "workers": (bench_workers.workers, True),
 }
 ALIASES = {"cold-load": "cold", "warm-latency": "warm", "batching": "throughput"}
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from support import running, wait_until
 
-from registry.config import load_config
+from registry.config import ModelSpec, load_config
 from registry.errors import ConfigError, ModelFailed, QueueFull, UnknownModel
 from registry.loaders import fake
 from registry.manager import ModelManager
@@ -89,9 +89,7 @@ async def test_an_invalid_edit_changes_nothing_and_is_reported(tmp_path: Path) -
         assert states(manager) == before
         assert snapshot["config_error"]["problems"] == [
             "model 'swap', field 'hott': unknown key; did you mean 'hot'? allowed keys: "
-            "allow_pickle, batch, description, device, dtype, hot, idle_ttl, input, "
-            "load_timeout, loader, max_queue, options, pinned, predict_timeout, size_hint, source, "
-            "task, trust_remote_code"
+            + ", ".join(sorted(ModelSpec.model_fields))
         ]
         assert str(path) in snapshot["config_error"]["message"]
         assert manager.readiness()[0] is True
@@ -297,7 +295,7 @@ async def test_a_loader_that_calls_sys_exit_fails_alone(tmp_path: Path) -> None:
     path.write_text(
         "server: {watch: false}\n"
         "models:\n"
-        "  exits: {loader: 'exiting_loader:load'}\n"
+        "  exits: {loader: 'exiting_loader:load', isolation: thread}\n"
         "  fine: {loader: fake}\n"
     )
     async with manager_for(path) as manager:

@@ -11,6 +11,13 @@
   predict_gate: "name"  each predict call waits for `open_gate(name)` first
   reject: "bad"        an input equal to this raises ValueError (one input fails, not its batch)
 
+Worker-process faults (for `isolation: process`; in a thread model they would hit the server):
+  crash: SIGSEGV       die by this signal (or "exit:3": os._exit(3)) ...
+  crash_in: predict    ... in `load` or in `predict` (the default)
+  crash_on: "boom"     ... only for a predict call with this input (default: every call)
+  hang_on: "zzz"       a predict call with this input blocks for ever (`*` : every call)
+  leak: 20MB           each predict call keeps this many more bytes, written (so resident)
+
 Life-cycle fault modes (model code that misbehaves):
   stop_iteration: where  "load", "predict" or "close" raises StopIteration there
   predict_hang: true     each predict call blocks until abort() is called (or for ever)
@@ -18,7 +25,11 @@ Life-cycle fault modes (model code that misbehaves):
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import resource
+import signal
 import threading
 import time
 from collections import defaultdict
@@ -81,11 +92,13 @@ class FakeModel:
         self.calls = 0
         self.batch_sizes: list[int] = []
         self._ballast = bytearray(self.size_bytes) if options.get("allocate") else None
+        self.faults = WorkerFaults(options)
 
     def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
         """One {label, score} per input; `parameters` are echoed back."""
         if self.reject is not None and any(item == self.reject for item in inputs):
             raise ValueError(f"fake model {self.name!r} rejects the input {self.reject!r}")
+        self.faults.on_predict(inputs)
         self.calls += 1
         self.batch_sizes.append(len(inputs))
         if self.predict_gate is not None:
@@ -122,6 +135,8 @@ def load(ctx: LoadContext) -> FakeModel:
         (gate or threading.Event()).wait()
     elif gate is not None:
         gate.wait()
+    if options.get("crash_in") == "load" and "crash" in options:
+        crash(str(options["crash"]))
     delay = float(options.get("load_seconds", 0.0))
     if delay:
         time.sleep(delay)
@@ -132,6 +147,41 @@ def load(ctx: LoadContext) -> FakeModel:
     if "stop_iteration" in options or options.get("predict_hang"):
         return MisbehavingModel(ctx.name, options)
     return FakeModel(ctx.name, options)
+
+
+# ---------------------------------------------------------------- worker-process faults
+
+
+def crash(how: str) -> None:
+    """Die now: `exit:N` calls os._exit(N); a signal name (SIGSEGV, SIGKILL) kills us with it."""
+    if how.startswith("exit:"):
+        os._exit(int(how.removeprefix("exit:")))
+    with contextlib.suppress(ValueError, OSError):  # no core file for a deliberate crash
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    os.kill(os.getpid(), signal.Signals[how])
+    time.sleep(10)  # a signal that does not kill (SIGUSR1 caught...) must still end us
+    os._exit(70)
+
+
+class WorkerFaults:
+    """The crash, hang and leak options of a fake model (meant for worker processes)."""
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        crash_in = options.get("crash_in", "predict")
+        self.crash = str(options["crash"]) if "crash" in options and crash_in == "predict" else None
+        self.crash_on = options.get("crash_on")
+        self.hang_on = options.get("hang_on")
+        self.leak = parse_size(options.get("leak", 0))
+        self.leaked: list[bytearray] = []
+
+    def on_predict(self, inputs: Sequence[Any]) -> None:
+        """Crash, hang or leak as configured."""
+        if self.crash is not None and (self.crash_on is None or self.crash_on in inputs):
+            crash(self.crash)
+        if self.hang_on is not None and (self.hang_on == "*" or self.hang_on in inputs):
+            threading.Event().wait()
+        if self.leak:
+            self.leaked.append(bytearray(b"\x01") * self.leak)  # written: resident, private
 
 
 # ----------------------------------------------------------------- life-cycle fault modes

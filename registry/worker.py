@@ -1,0 +1,141 @@
+"""The loop inside a model's worker process: load once, then answer calls over a pipe.
+
+The parent side (starting, timing, killing, measuring) is registry/workers.py. Messages:
+
+    parent -> worker   ("predict", inputs, parameters) | ("close",)
+    worker -> parent   ("loaded", param_bytes, memory) | ("ok", outputs, memory)
+                       | ("raise", exception) | ("closed",)
+
+`memory` is the worker's own /proc/self/smaps_rollup figures, measured after the previous
+reply was sent (off the request's path) and at most every MEASURE_EVERY seconds.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import ctypes
+import gc
+import os
+import pickle
+import signal
+import sys
+import time
+from multiprocessing.connection import Connection
+from typing import Any
+
+from registry.errors import RegistryError
+
+MEASURE_EVERY = 0.2  # seconds between two smaps_rollup reads in a busy worker
+_PR_SET_PDEATHSIG = 1
+
+
+def smaps_rollup(pid: int | str = "self") -> dict[str, int]:
+    """Rss, Pss, Private_Clean, Private_Dirty... of a process, in bytes ({} if unreadable)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            text = f.read().decode()
+    except OSError:
+        return {}
+    out: dict[str, int] = {}
+    for line in text.splitlines()[1:]:
+        key, _, rest = line.partition(":")
+        parts = rest.split()
+        if len(parts) == 2 and parts[1] == "kB":
+            out[key] = int(parts[0]) * 1024
+    return out
+
+
+def memory_figures(pid: int | str = "self") -> dict[str, int]:
+    """private (Private_Dirty), uss (Private_Clean + Private_Dirty) and pss, in bytes."""
+    rollup = smaps_rollup(pid)
+    if not rollup:
+        return {}
+    dirty = rollup.get("Private_Dirty", 0)
+    return {
+        "private": dirty,
+        "uss": dirty + rollup.get("Private_Clean", 0),
+        "pss": rollup.get("Pss", 0),
+        "rss": rollup.get("Rss", 0),
+    }
+
+
+def _die_with_parent(parent: int) -> None:
+    """Get SIGKILL when the forkserver (our parent) exits; it exits when the server does."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+    # The forkserver exits when every holder of its "alive" pipe's write end has closed it;
+    # workers inherit that end, and a hung one would keep the forkserver (and so itself)
+    # alive after the server died. Only the server needs to hold it.
+    import multiprocessing.forkserver as forkserver
+
+    server = forkserver._forkserver
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+        setattr(server, "_forkserver_alive_fd", None)  # noqa: B010 (private attribute)
+    # Ctrl-C in a terminal reaches the whole process group: the server drains and closes us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def portable(exc: BaseException) -> BaseException:
+    """The exception itself if the parent can unpickle it, else a RuntimeError naming it."""
+    cls = type(exc)
+    known = cls.__module__ == "builtins" or isinstance(exc, RegistryError)
+    if known and isinstance(exc, Exception):
+        with contextlib.suppress(Exception):
+            pickle.loads(pickle.dumps(exc))
+            return exc
+    if cls.__module__ == "builtins" and isinstance(exc, Exception):
+        return getattr(builtins, cls.__name__)(str(exc))  # type: ignore[no-any-return]
+    if not isinstance(exc, Exception):  # SystemExit from user code: the worker survives it
+        return RuntimeError(f"{cls.__name__}({exc}) raised in the model's worker process")
+    return RuntimeError(f"{cls.__name__}: {exc}")
+
+
+def main(conn: Connection, ctx: Any, torch_threads: int | None, parent: int) -> None:
+    """The worker's entry point (a multiprocessing target; `ctx` is a LoadContext)."""
+    # The objects inherited from the forkserver (torch, transformers) stay out of every
+    # collection: walking them would touch, and so copy, their pages in every worker.
+    gc.freeze()
+    _die_with_parent(parent)
+    from registry.loaders import load_model
+    from registry.loaders.torch_setup import configure
+    from registry.memory import measure_bytes
+    from registry.payload import to_jsonable
+
+    configure(torch_threads)
+    try:
+        model = load_model(ctx)
+        param_bytes = measure_bytes(model)
+    except BaseException as exc:  # SystemExit from user code included
+        conn.send(("raise", portable(exc)))
+        return
+    conn.send(("loaded", param_bytes, memory_figures()))
+    memory: dict[str, int] = {}
+    measured = time.monotonic()
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the server is gone
+            os._exit(0)
+        if message[0] == "close":
+            model.close()
+            conn.send(("closed",))
+            return
+        _, inputs, parameters = message
+        try:
+            outputs = [to_jsonable(out) for out in model.predict(inputs, parameters)]
+        except BaseException as exc:
+            conn.send(("raise", portable(exc)))
+        else:
+            conn.send(("ok", outputs, memory))
+        now = time.monotonic()
+        if now - measured >= MEASURE_EVERY or not memory:
+            memory = memory_figures()
+            measured = now
