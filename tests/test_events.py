@@ -79,7 +79,7 @@ async def test_close_ends_every_subscription_and_later_ones_at_once() -> None:
 
 async def test_the_manager_emits_each_state_change_with_its_reason(write_config) -> None:
     config = write_config(
-        "server: {memory_budget: 100MB, watch: false, idle_ttl: 0}\n"
+        "server: {memory_budget: 100MB, watch: false, idle_ttl: 0, eviction: lru}\n"
         "models:\n"
         "  a: {loader: fake, options: {size: 60MB}}\n"
         "  b: {loader: fake, options: {size: 60MB}}\n"

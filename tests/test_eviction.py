@@ -45,7 +45,11 @@ async def test_a_big_load_evicts_only_what_it_needs(write_config, caplog) -> Non
             "minilm": "unloaded",
             "big": "loaded",
         }
-    evictions = [r.getMessage() for r in caplog.records if r.getMessage().startswith("evicted")]
+    evictions = [  # the registry's own lines (registry.events logs each event once more)
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "registry" and r.getMessage().startswith("evicted")
+    ]
     assert len(evictions) == 1
     assert evictions[0].startswith("evicted minilm (")
     assert evictions[0].endswith("LRU, 3rd oldest of 3 idle) to fit big")
@@ -135,6 +139,10 @@ async def test_the_policy_chooses_the_victim(
         await manager.predict("new", TextRequest("x"))
         assert states(manager)[victim] == "unloaded"
         assert manager.describe(victim)["eviction_priority"] is None
-    line = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("evicted"))
+    line = next(
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "registry" and r.getMessage().startswith("evicted")
+    )
     why = "cost priority " if policy == "cost" else "LRU, oldest of 2 idle"
     assert line.startswith(f"evicted {victim} (") and why in line and line.endswith("to fit new")

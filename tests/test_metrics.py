@@ -14,7 +14,7 @@ from app.main import create_app
 
 TOKEN = "metrics-token"
 CONFIG = """\
-server: {memory_budget: 100MB, watch: false}
+server: {memory_budget: 100MB, watch: false, eviction: lru}
 models:
   a: {loader: fake, options: {size: 60MB, load_seconds: 0.05, reject: bad}}
   b: {loader: fake, options: {size: 60MB}}
