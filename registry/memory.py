@@ -194,7 +194,8 @@ def release_memory(*, full: bool = False) -> int:
             before = rss_bytes()
             ctypes.CDLL("libc.so.6").malloc_trim(0)
             given_back = max(0, before - rss_bytes())
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
+    # torch may be half-imported: a load thread that is importing it when shutdown begins.
+    cuda = getattr(sys.modules.get("torch"), "cuda", None)
+    if cuda is not None and getattr(cuda, "is_initialized", bool)():
+        cuda.empty_cache()
     return given_back

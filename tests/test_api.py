@@ -64,6 +64,7 @@ models:
   iris:
     loader: registry.demo.iris:load
     source: {model_store}/iris-mlp
+    isolation: thread  # the HTTP contract; process models have tests/test_workers*.py
     input: json
   echo:
     loader: fake
