@@ -36,10 +36,15 @@ def merge_snapshots(
         )
         for name, entry in blank.items():
             _merge_model(models, rid, report["models"].get(name, entry))
+    restoring = any(reports[rid].get("budget_state") == "restoring" for rid in replicas)
     return {
         "budget_bytes": sum(r["budget_bytes"] for r in per_replica),
         "used_bytes": sum(r["used_bytes"] for r in per_replica),
+        "reserved_bytes": sum(reports[rid].get("reserved_bytes", 0) for rid in replicas),
         "peak_used_bytes": sum(r["peak_used_bytes"] for r in per_replica),
+        "budget_state": "restoring" if restoring else "ok",
+        "abandoned_threads": sum(reports[rid].get("abandoned_threads", 0) for rid in replicas),
+        "eviction": first.get("eviction"),
         "config_path": first.get("config_path"),
         "config_loaded_at": first.get("config_loaded_at"),
         "config_error": first.get("config_error"),

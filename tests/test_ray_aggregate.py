@@ -36,6 +36,10 @@ def report(models: dict[str, dict[str, Any]], used: int, *, ready: bool = True) 
         "config_path": "/srv/models.yaml",
         "config_loaded_at": "2026-11-24T00:00:00+00:00",
         "config_error": None,
+        "reserved_bytes": 0,
+        "budget_state": "ok",
+        "abandoned_threads": 0,
+        "eviction": "cost",
         "models": models,
         "ready": ready,
         "readiness": {"status": "ready" if ready else "starting", "pending": [], "failed": {}},
@@ -57,6 +61,7 @@ def test_budgets_and_use_add_up_and_each_replica_lists_what_it_holds() -> None:
         ("r2", ["b"], 70),
     ]
     assert view["unreachable_replicas"] == ["r3"]
+    assert (view["budget_state"], view["abandoned_threads"], view["eviction"]) == ("ok", 0, "cost")
     states = {
         m["name"]: {rid: s["state"] for rid, s in m["replicas"].items()} for m in view["models"]
     }
@@ -65,6 +70,12 @@ def test_budgets_and_use_add_up_and_each_replica_lists_what_it_holds() -> None:
         "b": {"r1": "unloaded", "r2": "loading"},
         "c": {"r1": "unloaded", "r2": "unloaded"},
     }
+
+
+def test_a_replica_restoring_its_budget_shows_for_the_deployment() -> None:
+    restoring = {**report({}, used=90), "budget_state": "restoring", "abandoned_threads": 2}
+    view = merge_snapshots({"r1": report({}, 10), "r2": restoring}, BLANK, unreachable=[])
+    assert (view["budget_state"], view["abandoned_threads"]) == ("restoring", 2)
 
 
 def test_a_model_shows_its_most_available_state_and_summed_counts() -> None:
