@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from app.limits import BodyTooLarge, too_large_message
+from app.problem import error_body
 from app.visibility import is_admin, public, redact
 from registry.errors import (
     BadInput,
@@ -59,8 +61,7 @@ def error_response(
     status: int, kind: str, message: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:
     """The JSON error shape of every non-2xx answer."""
-    body = {"error": {"type": kind, "message": message, **extra}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(error_body(kind, message, **extra), status_code=status, headers=headers)
 
 
 def status_of(exc: RegistryError) -> int:
@@ -128,6 +129,20 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, "bad_request", problems or "invalid request")
 
 
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
+
+
+async def _client_went_away(request: Request, exc: Exception) -> JSONResponse:
+    # Nobody reads this answer: the client closed the connection (nginx's 499).
+    return error_response(499, "client_closed_request", "the client went away")
+
+
+async def _body_too_large(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, BodyTooLarge)
+    return error_response(413, "too_large", too_large_message(exc.limit))
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal", f"internal error: {type(exc).__name__}")
@@ -140,4 +155,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _starlette_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
+    app.add_exception_handler(BodyTooLarge, _body_too_large)
+    app.add_exception_handler(ClientGone, _client_went_away)
     app.add_exception_handler(Exception, _unexpected)

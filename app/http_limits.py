@@ -6,8 +6,9 @@ An ASGI middleware sees the headers only once the parser has buffered all of the
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+from app.problem import error_bytes
 
 
 def head_too_large(max_bytes: int, max_headers: int) -> bytes:
@@ -17,7 +18,7 @@ def head_too_large(max_bytes: int, max_headers: int) -> bytes:
         f"{max_headers} header fields (server.max_header_size, server.max_headers); "
         "send fewer or shorter headers"
     )
-    body = json.dumps({"error": {"type": "headers_too_large", "message": message}}).encode()
+    body = error_bytes("headers_too_large", message)
     return (
         b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
         b"content-type: application/json\r\n"

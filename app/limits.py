@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.problem import error_bytes
 from registry.units import format_bytes
 
 
@@ -67,9 +67,7 @@ def _content_length(scope: Scope) -> int | None:
 
 
 async def _reject(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {"error": {"type": "too_large", "message": too_large_message(limit)}}
-    ).encode()
+    body = error_bytes("too_large", too_large_message(limit))
     await send(
         {
             "type": "http.response.start",

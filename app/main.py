@@ -9,12 +9,11 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from app import admin, errors, events, metrics, openai_api, routes, v2
 from app.dashboard import router as dashboard_router
-from app.limits import BodyLimit, BodyTooLarge, too_large_message
+from app.limits import BodyLimit
 from registry.config import Config, load_config
 from registry.manager import ModelManager
 from registry.units import format_bytes
@@ -58,18 +57,6 @@ def create_app(config: Config | str | Path) -> FastAPI:
     app.state.manager = None
     app.add_middleware(BodyLimit, limit=lambda: _upload_limit(app, initial))
     errors.install(app)
-
-    async def body_too_large(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, BodyTooLarge)
-        return errors.error_response(413, "too_large", too_large_message(exc.limit))
-
-    app.add_exception_handler(BodyTooLarge, body_too_large)
-
-    async def client_gone(request: Request, exc: Exception) -> JSONResponse:
-        # Nobody reads this answer: the client closed the connection (nginx's 499).
-        return errors.error_response(499, "client_closed_request", "the client went away")
-
-    app.add_exception_handler(routes.ClientGone, client_gone)
     app.include_router(routes.router)
     app.include_router(admin.router)
     app.include_router(metrics.router)

@@ -26,6 +26,7 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from app.problem import error_body
 from app.ray_aggregate import merge_ready, merge_snapshots
 from app.ray_replica import Answer, Forwarded, RegistryReplica
 from app.visibility import bearer_matches, public
@@ -44,13 +45,12 @@ _MODEL_PATH = re.compile(r"^/models/([^/]+)/(predict|load|unload)$")
 def error(
     status: int, kind: str, message: str, retry_after: int | None = None, **extra: Any
 ) -> JSONResponse:
-    """The plain server's error shape."""
-    body: dict[str, Any] = {"type": kind, "message": message, **extra}
+    """The plain server's error shape (app/problem.py)."""
     headers = None
     if retry_after is not None:
-        body["retry_after"] = retry_after
+        extra["retry_after"] = retry_after
         headers = {"Retry-After": str(retry_after)}
-    return JSONResponse({"error": body}, status_code=status, headers=headers)
+    return JSONResponse(error_body(kind, message, **extra), status_code=status, headers=headers)
 
 
 class Gateway:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.datastructures import UploadFile
 
+from app.errors import ClientGone
 from app.visibility import is_admin, public
 from registry.errors import BadInput, UnsupportedInput
 from registry.manager import ModelManager
@@ -101,10 +102,6 @@ async def predict(name: str, request: Request, manager: Manager) -> dict[str, An
         payload = await _read_json(request)
     predictions = await unless_disconnected(request, manager.predict(name, payload))
     return {"model": name, "predictions": predictions}
-
-
-class ClientGone(Exception):
-    """The client closed the connection before its answer was ready."""
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

@@ -21,12 +21,13 @@ from typing import Any
 from registry.blame import model_error
 from registry.errors import (
     BadInput,
+    BusyQueueFull,
     CapacityExceeded,
     InferenceTimeout,
     LoadPending,
+    LoadQueueFull,
     ModelFailed,
     ModelTooLarge,
-    QueueFull,
     RegistryError,
     ShuttingDown,
     UnknownModel,
@@ -264,11 +265,11 @@ class Admission:
             retry_after = max(1.0, self._life.load_eta(slot) - elapsed)
         else:
             retry_after = self._life.busy_eta(slot)
-        raise QueueFull(
-            f"model {slot.name!r} is {'loading' if loading else 'busy'}: "
+        full = LoadQueueFull if loading else BusyQueueFull
+        raise full(
+            f"model {slot.name!r} is {full.kind}: "
             f"{slot.waiting + slot.leases} requests already wait for it (max_queue {limit})",
             retry_after=retry_after,
-            loading=loading,
         )
 
     def _release(self, slot: Slot, *, served: bool = True) -> None:

@@ -13,6 +13,8 @@
         ├── ModelFailed          its last load failed; retried after a backoff
         ├── LoadPending          still loading after the request's wait
         ├── QueueFull            too many requests already wait for this model
+        │   ├── LoadQueueFull    ... for its load ("loading")
+        │   └── BusyQueueFull    ... for inference on it ("busy")
         ├── CapacityExceeded     does not fit: everything else is in use or pinned
         └── ShuttingDown         the server is draining
 
@@ -158,15 +160,19 @@ class LoadPending(Unavailable):
 
 
 class QueueFull(Unavailable):
-    """Too many requests already wait for this model."""
+    """Too many requests already wait for this model (one of the two kinds below)."""
+
+
+class LoadQueueFull(QueueFull):
+    """Too many requests already wait for this model's load."""
+
+    kind = "loading"
+
+
+class BusyQueueFull(QueueFull):
+    """Too many requests already wait for this loaded model's inference."""
 
     kind = "busy"
-
-    def __init__(self, message: str, *, retry_after: float, loading: bool) -> None:
-        super().__init__(message, retry_after=retry_after)
-        self.loading = loading
-        if loading:
-            self.kind = "loading"
 
 
 class CapacityExceeded(Unavailable):

@@ -11,7 +11,13 @@ import pytest
 from support import running, wait_until
 
 from registry.config import ModelSpec, load_config
-from registry.errors import ConfigError, ModelFailed, QueueFull, UnknownModel
+from registry.errors import (
+    BusyQueueFull,
+    ConfigError,
+    LoadQueueFull,
+    ModelFailed,
+    UnknownModel,
+)
 from registry.loaders import fake
 from registry.manager import ModelManager
 from registry.payload import TextRequest
@@ -246,7 +252,7 @@ async def test_the_queue_limit_answers_503_with_retry_after(tmp_path: Path) -> N
     async with manager_for(path) as manager:
         waiting = [asyncio.create_task(ask(manager, "small")) for _ in range(2)]
         await wait_until(lambda: manager.describe("small")["queued"] == 2, "the queue fills")
-        with pytest.raises(QueueFull) as excinfo:
+        with pytest.raises(LoadQueueFull) as excinfo:
             await ask(manager, "small")
         assert excinfo.value.kind == "loading"
         assert excinfo.value.retry_after >= 1
@@ -315,7 +321,7 @@ async def test_the_queue_limit_also_bounds_requests_to_a_loaded_model(tmp_path: 
     async with manager_for(path) as manager:
         running = [asyncio.create_task(ask(manager, "m")) for _ in range(2)]
         await wait_until(lambda: manager.describe("m")["in_flight"] == 2, "two in flight")
-        with pytest.raises(QueueFull) as excinfo:
+        with pytest.raises(BusyQueueFull) as excinfo:
             await ask(manager, "m")
         assert excinfo.value.kind == "busy"
         fake.open_gate("g")
