@@ -61,7 +61,7 @@ class Lifecycle:
         )
         self._reserving: set[Slot] = set()  # loads inside reserve(), waiting for room
         self.load_limit = asyncio.Semaphore(settings.max_parallel_loads)
-        self.closing = False
+        self._closing = False
         self.drain = Drain(self.notify)
         self.peak_used = 0
         self.events = EventBus()
@@ -69,8 +69,42 @@ class Lifecycle:
         self.unused_loads = 0  # loads unloaded again before they served a single request
         self.abandoned = Abandoned()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._loads: set[asyncio.Task[Any]] = set()  # every slot's load, retired ones too
         self._changed = asyncio.Event()
         self.health = Health(self)
+
+    # ------------------------------------------------------------- what it owns
+
+    @property
+    def closing(self) -> bool:
+        """True once shutdown has begun: no load starts from then on."""
+        return self._closing
+
+    def begin_closing(self) -> None:
+        """Shutdown has begun."""
+        self._closing = True
+
+    def use_settings(self, settings: ServerSettings, base_dir: Path) -> None:
+        """A reloaded models.yaml's server settings, for the loads that start from now on."""
+        self.settings = settings
+        self.base_dir = base_dir
+
+    def apply_limits(self, changed: set[str]) -> None:
+        """After a reload's model changes: a new parallel-load limit or budget if they
+        changed, then unloads until the total fits a lowered budget."""
+        if "max_parallel_loads" in changed:
+            self.load_limit = asyncio.Semaphore(self.settings.max_parallel_loads)
+        if "memory_budget" in changed:
+            self.budget.set_limit(self.settings.memory_budget)
+        self.enforce_limit()
+
+    def record_peak(self) -> None:
+        """Remember the most bytes ever held or reserved at once."""
+        self.peak_used = max(self.peak_used, self.budget.used)
+
+    def load_tasks(self) -> list[asyncio.Task[Any]]:
+        """Loads running now (of retired slots too)."""
+        return list(self._loads)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -80,10 +114,6 @@ class Lifecycle:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task
-
-    def tasks(self, prefix: str) -> list[asyncio.Task[Any]]:
-        """Running tasks whose name starts with `prefix`."""
-        return [t for t in self._tasks if t.get_name().startswith(prefix)]
 
     def notify(self) -> None:
         """Wake everything waiting for a state change."""
@@ -131,6 +161,8 @@ class Lifecycle:
         slot.error = None
         slot.load_started = time.monotonic()
         slot.load_task = self.spawn(self._load(slot), name=f"load {slot.name}")
+        self._loads.add(slot.load_task)
+        slot.load_task.add_done_callback(self._loads.discard)
         self.events.emit(EventKind.LOADING, slot.name, estimate_bytes=slot.estimate)
 
     async def _load(self, slot: Slot) -> BaseException | None:
@@ -370,7 +402,7 @@ class Lifecycle:
             while True:
                 if budget.fits(nbytes, replacing=mine):
                     budget.reserve(slot, nbytes)
-                    self.peak_used = max(self.peak_used, budget.used)
+                    self.record_peak()
                     return
                 remaining = deadline - time.monotonic()
                 if not replacing and remaining > 0 and self._loads_running(slot):

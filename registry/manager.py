@@ -63,6 +63,9 @@ class ModelManager:
         self._drain_deadline = 0.0
         self.report: dict[str, Any] = {}  # the shutdown's summary, once it is done
         self._reloading = asyncio.Lock()
+        # The background tasks this object starts (kept referenced by the lifecycle too).
+        self._reaper: asyncio.Task[Any] | None = None
+        self._watcher: asyncio.Task[Any] | None = None
         configure_torch(settings.torch_threads)
 
     # ----------------------------------------------------------------- life cycle
@@ -72,7 +75,7 @@ class ModelManager:
         for slot in self._slots.values():
             if slot.spec.hot:
                 self._life.start_load(slot)
-        self._life.spawn(self._reap(), name="reaper")
+        self._reaper = self._life.spawn(self._reap(), name="reaper")
         config = self.config  # process models: start the forkserver's imports now, aside
         run_in_thread(
             functools.partial(workers.warm_for, config.models, config.server, config.base_dir),
@@ -81,7 +84,9 @@ class ModelManager:
         if self.config.server.watch:
             path, interval = self.config.path, self.config.server.watch_interval
             since = stamp(path)  # now, not when the task first runs
-            self._life.spawn(watch(path, interval, self._reload_quietly, since), name="watch")
+            self._watcher = self._life.spawn(
+                watch(path, interval, self._reload_quietly, since), name="watch"
+            )
 
     async def wait_hot(self) -> None:
         """Wait until every hot model has finished its first load attempt."""
@@ -113,7 +118,7 @@ class ModelManager:
         life = self._life
         if life.closing:
             return
-        life.closing = True
+        life.begin_closing()
         self.events.close()  # open /events streams end, so they do not hold up the drain
         loop = asyncio.get_running_loop()
         timeout = self.config.server.drain_timeout if drain_timeout is None else drain_timeout
@@ -143,9 +148,10 @@ class ModelManager:
         while self._pending() and loop.time() < self._drain_deadline:
             await life.wait_changed(self._drain_deadline - loop.time())
         life.drain.end()  # whatever still waits is answered 503 now
-        for task in life.tasks("reaper") + life.tasks("watch"):
-            task.cancel()
-        loads = life.tasks("load ")  # retired slots' loads too; nobody waits for them now
+        for task in (self._reaper, self._watcher):
+            if task is not None:
+                task.cancel()
+        loads = life.load_tasks()  # retired slots' loads too; nobody waits for them now
         for task in loads:
             task.cancel()
         await asyncio.gather(*loads, return_exceptions=True)
@@ -360,8 +366,7 @@ class ModelManager:
         life = self._life
         self.config = config
         self.config_loaded_at = _now()
-        life.settings = config.server
-        life.base_dir = config.base_dir
+        life.use_settings(config.server, config.base_dir)
         for name in changes.removed:
             self._retire(self._slots.pop(name), None)
         for name in changes.replaced:
@@ -382,11 +387,7 @@ class ModelManager:
                 life.start_load(slot)
             elif slot.spec.hot and slot.state is State.LOADED:
                 slot.hot_ready = True
-        if "max_parallel_loads" in changes.server_changed:
-            life.load_limit = asyncio.Semaphore(config.server.max_parallel_loads)
-        if "memory_budget" in changes.server_changed:
-            life.budget.set_limit(config.server.memory_budget)
-        life.enforce_limit()
+        life.apply_limits(set(changes.server_changed))
         if changes.restart_needed:
             log.warning("restart to apply server.%s", ", server.".join(changes.restart_needed))
         log.info("applied %s: %s", config.path.name, changes.summary())

@@ -57,7 +57,7 @@ def after_request(life: Lifecycle, slot: Slot) -> None:
     if size != budget.size_of(slot) and budget.fits(size, replacing=slot):
         budget.reserve(slot, size)
         slot.size_bytes = size
-        life.peak_used = max(life.peak_used, budget.used)
+        life.record_peak()
     limit = model.reserved * (1 + life.settings.worker_memory_margin)
     if model.private_bytes <= limit or slot.leases or slot.unload_requested:
         return

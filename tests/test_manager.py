@@ -135,7 +135,7 @@ async def test_a_pinned_model_is_not_evicted(write_config) -> None:
 
 async def test_eviction_takes_the_least_recently_used_idle_model(write_config) -> None:
     config = write_config(
-        "server: {memory_budget: 100MB}\n"
+        "server: {memory_budget: 100MB, eviction: lru}\n"
         "models:\n"
         "  a: {loader: fake, options: {size: 40MB}}\n"
         "  b: {loader: fake, options: {size: 40MB}}\n"

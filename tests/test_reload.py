@@ -164,11 +164,12 @@ async def test_the_watcher_applies_a_saved_edit_and_a_rename_over(tmp_path: Path
 
 async def test_a_lower_budget_evicts_idle_models(tmp_path: Path) -> None:
     path = tmp_path / "models.yaml"
-    path.write_text(BASE)
+    text = BASE.replace("idle_ttl: 0}", "idle_ttl: 0, eviction: lru}")  # "most recent stays"
+    path.write_text(text)
     async with manager_for(path) as manager:
         for name in ("keep", "swap", "flags"):
             await ask(manager, name)
-        path.write_text(BASE.replace("memory_budget: 100MB", "memory_budget: 15MB"))
+        path.write_text(text.replace("memory_budget: 100MB", "memory_budget: 15MB"))
         changes = await manager.reload()
         assert changes.server_changed == ["memory_budget"]
         await wait_until(lambda: manager.snapshot()["used_bytes"] <= 15 * MB, "evictions")
