@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,6 +40,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 def cli(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
     env = {"PATH": "/usr/bin:/bin"}
+    # coverage's own variables, so that the CLI is measured in its process too
+    env.update({k: v for k, v in os.environ.items() if k.startswith("COVERAGE_")})
     if token is not None:
         env["MODEL_REGISTRY_ADMIN_TOKEN"] = token
     return subprocess.run(

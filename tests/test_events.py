@@ -140,16 +140,17 @@ async def test_a_lowered_budget_and_a_removal_unload_with_their_reasons(
 ) -> None:
     only_a = "models:\n  a: {loader: fake, options: {size: 30MB}}\n"
     models = only_a + "  b: {loader: fake, options: {size: 30MB}}\n"
-    config = write_config(f"server: {{memory_budget: 100MB, watch: false}}\n{models}")
+    server = "watch: false, eviction: lru"  # "a is evicted": the least recently used goes
+    config = write_config(f"server: {{memory_budget: 100MB, {server}}}\n{models}")
     async with running(config) as manager:
         await manager.load("a")
         await manager.load("b")
         subscription = manager.events.subscribe()
         path = tmp_path / "models.yaml"
-        path.write_text(f"server: {{memory_budget: 40MB, watch: false}}\n{models}")
+        path.write_text(f"server: {{memory_budget: 40MB, {server}}}\n{models}")
         await manager.reload()
         await wait_until(lambda: manager.snapshot()["used_bytes"] <= 40e6, "a is evicted")
-        path.write_text(f"server: {{memory_budget: 40MB, watch: false}}\n{only_a}")
+        path.write_text(f"server: {{memory_budget: 40MB, {server}}}\n{only_a}")
         await manager.reload()
         await wait_until(lambda: "b" not in manager.names(), "b is removed")
         await wait_until(lambda: manager.snapshot()["used_bytes"] == 0, "b is unloaded")
