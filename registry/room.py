@@ -1,0 +1,223 @@
+"""Making room: reserving a load's bytes, choosing and evicting victims, unloading.
+
+Part of the lifecycle (Lifecycle inherits it), kept apart because it is one job: everything
+that decides which models hold the budget's bytes and how they give them back.
+- A load reserves its bytes; when they do not fit, idle models are evicted in the policy's
+  order (registry/policy.py), only as many as the room needs; a load that must evict waits
+  until no other load runs, so that load's model serves its waiting requests first.
+- A lowered budget unloads idle models at once and busy ones after their last request.
+- An unload runs in a thread and releases the bytes when the model is really gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Coroutine, Sequence
+from typing import Any
+
+from registry.budget import ByteBudget
+from registry.config import ServerSettings
+from registry.errors import CapacityExceeded
+from registry.events import EventBus, EventKind, UnloadReason
+from registry.health import dispose
+from registry.policy import describe
+from registry.restore import over_budget
+from registry.slot import Slot, State
+from registry.stats import Stats
+from registry.threads import InferencePool, run_in_thread
+from registry.units import format_bytes, format_duration
+
+log = logging.getLogger("registry")
+
+
+class Room:
+    """The budget side of the lifecycle (see the module docstring); Lifecycle provides the
+    state and the plumbing declared here."""
+
+    budget: ByteBudget[Slot]
+    settings: ServerSettings
+    pool: InferencePool
+    events: EventBus
+    stats: Stats
+    unused_loads: int
+    _reserving: set[Slot]
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
+        """Start a task that the lifecycle keeps referenced (Lifecycle.spawn)."""
+        raise NotImplementedError
+
+    def notify(self) -> None:
+        """Wake everything waiting for a state change (Lifecycle.notify)."""
+        raise NotImplementedError
+
+    async def wait_changed(self, seconds: float | None) -> None:
+        """Wait for the next state change (Lifecycle.wait_changed)."""
+        raise NotImplementedError
+
+    def busy_eta(self, slot: Slot) -> float:
+        """Seconds until a busy model has room (Lifecycle.busy_eta)."""
+        raise NotImplementedError
+
+    def record_peak(self) -> None:
+        """Remember the peak of bytes held (Lifecycle.record_peak)."""
+        raise NotImplementedError
+
+    def reload_seconds(self, slot: Slot) -> float:
+        """What loading the model again costs: its last load time, else a guess."""
+        if slot.load_seconds is not None:
+            return max(slot.load_seconds, 0.001)
+        return 0.5 + (slot.size_bytes or slot.estimate or 0) / 200e6  # ~200 MB/s
+
+    def eviction_view(self, slot: Slot) -> dict[str, Any]:
+        """The policy and the model's eviction priority (lower goes first), for the views."""
+        priority = self.budget.priority(slot)
+        return {
+            "eviction": self.budget.policy,
+            "eviction_priority": None if priority is None else round(priority, 6),
+        }
+
+    async def reserve(self, slot: Slot, nbytes: int, *, replacing: bool = False) -> None:
+        """Reserve bytes for `slot`, evicting idle models; wait at most capacity_wait."""
+        deadline = time.monotonic() + self.settings.capacity_wait
+        budget = self.budget
+        mine = slot if replacing else None
+        self._reserving.add(slot)
+        try:
+            while True:
+                if budget.fits(nbytes, replacing=mine):
+                    budget.reserve(slot, nbytes)
+                    self.record_peak()
+                    return
+                remaining = deadline - time.monotonic()
+                if not replacing and remaining > 0 and self._loads_running(slot):
+                    # Evict only once the running load has served its waiters: what is idle
+                    # then is really idle, not a model whose next request is on its way.
+                    await self.wait_changed(remaining)
+                    continue
+                victims = budget.victims(
+                    nbytes,
+                    evictable=lambda s: s.evictable,
+                    freeing=self._unloading(),
+                    replacing=mine,
+                )
+                self._evict(victims or [], f"to fit {slot.name}")
+                if victims is None and remaining <= 0:
+                    raise CapacityExceeded(
+                        slot.name,
+                        nbytes,
+                        budget.used - (budget.size_of(slot) if replacing else 0),
+                        budget.limit,
+                        retry_after=self.busy_eta(slot),
+                    )
+                await self.wait_changed(remaining if victims is None else 1.0)
+        finally:
+            self._reserving.discard(slot)
+
+    def _loads_running(self, slot: Slot) -> bool:
+        """Whether another model's loader runs now (its bytes reserved, not waiting for room)."""
+        return any(
+            s is not slot and s.state is State.LOADING and s not in self._reserving
+            for s in self.budget.keys_lru_first()
+        )
+
+    def _evict(
+        self, victims: Sequence[Slot], purpose: str, reason: UnloadReason | None = None
+    ) -> None:
+        """Unload `victims`; each log line says why the policy chose it."""
+        if not victims:
+            return
+        if reason is None:
+            reason = UnloadReason.COST if self.budget.policy == "cost" else UnloadReason.LRU
+        order = [s for s in self.budget.keys_lru_first() if s.evictable]
+        for victim in victims:
+            priority = self.budget.priority(victim) or 0.0
+            rank = order.index(victim) + 1 if victim in order else 1
+            why = describe(self.budget.policy, priority, rank, len(order))
+            self.budget.evicted(victim)
+            self.start_unload(victim, why, reason=reason, purpose=purpose)
+
+    def _unloading(self) -> list[Slot]:
+        """Models whose bytes are about to be released."""
+        return [s for s in self.budget.keys_lru_first() if s.state is State.UNLOADING]
+
+    def enforce_limit(self) -> None:
+        """After the budget shrank: unload models until the total fits again (restore.py)."""
+        idle, busy = over_budget(self.budget)
+        self._evict(idle, "because the memory budget was lowered", UnloadReason.BUDGET)
+        for slot in busy:  # no new lease; unloads once its in-flight requests end
+            slot.unload_requested = True
+            slot.unload_why = "the memory budget was lowered"
+            self.unload_when_idle(slot)
+
+    # ----------------------------------------------------------------- unloading
+
+    def unload_when_idle(self, slot: Slot) -> None:
+        """Unload now if no request holds the model (else the last lease does it)."""
+        if slot.state is State.LOADED and slot.leases == 0:
+            why = "removed from models.yaml" if slot.retired else slot.unload_why or "admin request"
+            if slot.retired and slot.replacement is not None:
+                why = "replaced by a new version in models.yaml"
+            reason = UnloadReason.RELOAD if slot.retired else UnloadReason.ADMIN
+            if not slot.retired and slot.unload_why is not None:  # set by enforce_limit
+                reason = UnloadReason.BUDGET
+            self.start_unload(slot, why, reason=reason)
+
+    def start_unload(
+        self,
+        slot: Slot,
+        why: str,
+        *,
+        reason: UnloadReason,
+        quiet: bool = False,
+        purpose: str | None = None,
+    ) -> None:
+        """Start unloading a loaded model; `why` is for people, `reason` for the stream, and
+        `purpose` (an eviction's) ends its log line."""
+        if slot.state is not State.LOADED:
+            return
+        slot.state = State.UNLOADING
+        slot.unload_task = self.spawn(
+            self._unload(slot, why, reason, quiet, purpose), name=f"unload {slot.name}"
+        )
+
+    async def _unload(
+        self, slot: Slot, why: str, reason: UnloadReason, quiet: bool, purpose: str | None
+    ) -> None:
+        started = time.monotonic()
+        model, slot.model = slot.model, None
+        thread, slot.thread = slot.thread, None
+        slot.batcher = None
+        size = self.budget.size_of(slot)
+        idle = time.monotonic() - slot.last_used_mono
+        if slot.served == slot.served_at_load and why != "shutdown":
+            self.unused_loads += 1
+        try:
+            await run_in_thread(
+                functools.partial(dispose, (model, None)), name=f"unload-{slot.name}"
+            )
+        except Exception:
+            log.exception("error while unloading %s (its bytes are released anyway)", slot.name)
+        finally:
+            self.pool.retire(thread)
+            self.budget.release(slot)
+            slot.state = State.UNLOADED
+            slot.unload_task = None
+            slot.unload_requested = False
+            slot.unload_why = None
+            self.notify()
+        verb = "evicted" if reason.eviction else "unloaded"
+        seconds = time.monotonic() - started
+        self.stats.of(slot.name).record_unload(reason, seconds)
+        kind = EventKind.EVICTED if reason.eviction else EventKind.UNLOADED
+        self.events.emit(kind, slot.name, reason=reason.value, freed_bytes=size, seconds=seconds)
+        (log.debug if quiet else log.info)(
+            f"{verb} %s (%s, idle %s, %s)%s",
+            slot.name,
+            format_bytes(size),
+            format_duration(idle),
+            why,
+            "" if purpose is None else f" {purpose}",
+        )
