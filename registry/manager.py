@@ -26,11 +26,12 @@ from registry.errors import (
     ModelFailed,
     ShuttingDown,
 )
-from registry.events import EventBus, EventKind, UnloadReason
+from registry.events import EventBus, EventKind
 from registry.lifecycle import Lifecycle
 from registry.loaders.torch_setup import configure as configure_torch
-from registry.memory import compact, release_memory
+from registry.memory import release_memory
 from registry.payload import PredictRequest
+from registry.reaper import reap
 from registry.reload import Changes, plan
 from registry.slot import Slot, State
 from registry.stats import Stats
@@ -39,8 +40,6 @@ from registry.units import format_bytes, format_duration
 from registry.watcher import stamp, watch
 
 log = logging.getLogger("registry")
-IDLE_BEFORE_COMPACT = 30.0  # seconds without requests or loads
-COMPACT_EVERY = 600.0
 UNLOAD_GRACE = 2.0  # seconds unloads may take after the drain (a small, fixed bound)
 
 
@@ -75,7 +74,8 @@ class ModelManager:
         for slot in self._slots.values():
             if slot.spec.hot:
                 self._life.start_load(slot)
-        self._reaper = self._life.spawn(self._reap(), name="reaper")
+        reaper = reap(self._life, lambda: list(self._slots.values()), lambda: self.config.server)
+        self._reaper = self._life.spawn(reaper, name="reaper")
         config = self.config  # process models: start the forkserver's imports now, aside
         run_in_thread(
             functools.partial(workers.warm_for, config.models, config.server, config.base_dir),
@@ -151,24 +151,8 @@ class ModelManager:
         for task in (self._reaper, self._watcher):
             if task is not None:
                 task.cancel()
-        loads = life.load_tasks()  # retired slots' loads too; nobody waits for them now
-        for task in loads:
-            task.cancel()
-        await asyncio.gather(*loads, return_exceptions=True)
-        unloaded, freed = 0, 0
-        for slot in self._all_slots():
-            if slot.batcher is not None:
-                slot.batcher.cancel()
-            if slot.state is State.LOADED and slot.leases == 0:  # never close under a call
-                freed += life.budget.size_of(slot)
-                unloaded += 1
-                life.start_unload(slot, "shutdown", reason=UnloadReason.SHUTDOWN, quiet=True)
-        unloads = [s.unload_task for s in self._all_slots() if s.unload_task is not None]
-        if unloads:
-            grace = max(0.0, self._drain_deadline - loop.time()) + UNLOAD_GRACE
-            _, stuck = await asyncio.wait(unloads, timeout=grace)
-            if stuck:
-                log.error("shutdown: gave up waiting for %d unload(s)", len(stuck))
+        grace = max(0.0, self._drain_deadline - loop.time()) + UNLOAD_GRACE
+        unloaded, freed = await life.unload_all(self._all_slots(), grace)
         self._pool.shutdown()
         await run_in_thread(workers.stop_all, name="stop-workers")  # any left by a hung call
         gc.unfreeze()
@@ -325,7 +309,7 @@ class ModelManager:
 
     def _ttl_left(self, slot: Slot, now: float) -> float | None:
         """Seconds until an idle model's TTL unloads it (None: no TTL, pinned or in use)."""
-        ttl = slot.spec.idle_ttl if slot.spec.idle_ttl is not None else self.config.server.idle_ttl
+        ttl = slot.idle_ttl(self.config.server.idle_ttl)
         if ttl <= 0 or slot.spec.pinned or slot.state is not State.LOADED or slot.leases:
             return None
         return round(max(0.0, ttl - (now - slot.last_used_mono)), 1)
@@ -406,30 +390,6 @@ class ModelManager:
         self._life.unload_when_idle(slot)
 
     # -------------------------------------------------------------------- helpers
-
-    async def _reap(self) -> None:
-        """Unload models idle past their TTL; retry failed hot models after their backoff;
-        collect frozen garbage when the server has been idle for a while."""
-        busy_at = last_compact = time.monotonic()
-        while not self._life.closing:
-            await asyncio.sleep(0.25)
-            now = time.monotonic()
-            if any(s.leases or s.waiting or s.load_task for s in self._slots.values()):
-                busy_at = now
-            elif now - busy_at > IDLE_BEFORE_COMPACT and now - last_compact > COMPACT_EVERY:
-                last_compact = now
-                await run_in_thread(compact, name="compact")
-            default_ttl = self.config.server.idle_ttl
-            for slot in list(self._slots.values()):
-                ttl = slot.spec.idle_ttl if slot.spec.idle_ttl is not None else default_ttl
-                if ttl > 0 and slot.evictable and now - slot.last_used_mono > ttl:
-                    why = f"past its idle_ttl of {format_duration(ttl)}"
-                    self._life.start_unload(slot, why, reason=UnloadReason.TTL)
-                retry = slot.state is State.FAILED or (
-                    slot.state is State.UNLOADED and slot.error is not None  # no room last time
-                )
-                if slot.spec.hot and not slot.hot_ready and retry and now >= slot.retry_at:
-                    self._life.start_load(slot)
 
     def _new_slot(self, config: Config, name: str, spec: ModelSpec) -> Slot:
         try:

@@ -65,6 +65,33 @@ class Room:
         """Remember the peak of bytes held (Lifecycle.record_peak)."""
         raise NotImplementedError
 
+    def load_tasks(self) -> list[asyncio.Task[Any]]:
+        """Loads running now (Lifecycle.load_tasks)."""
+        raise NotImplementedError
+
+    async def unload_all(self, slots: list[Slot], grace: float) -> tuple[int, int]:
+        """Shutdown: cancel running loads (retired slots' too; nobody waits for them now),
+        then unload every loaded model not inside a call, waiting at most `grace` seconds.
+        Returns the models unloaded and the bytes they held."""
+        loads = self.load_tasks()
+        for task in loads:
+            task.cancel()
+        await asyncio.gather(*loads, return_exceptions=True)
+        unloaded, freed = 0, 0
+        for slot in slots:
+            if slot.batcher is not None:
+                slot.batcher.cancel()
+            if slot.state is State.LOADED and slot.leases == 0:  # never close under a call
+                freed += self.budget.size_of(slot)
+                unloaded += 1
+                self.start_unload(slot, "shutdown", reason=UnloadReason.SHUTDOWN, quiet=True)
+        unloads = [s.unload_task for s in slots if s.unload_task is not None]
+        if unloads:
+            _, stuck = await asyncio.wait(unloads, timeout=grace)
+            if stuck:
+                log.error("shutdown: gave up waiting for %d unload(s)", len(stuck))
+        return unloaded, freed
+
     def reload_seconds(self, slot: Slot) -> float:
         """What loading the model again costs: its last load time, else a guess."""
         if slot.load_seconds is not None:

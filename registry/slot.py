@@ -75,6 +75,10 @@ class Slot:
             and not self.spec.pinned
         )
 
+    def idle_ttl(self, default: float) -> float:
+        """Seconds idle before an unload: the entry's idle_ttl, else the server's (0: never)."""
+        return self.spec.idle_ttl if self.spec.idle_ttl is not None else default
+
     def touch(self) -> None:
         """Record a use now."""
         self.last_used = time.time()
