@@ -40,7 +40,8 @@ class ModelAwareRouter(RequestRouter):
         """`placement_memory_s`: how long a routing decision outranks an older report."""
         self._memory_s = placement_memory_s
         self._placed: dict[str, dict[str, float]] = {}  # model -> replica id -> when
-        self._sent_bytes: dict[str, list[tuple[float, int]]] = {}  # replica -> (when, bytes)
+        # replica -> (when, bytes, model) sent there and not yet in its reports
+        self._sent_bytes: dict[str, list[tuple[float, int, str]]] = {}
 
     async def choose_replicas(
         self,
@@ -72,7 +73,7 @@ class ModelAwareRouter(RequestRouter):
         rid = replica_id.unique_id
         replica = self.curr_replicas.get(replica_id)
         if replica is not None and not self._reported(replica, model):
-            self._sent_bytes.setdefault(rid, []).append((now, self._size_of(model)))
+            self._sent_bytes.setdefault(rid, []).append((now, self._size_of(model), model))
         self._placed.setdefault(model, {})[rid] = now
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
@@ -116,8 +117,16 @@ class ModelAwareRouter(RequestRouter):
             )
         since = _reported_at(replica)
         sent = self._sent_bytes.get(replica.replica_id.unique_id, [])
-        sent[:] = [(when, size) for when, size in sent if when > since]
-        return free - sum(size for _, size in sent)
+        # Bytes sent there count until a report lists the model (then they are in its used
+        # bytes). A report newer than the send but without the model was taken before the
+        # request arrived, so it does not settle them; only the placement memory expires them.
+        sent[:] = [
+            (when, size, model)
+            for when, size, model in sent
+            if not (when <= since and self._reported(replica, model))
+            and now - when < self._memory_s
+        ]
+        return free - sum(size for _, size, _ in sent)
 
     def _size_of(self, model: str) -> int:
         """The size some replica measured (or estimated) for `model`, else a default."""
