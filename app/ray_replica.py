@@ -118,11 +118,14 @@ class RegistryReplica:
     def stats(self) -> dict[str, Any]:
         """Budget, use, readiness and every model this replica has touched (loaded or tried).
 
-        Models never touched here are left out: their entries are the same everywhere, and
-        at 1,000 models the report stays proportional to what the replica actually holds.
+        Models never touched here are left out of `models`: their entries are the same
+        everywhere, and at 1,000 models the report stays proportional to what the replica
+        actually holds. `sizes` has every configured model's size (measured, else estimated):
+        the router needs it to tell whether a replica has room for a model nobody loaded yet.
         """
         snapshot = self.manager.snapshot()
-        touched = [m for m in snapshot.pop("models") if m["state"] != "unloaded" or m["load_count"]]
+        every = snapshot.pop("models")
+        touched = [m for m in every if m["state"] != "unloaded" or m["load_count"]]
         ready, readiness = self.manager.readiness()
         budget, used = snapshot["budget_bytes"], snapshot["used_bytes"]
         return {
@@ -133,6 +136,7 @@ class RegistryReplica:
             "ready": ready,
             "readiness": readiness,
             "models": {m["name"]: m for m in touched},
+            "sizes": {m["name"]: m["size_bytes"] for m in every if m["size_bytes"]},
             "reported_at": time.time(),
         }
 

@@ -8,13 +8,21 @@ free budget (`ray_app.RegistryReplica.record_routing_stats`). Ray's controller p
 - the router remembers where it sent each model itself (`_placed`), so a burst of requests for
   a cold model all follow the first one to the same replica instead of loading it everywhere;
 - the bytes it has just sent towards a replica count against that replica's free budget until
-  the replica's next report, so a burst of cold models spreads instead of piling onto the
-  replica that looked emptiest a second ago.
+  a report of that replica lists the model, so a burst of cold models spreads instead of piling
+  onto the replica that looked emptiest a second ago. A report taken after the send but before
+  the request arrived does not list the model yet, so it does not cancel them.
 
 Ranks: replicas holding (or loading) the model first, then the rest by free budget, most
-first. Ray picks the least-loaded replica of the first rank that has room (max_ongoing_requests)
-and only then looks at the next rank, so a hot model spills onto a second replica only when
-the first is saturated.
+first. Ray picks the least-loaded replica of the first rank that answers its queue-length probe
+and has room for another request (max_ongoing_requests), and only then looks at the next rank.
+
+A replica that would have to evict to load the model (its free budget is below the model's
+size) is no fallback while some replica holds the model or has room for it, for the first
+`spill_after_s` of the request: Ray's probe has a 0.1 s deadline, and on a busy host a late
+answer from the right replica must not cost a load and an eviction on the wrong one. The
+request waits (Ray backs off and probes again with a longer deadline) instead. After
+`spill_after_s` every replica is a candidate again, so a saturated or stuck replica delays a
+request by at most that long.
 """
 
 from __future__ import annotations
@@ -36,9 +44,14 @@ DEFAULT_SIZE = 1 << 20  # bytes assumed for a model no replica has reported yet
 class ModelAwareRouter(RequestRouter):
     """Model affinity first, then the most free budget (bytes, not a model count)."""
 
-    def initialize_state(self, placement_memory_s: float = 5.0, **kwargs: Any) -> None:
-        """`placement_memory_s`: how long a routing decision outranks an older report."""
+    def initialize_state(
+        self, placement_memory_s: float = 5.0, spill_after_s: float = 10.0, **kwargs: Any
+    ) -> None:
+        """`placement_memory_s`: how long a routing decision outranks an older report;
+        `spill_after_s`: how long a request waits before a replica that must evict is a
+        candidate (see the module docstring)."""
         self._memory_s = placement_memory_s
+        self._spill_after_s = spill_after_s
         self._placed: dict[str, dict[str, float]] = {}  # model -> replica id -> when
         # replica -> (when, bytes, model) sent there and not yet in its reports
         self._sent_bytes: dict[str, list[tuple[float, int, str]]] = {}
@@ -52,12 +65,24 @@ class ModelAwareRouter(RequestRouter):
         model = pending_request.metadata.multiplexed_model_id if pending_request else ""
         if not model or not candidate_replicas:
             return [candidate_replicas]
+        assert pending_request is not None
+        # A round where no rank could take the request backs off before the next (as Ray's
+        # own routers do) instead of probing again at once.
+        pending_request.routing_context.should_backoff = True
         now = time.time()
         holding: list[RunningReplica] = []
-        others: list[RunningReplica] = []
+        free: dict[str, int] = {}
         for replica in candidate_replicas:
-            (holding if self._holds(replica, model, now) else others).append(replica)
-        others.sort(key=lambda r: self._free(r, now), reverse=True)
+            if self._holds(replica, model, now):
+                holding.append(replica)
+            else:
+                free[replica.replica_id.unique_id] = self._free(replica, now)
+        others = [r for r in candidate_replicas if r.replica_id.unique_id in free]
+        others.sort(key=lambda r: free[r.replica_id.unique_id], reverse=True)
+        size = self._size_of(model)
+        roomy = [r for r in others if free[r.replica_id.unique_id] >= size]
+        if (holding or roomy) and now - pending_request.created_at < self._spill_after_s:
+            others = roomy
         ranks = [holding] if holding else []
         ranks.extend([r] for r in others)
         return ranks
@@ -129,18 +154,21 @@ class ModelAwareRouter(RequestRouter):
         return free - sum(size for _, size, _ in sent)
 
     def _size_of(self, model: str) -> int:
-        """The size some replica measured (or estimated) for `model`, else a default."""
-        sizes: list[int] = []
+        """The size a replica measured for `model`, else its estimate, else a default.
+
+        Every replica reports the sizes of all its configured models (`sizes`), measured
+        where it has loaded them and estimated from models.yaml elsewhere.
+        """
+        estimate: int | None = None
         for replica in self.curr_replicas.values():
-            entry = (replica.routing_stats or {}).get("models", {}).get(model)
-            if entry and entry.get("size_bytes"):
+            stats = replica.routing_stats or {}
+            entry = stats.get("models", {}).get(model)
+            if entry and entry.get("size_measured") and entry.get("size_bytes"):
                 return int(entry["size_bytes"])
-            sizes.extend(
-                int(e["size_bytes"])
-                for e in (replica.routing_stats or {}).get("models", {}).values()
-                if e.get("size_bytes")
-            )
-        return sum(sizes) // len(sizes) if sizes else DEFAULT_SIZE
+            size = stats.get("sizes", {}).get(model) or (entry or {}).get("size_bytes")
+            if size and estimate is None:
+                estimate = int(size)
+        return estimate if estimate is not None else DEFAULT_SIZE
 
 
 def _reported_at(replica: RunningReplica) -> float:

@@ -45,12 +45,21 @@ def router(replicas: list[Replica]) -> ModelAwareRouter:
     return chooser
 
 
-def request(model: str) -> Any:
-    return SimpleNamespace(metadata=SimpleNamespace(multiplexed_model_id=model))
+def request(model: str, age: float = 0.0) -> Any:
+    """A PendingRequest as the router reads it, created `age` seconds ago."""
+    return SimpleNamespace(
+        metadata=SimpleNamespace(multiplexed_model_id=model),
+        created_at=time.time() - age,
+        routing_context=SimpleNamespace(should_backoff=False),
+    )
 
 
-def choose(chooser: ModelAwareRouter, replicas: list[Replica], model: str) -> list[list[str]]:
-    ranks = asyncio.run(chooser.choose_replicas(replicas, request(model)))  # type: ignore[arg-type]
+def choose(
+    chooser: ModelAwareRouter, replicas: list[Replica], model: str, age: float = 0.0
+) -> list[list[str]]:
+    pending = request(model, age)
+    ranks = asyncio.run(chooser.choose_replicas(replicas, pending))  # type: ignore[arg-type]
+    assert pending.routing_context.should_backoff  # a round that finds no room backs off
     return [[r.replica_id.unique_id for r in rank] for rank in ranks]
 
 
@@ -107,3 +116,45 @@ def test_a_replica_not_polled_yet_counts_as_empty() -> None:
     fresh = Replica(ReplicaID("new", DeploymentID("RegistryReplica", "app")))
     replicas = [replica("a", 20 * MB, {"m": 80 * MB}), fresh]
     assert choose(router(replicas), replicas, "x") == [["new"], ["a"]]
+
+
+def test_a_report_taken_before_the_request_arrived_keeps_the_bytes_sent() -> None:
+    """The flake of test_ray's spreading test: a replica's report newer than the routing
+    decision, but taken before the request reached it, must not cancel the bytes sent there."""
+    replicas = [replica("a", 25 * MB), replica("b", 25 * MB)]
+    for r in replicas:
+        r.routing_stats["sizes"] = {"m1": 10 * MB, "m2": 10 * MB}
+    chooser = router(replicas)
+    first = route(chooser, replicas, "m1")
+    sent_to = replicas[0] if first == "a" else replicas[1]
+    sent_to.routing_stats = {**sent_to.routing_stats, "reported_at": time.time() + 1}
+    assert route(chooser, replicas, "m2") != first
+
+
+def test_a_replica_that_must_evict_is_no_fallback_while_another_has_room() -> None:
+    """When the roomy replica misses Ray's 0.1 s queue probe, Ray tries the next rank: that
+    rank must not be a full replica (a load and an eviction) until the request has waited
+    `spill_after_s`; after that, every replica is a candidate again."""
+    sizes = {"x": 10 * MB, "y": 10 * MB, "z": 10 * MB}
+    full = replica("a", 5 * MB, {"x": 10 * MB, "y": 10 * MB})
+    roomy = replica("b", 15 * MB, {"w": 10 * MB})
+    replicas = [full, roomy]
+    for r in replicas:
+        r.routing_stats["sizes"] = sizes
+    chooser = router(replicas)
+    assert choose(chooser, replicas, "z") == [["b"]]
+    assert choose(chooser, replicas, "z", age=11.0) == [["b"], ["a"]]
+    # A held model does not spill onto a replica that would have to evict for it either.
+    roomy.routing_stats["free_bytes"] = 8 * MB
+    assert choose(chooser, replicas, "x") == [["a"]]
+    assert choose(chooser, replicas, "x", age=11.0) == [["a"], ["b"]]
+
+
+def test_sizes_come_from_the_reports_before_any_replica_loaded_the_model() -> None:
+    """A model no replica has loaded yet has its configured estimate, not a 1 MB guess."""
+    replicas = [replica("a", 30 * MB), replica("b", 28 * MB)]
+    for r in replicas:
+        r.routing_stats["sizes"] = {"big": 20 * MB}
+    chooser = router(replicas)
+    assert route(chooser, replicas, "big") == "a"
+    assert route(chooser, replicas, "big2") == "b"  # a has 10 MB left once big is counted
