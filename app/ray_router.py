@@ -154,21 +154,27 @@ class ModelAwareRouter(RequestRouter):
         return free - sum(size for _, size, _ in sent)
 
     def _size_of(self, model: str) -> int:
-        """The size a replica measured for `model`, else its estimate, else a default.
+        """The size a replica measured for `model`, else its estimate, else the mean size of
+        the models the replicas report, else a default.
 
-        Every replica reports the sizes of all its configured models (`sizes`), measured
-        where it has loaded them and estimated from models.yaml elsewhere.
+        Every replica reports the sizes it knows of all its configured models (`sizes`):
+        measured where it loaded them, estimated where it has tried (estimates are taken at
+        a model's first load).
         """
         estimate: int | None = None
+        known: list[int] = []
         for replica in self.curr_replicas.values():
             stats = replica.routing_stats or {}
             entry = stats.get("models", {}).get(model)
             if entry and entry.get("size_measured") and entry.get("size_bytes"):
                 return int(entry["size_bytes"])
-            size = stats.get("sizes", {}).get(model) or (entry or {}).get("size_bytes")
-            if size and estimate is None:
-                estimate = int(size)
-        return estimate if estimate is not None else DEFAULT_SIZE
+            sizes: dict[str, int] = stats.get("sizes", {})
+            if estimate is None and sizes.get(model):
+                estimate = int(sizes[model])
+            known.extend(int(size) for size in sizes.values() if size)
+        if estimate is not None:
+            return estimate
+        return sum(known) // len(known) if known else DEFAULT_SIZE
 
 
 def _reported_at(replica: RunningReplica) -> float:
