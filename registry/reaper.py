@@ -37,7 +37,7 @@ async def reap(
         default_ttl = settings().idle_ttl
         for slot in current:
             ttl = slot.idle_ttl(default_ttl)
-            if ttl > 0 and slot.evictable and now - slot.last_used_mono > ttl:
+            if ttl > 0 and slot.evictable and now - slot.stats.last_used_mono > ttl:
                 why = f"past its idle_ttl of {format_duration(ttl)}"
                 life.start_unload(slot, why, reason=UnloadReason.TTL)
             retry = slot.state is State.FAILED or (
