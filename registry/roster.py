@@ -22,14 +22,8 @@ class Roster:
         for slot in slots:
             self.add(slot)
 
-    def __len__(self) -> int:
-        return len(self._slots)
-
     def __iter__(self) -> Iterator[Slot]:
         return iter(list(self._slots.values()))
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._slots
 
     def names(self) -> list[str]:
         """The names, sorted."""
@@ -38,10 +32,6 @@ class Roster:
     def slots(self) -> list[Slot]:
         """The slots, in models.yaml's order."""
         return list(self._slots.values())
-
-    def get(self, name: str) -> Slot | None:
-        """The slot of `name`, or None."""
-        return self._slots.get(name)
 
     def lookup(self, name: str) -> Slot:
         """The slot of `name`, or UnknownModel listing the known names."""
