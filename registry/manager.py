@@ -75,7 +75,7 @@ class ModelManager:
         for slot in self._roster:
             if slot.spec.hot:
                 self._life.start_load(slot)
-        reaper = reap(self._life, self._roster.slots, lambda: self.config.server)
+        reaper = reap(self._life, self._roster, lambda: self.config.server)
         self._reaper = self._life.spawn(reaper, name="reaper")
         config = self.config  # process models: start the forkserver's imports now, aside
         run_in_thread(
