@@ -33,7 +33,7 @@ class AbandonedThread:
             "kind": self.kind,
             "why": self.why,
             "since": datetime.fromtimestamp(self.since, UTC).isoformat(timespec="milliseconds"),
-            "retired": self.slot.retired,
+            "retired": self.slot.retirement.retired,
         }
 
 
@@ -50,7 +50,7 @@ class Abandoned:
         """Record a thread the registry no longer waits for."""
         record = AbandonedThread(slot, kind, why)
         self._records.add(record)
-        slot.abandoned += 1
+        slot.thread_abandoned()
         return record
 
     def ended(self, record: AbandonedThread) -> bool:
@@ -58,8 +58,7 @@ class Abandoned:
         if record not in self._records:
             return False
         self._records.discard(record)
-        record.slot.abandoned -= 1
-        return record.slot.abandoned == 0
+        return record.slot.thread_ended()
 
     def info(self) -> list[dict[str, Any]]:
         """Every abandoned thread, oldest first."""

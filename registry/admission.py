@@ -30,12 +30,12 @@ from registry.errors import (
     ModelTooLarge,
     RegistryError,
     ShuttingDown,
-    UnknownModel,
     UnsupportedInput,
     WorkerDied,
 )
 from registry.lifecycle import Lifecycle
 from registry.payload import ImageRequest, PredictRequest, decode_image
+from registry.roster import Roster
 from registry.slot import Slot, State
 from registry.stats import Timing
 from registry.threads import InferencePool
@@ -45,25 +45,18 @@ log = logging.getLogger("registry")
 
 
 class Admission:
-    """Runs requests against the manager's slots (the same dict, updated by reloads)."""
+    """Runs requests against the roster's slots (the manager's, updated by reloads)."""
 
-    def __init__(self, slots: dict[str, Slot], life: Lifecycle, pool: InferencePool) -> None:
-        self._slots = slots
+    def __init__(self, roster: Roster, life: Lifecycle, pool: InferencePool) -> None:
+        self._roster = roster
         self._life = life
         self._pool = pool
-
-    def lookup(self, name: str) -> Slot:
-        """The slot of `name`, or UnknownModel listing the known names."""
-        slot = self._slots.get(name)
-        if slot is None:
-            raise UnknownModel(name, self._slots)
-        return slot
 
     async def predict(self, name: str, request: PredictRequest) -> Any:
         """Run one request on model `name`, loading it first if needed."""
         if self._life.closing:
             raise ShuttingDown()
-        slot = self.lookup(name)
+        slot = self._roster.lookup(name)
         arrived = time.monotonic()
         timing = Timing()
         hit: bool | None = None  # stays None unless the request gets its model
@@ -71,7 +64,7 @@ class Admission:
         outcome = "ok"
         try:
             inputs = await self._prepare(slot, request)
-            loaded = slot.state is State.LOADED and not slot.unload_requested
+            loaded = slot.ready
             slot = await self._acquire(slot)
             started, hit = time.monotonic(), loaded
             return await self._run(slot, inputs, request, timing)
@@ -118,9 +111,7 @@ class Admission:
             raise
         except Exception as exc:  # the input's fault (4xx) or the model's (5xx, logged)
             raise model_error(slot.name, exc, request.parameters) from exc
-        elapsed = time.monotonic() - started
-        previous = slot.infer_seconds
-        slot.infer_seconds = elapsed if previous is None else 0.8 * previous + 0.2 * elapsed
+        slot.stats.record_call(time.monotonic() - started)
         return outputs if request.is_batch else outputs[0]
 
     async def _prepare(self, slot: Slot, request: PredictRequest) -> list[Any]:
@@ -177,29 +168,29 @@ class Admission:
         try:
             while True:
                 if life.drain.over:
-                    life.drain.cut_off += 1
-                    raise ShuttingDown()
-                while slot.retired:
-                    if slot.replacement is None:
-                        raise UnknownModel(slot.name, self._slots, removed=True)
-                    slot = slot.replacement
-                if slot.state is State.LOADED and not slot.unload_requested:
+                    raise life.drain.refuse()
+                while slot.retirement.retired:
+                    replacement = slot.retirement.replacement
+                    if replacement is None:
+                        raise self._roster.unknown(slot.name, removed=True)
+                    slot = replacement
+                if slot.ready:
                     self._check_queue(slot, loaded=True)
-                    slot.leases += 1
-                    slot.touch()
+                    slot.lease()
                     life.budget.touch(slot)
                     return slot
                 if queued is not slot:
                     self._check_queue(slot)
                     if queued is not None:
-                        queued.waiting -= 1
-                    slot.waiting += 1
+                        queued.remove_waiter()
+                    slot.add_waiter()
                     queued = slot
                 self._check_failed(slot)
                 if life.closing and slot.state is not State.LOADING and slot.load_task is None:
                     raise ShuttingDown()  # admitted, but its model cannot load any more
                 now = time.monotonic()
-                if slot.state in (State.UNLOADED, State.FAILED) and not slot.unload_requested:
+                unloaded = slot.state in (State.UNLOADED, State.FAILED)
+                if unloaded and not slot.retirement.unload_requested:
                     life.start_load(slot)
                 remaining = deadline - now
                 if remaining <= 0:
@@ -233,7 +224,7 @@ class Admission:
                         )
         finally:
             if queued is not None:
-                queued.waiting -= 1
+                queued.remove_waiter()
 
     def _check_failed(self, slot: Slot) -> None:
         """A model that can never fit, is inside its backoff, or still has a stuck thread."""
@@ -273,13 +264,10 @@ class Admission:
         )
 
     def _release(self, slot: Slot, *, served: bool = True) -> None:
-        slot.leases -= 1
-        slot.served += served
-        slot.touch()
+        slot.release(served=served)
         life = self._life
         life.budget.touch(slot)
-        if slot.retired or slot.unload_requested:
-            life.unload_when_idle(slot)
+        life.unload_when_idle(slot)  # the last request of a model on its way out unloads it
         after_request(life, slot)
         life.enforce_limit()
         life.notify()

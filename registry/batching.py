@@ -134,7 +134,7 @@ class Batcher:
         start = 0
         for entry in batch:
             if entry.timing is not None:
-                entry.timing.inference = seconds
+                entry.timing.record(seconds)
             _settle(entry, outputs=outputs[start : start + len(entry.inputs)])
             start += len(entry.inputs)
 

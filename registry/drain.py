@@ -55,6 +55,11 @@ class Drain:
         answer.add_done_callback(self._answers.discard)
         return answer
 
+    def refuse(self) -> ShuttingDown:
+        """An admitted request finds the drain over: counted as cut off; its error."""
+        self.cut_off += 1
+        return ShuttingDown()
+
     def end_at(self, when: float) -> None:
         """End the drain at loop time `when` (at once if that has passed)."""
         if self._timer is not None:

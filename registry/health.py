@@ -61,13 +61,11 @@ class Health:
     ) -> None:
         life = self._life
         why = f"predict timed out after {timeout:g}s (predict_timeout)"
-        thread.broken = functools.partial(self.error, slot)
+        thread.mark_broken(functools.partial(self.error, slot))
         if slot.model is model:
-            slot.model = None
-            slot.thread = None
             if slot.batcher is not None:
                 slot.batcher.fail_queued(lambda: self.error(slot))
-                slot.batcher = None
+            slot.drop_model()
             life.failed(slot, InferenceTimeout(slot.name, timeout), timeout)
         record = life.abandoned.add(slot, "inference", why)
         abort = getattr(model, "abort", None)

@@ -128,28 +128,37 @@ class Lifecycle(Room):
 
     def busy_eta(self, slot: Slot) -> float:
         """Seconds until a busy model probably has room for one more request."""
-        per_call = slot.infer_seconds or 0.05
+        per_call = slot.stats.infer_seconds or 0.05
         return math.ceil(per_call * (slot.waiting + slot.leases) / self.pool.workers + 0.5)
 
     def load_eta(self, slot: Slot) -> float:
         """Seconds until the model is probably loaded (its last load time, else a guess)."""
-        if slot.load_seconds is not None:
-            return math.ceil(slot.load_seconds + 0.5)
+        seconds = slot.stats.load_seconds
+        if seconds is not None:
+            return math.ceil(seconds + 0.5)
         return math.ceil(2 + (slot.estimate or 0) / 200e6)  # imports, then ~200 MB/s
 
     # ------------------------------------------------------------------- loading
 
     def start_load(self, slot: Slot) -> None:
         """Start the model's load unless one runs (single flight) or an old thread still runs."""
-        if slot.load_task is not None or self.closing or slot.retired or slot.abandoned:
+        retired = slot.retirement.retired
+        if slot.load_task is not None or self.closing or retired or slot.abandoned:
             return
-        slot.state = State.LOADING
-        slot.error = None
-        slot.load_started = time.monotonic()
-        slot.load_task = self.spawn(self._load(slot), name=f"load {slot.name}")
-        self._loads.add(slot.load_task)
-        slot.load_task.add_done_callback(self._loads.discard)
+        task = self.spawn(self._load(slot), name=f"load {slot.name}")
+        slot.begin_load(task)
+        self._loads.add(task)
+        task.add_done_callback(self._loads.discard)
         self.events.emit(EventKind.LOADING, slot.name, estimate_bytes=slot.estimate)
+
+    def retire(self, slot: Slot) -> None:
+        """A slot the roster let go (registry/roster.py): its load stops, and it unloads
+        after its last request."""
+        if slot.load_task is not None:
+            # Its waiters move to the replacement; its load-limit permit is freed now, its
+            # bytes when the loader thread really ends (lifecycle's abandoned threads).
+            slot.load_task.cancel()
+        self.unload_when_idle(slot)
 
     async def _load(self, slot: Slot) -> BaseException | None:
         """Load one model; never raises (but for cancellation): the outcome is returned."""
@@ -160,9 +169,8 @@ class Lifecycle(Room):
                 if slot.size_bytes is not None:  # measured on an earlier load of the same files
                     need = slot.size_bytes
                 else:
-                    slot.estimate = await run_in_thread(
-                        functools.partial(estimate_bytes, slot.spec, slot.source), name="estimate"
-                    )
+                    estimate = functools.partial(estimate_bytes, slot.spec, slot.source)
+                    slot.estimated(await run_in_thread(estimate, name="estimate"))
                     need = slot.estimate or 0
                 if need > self.budget.limit:
                     measured = slot.size_bytes is not None
@@ -172,9 +180,10 @@ class Lifecycle(Room):
                     self.budget.release(slot)
                     raise asyncio.CancelledError
                 started = time.monotonic()
-                slot.isolation = isolation_of(slot.spec, slot.estimate, self.settings)
+                isolation = isolation_of(slot.spec, slot.estimate, self.settings)
+                slot.runs_in(isolation)
                 # A worker times its own load and is killed at load_timeout: wait for that.
-                outer = timeout + (KILL_GRACE * 3 if slot.isolation == "process" else 0)
+                outer = timeout + (KILL_GRACE * 3 if isolation == "process" else 0)
                 model, measured_size = await self._run_loader(slot, outer)
                 loaded = True
                 seconds = time.monotonic() - started
@@ -186,23 +195,18 @@ class Lifecycle(Room):
             if loaded:  # the measured size found no room: back off, do not load it per request
                 self.failed(slot, exc, timeout)
                 return exc
-            slot.state = State.UNLOADED
-            slot.error = exc.message
-            slot.retry_at = time.monotonic() + self.settings.retry_backoff.initial
+            slot.no_room(exc.message, time.monotonic() + self.settings.retry_backoff.initial)
             log.warning("cannot load %s: %s", slot.name, exc.message)
             self._record_failure(slot, exc.message)
             return exc
         except asyncio.CancelledError:
-            slot.state = State.UNLOADED
+            slot.load_cancelled()
             raise
         except Exception as exc:
             self.failed(slot, exc, timeout)
             return exc
         finally:
-            slot.load_task = None
-            if slot.state is not State.LOADED:
-                slot.unload_requested = False  # nothing to unload any more
-                slot.unload_why = None
+            slot.load_ended()
             self.notify()
 
     async def _run_loader(self, slot: Slot, seconds: float) -> tuple[Model, int | None]:
@@ -223,8 +227,9 @@ class Lifecycle(Room):
             job.cancel()  # a result that comes later is an orphan: disposed of in the thread
             if isinstance(exc, TimeoutError):
                 why = f"load timed out after {seconds:g}s (load_timeout)"
-            elif slot.retired:
-                why = "replaced in models.yaml" if slot.replacement else "removed from models.yaml"
+            elif slot.retirement.retired:
+                replaced = slot.retirement.replacement is not None
+                why = "replaced in models.yaml" if replaced else "removed from models.yaml"
             else:
                 why = "shutdown"
             records.append(self.abandoned.add(slot, "load", why))
@@ -267,7 +272,7 @@ class Lifecycle(Room):
 
     async def _settle_size(self, slot: Slot, model: Model, measured: int) -> None:
         """Replace the estimate with the measured size, making room if it grew."""
-        slot.size_bytes = measured  # kept even if it does not fit: the next try reserves it first
+        slot.measured(measured)  # kept even if it does not fit: the next try reserves it first
         try:
             if measured > self.budget.limit:
                 raise ModelTooLarge(slot.name, measured, self.budget.limit, measured=True)
@@ -278,19 +283,8 @@ class Lifecycle(Room):
             raise
 
     def _loaded(self, slot: Slot, model: Model, seconds: float) -> None:
-        slot.model = model
-        slot.thread = self.pool.thread_for(slot.name)
-        slot.state = State.LOADED
-        slot.load_count += 1
-        slot.failures = 0
-        slot.error = None
-        slot.failure = None
-        slot.load_seconds = seconds
-        slot.served_at_load = slot.served
-        slot.touch()
+        slot.loaded(model, self.pool.thread_for(slot.name), seconds)
         self.budget.touch(slot)
-        if slot.spec.hot:
-            slot.hot_ready = True
         self.refresh_batcher(slot)
         log.info(
             "loaded %s (%s) in %s",
@@ -300,20 +294,20 @@ class Lifecycle(Room):
         )
         self.stats.of(slot.name).record_load(seconds)
         self.events.emit(EventKind.LOADED, slot.name, bytes=slot.size_bytes, seconds=seconds)
-        if slot.retired or slot.unload_requested:
-            self.unload_when_idle(slot)
+        self.unload_when_idle(slot)  # retired, or an unload was asked for meanwhile
 
     def refresh_batcher(self, slot: Slot) -> None:
         """(Re)build the batcher from the entry's `batch:` (queued requests keep theirs)."""
         batch = slot.spec.batch
         if batch is None or slot.model is None:
-            slot.batcher = None
+            slot.use_batcher(None)
             return
-        slot.batcher = Batcher(
+        batcher = Batcher(
             functools.partial(self._run_batch, slot, slot.model, slot.thread),
             max_size=batch.max_size,
             max_wait=batch.max_wait_ms / 1000,
         )
+        slot.use_batcher(batcher)
 
     async def _run_batch(
         self,
@@ -350,20 +344,15 @@ class Lifecycle(Room):
 
     def failed(self, slot: Slot, exc: BaseException, timeout: float) -> None:
         """Mark the model failed after `exc`; the next load waits for the backoff."""
-        backoff = self.settings.retry_backoff
-        slot.failures += 1
-        delay = min(backoff.max, backoff.initial * 2 ** (slot.failures - 1))
-        slot.retry_at = time.monotonic() + delay
-        slot.state = State.FAILED
-        slot.failure = exc
         if isinstance(exc, TimeoutError):
-            slot.error = f"load timed out after {timeout:g}s (load_timeout)"
+            error = f"load timed out after {timeout:g}s (load_timeout)"
         elif isinstance(exc, (ModelTooLarge, CapacityExceeded)):
-            slot.error = exc.message
+            error = exc.message
         elif isinstance(exc, InferenceTimeout):
-            slot.error = f"predict timed out after {exc.seconds:g}s (predict_timeout)"
+            error = f"predict timed out after {exc.seconds:g}s (predict_timeout)"
         else:
-            slot.error = f"{type(exc).__name__}: {exc}"
+            error = f"{type(exc).__name__}: {exc}"
+        delay = slot.fail(error, self.settings.retry_backoff, exc)
         log.error(
             "%s %s: %s (attempt %d, next try in %s)",
             "marked failed" if isinstance(exc, InferenceTimeout) else "failed to load",
@@ -372,8 +361,8 @@ class Lifecycle(Room):
             slot.failures,
             format_duration(delay),
         )
-        self._record_failure(slot, slot.error, retry_in=delay)
+        self._record_failure(slot, error, retry_in=delay)
 
     def _record_failure(self, slot: Slot, error: str, **data: Any) -> None:
-        self.stats.of(slot.name).failures += 1
+        self.stats.of(slot.name).record_failure()
         self.events.emit(EventKind.FAILED, slot.name, error=error, **data)

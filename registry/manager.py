@@ -26,13 +26,14 @@ from registry.errors import (
     ModelFailed,
     ShuttingDown,
 )
-from registry.events import EventBus, EventKind
+from registry.events import EventBus, EventKind, UnloadReason
 from registry.lifecycle import Lifecycle
 from registry.loaders.torch_setup import configure as configure_torch
 from registry.memory import release_memory
 from registry.payload import PredictRequest
 from registry.reaper import reap
 from registry.reload import Changes, plan
+from registry.roster import Roster
 from registry.slot import Slot, State
 from registry.stats import Stats
 from registry.threads import InferencePool, default_workers, run_in_thread
@@ -53,10 +54,10 @@ class ModelManager:
         settings = config.server
         self._pool = InferencePool(settings.inference_workers or default_workers())
         self._life = Lifecycle(settings, config.base_dir, self._pool)
-        self._slots: dict[str, Slot] = {
-            name: self._new_slot(config, name, spec) for name, spec in config.models.items()
-        }
-        self._admission = Admission(self._slots, self._life, self._pool)
+        self._roster = Roster(
+            self._new_slot(config, name, spec) for name, spec in config.models.items()
+        )
+        self._admission = Admission(self._roster, self._life, self._pool)
         self._closed = False
         self._in_flight_at_close = 0
         self._drain_deadline = 0.0
@@ -71,10 +72,10 @@ class ModelManager:
 
     async def start(self) -> None:
         """Start preloading hot models, the idle-TTL reaper and the file watcher."""
-        for slot in self._slots.values():
+        for slot in self._roster:
             if slot.spec.hot:
                 self._life.start_load(slot)
-        reaper = reap(self._life, lambda: list(self._slots.values()), lambda: self.config.server)
+        reaper = reap(self._life, self._roster, lambda: self.config.server)
         self._reaper = self._life.spawn(reaper, name="reaper")
         config = self.config  # process models: start the forkserver's imports now, aside
         run_in_thread(
@@ -90,13 +91,13 @@ class ModelManager:
 
     async def wait_hot(self) -> None:
         """Wait until every hot model has finished its first load attempt."""
-        tasks = [s.load_task for s in self._slots.values() if s.spec.hot and s.load_task]
+        tasks = [s.load_task for s in self._roster if s.spec.hot and s.load_task]
         if tasks:
             await asyncio.wait(tasks)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         """Ready once every hot model has loaded; the detail lists what is pending or failed."""
-        hot = [s for s in self._slots.values() if s.spec.hot and not s.hot_ready]
+        hot = [s for s in self._roster if s.spec.hot and not s.hot_ready]
         pending = [s.name for s in hot if s.state is not State.FAILED]
         failed = {s.name: s.error for s in hot if s.state is State.FAILED}
         closing = self._life.closing
@@ -189,7 +190,7 @@ class ModelManager:
 
     def names(self) -> list[str]:
         """The names in the registry."""
-        return sorted(self._slots)
+        return self._roster.names()
 
     def spec(self, name: str) -> ModelSpec:
         """The entry of `name`, or UnknownModel."""
@@ -217,7 +218,7 @@ class ModelManager:
     def snapshot(self) -> dict[str, Any]:
         """The public view of the whole registry."""
         budget = self._life.budget
-        models = [self._entry(self._slots[name]) for name in sorted(self._slots)]
+        models = [self._entry(self._roster.lookup(name)) for name in self._roster.names()]
         loading = (s for s in self._all_slots() if s.state is State.LOADING)
         return {
             "budget_bytes": budget.limit,
@@ -269,8 +270,7 @@ class ModelManager:
         slot = self._lookup(name)
         if self._life.closing:
             raise ShuttingDown()
-        if slot.unload_requested:
-            slot.unload_requested = False
+        if slot.retirement.cancel_unload():
             self._life.notify()  # requests parked behind the pending unload may go
         if slot.state is State.UNLOADING and slot.unload_task is not None:
             await asyncio.wait({slot.unload_task})
@@ -294,17 +294,16 @@ class ModelManager:
         slot = self._lookup(name)
         life = self._life
         if slot.state in (State.LOADING, State.LOADED, State.UNLOADING):
-            slot.unload_requested = True
-            life.unload_when_idle(slot)
+            life.request_unload(slot, UnloadReason.ADMIN)
             deadline = time.monotonic() + self.config.server.drain_timeout
             waiting = (State.LOADING, State.LOADED)  # for the load, or for the leases to end
             while slot.state in waiting and time.monotonic() < deadline:
                 await life.wait_changed(deadline - time.monotonic())
-                life.unload_when_idle(slot)
+                life.request_unload(slot, UnloadReason.ADMIN)  # stands even if a load withdrew it
             if slot.unload_task is not None:
                 await asyncio.shield(slot.unload_task)
             if self._unloaded(slot):
-                slot.unload_requested = False  # else the last lease unloads it
+                slot.retirement.cancel_unload()  # else the last lease unloads it
         return self._entry(slot)
 
     def _ttl_left(self, slot: Slot, now: float) -> float | None:
@@ -312,7 +311,7 @@ class ModelManager:
         ttl = slot.idle_ttl(self.config.server.idle_ttl)
         if ttl <= 0 or slot.spec.pinned or slot.state is not State.LOADED or slot.leases:
             return None
-        return round(max(0.0, ttl - (now - slot.last_used_mono)), 1)
+        return round(max(0.0, ttl - (now - slot.stats.last_used_mono)), 1)
 
     @staticmethod
     def _unloaded(slot: Slot) -> bool:
@@ -332,7 +331,7 @@ class ModelManager:
                 raise
             self.config_error = None
             if config.digest == self.config.digest:
-                return Changes(unchanged=sorted(self._slots))
+                return Changes(unchanged=self._roster.names())
             return self.apply(config)
 
     def reload_soon(self) -> None:
@@ -351,26 +350,23 @@ class ModelManager:
         self.config = config
         self.config_loaded_at = _now()
         life.use_settings(config.server, config.base_dir)
+        roster = self._roster
         for name in changes.removed:
-            self._retire(self._slots.pop(name), None)
+            life.retire(roster.remove(name))
         for name in changes.replaced:
-            new = self._new_slot(config, name, config.models[name])
-            self._retire(self._slots[name], new)
-            self._slots[name] = new
+            life.retire(roster.replace(self._new_slot(config, name, config.models[name])))
         for name in changes.added:
-            self._slots[name] = self._new_slot(config, name, config.models[name])
+            roster.add(self._new_slot(config, name, config.models[name]))
         for name in changes.updated:
-            slot = self._slots[name]
-            was_hot = slot.spec.hot
-            slot.spec = config.models[name]
-            slot.hot_ready = slot.hot_ready and was_hot
+            slot = roster.lookup(name)
+            slot.update(config.models[name])
             life.refresh_batcher(slot)
         for name in changes.added + changes.replaced + changes.updated:
-            slot = self._slots[name]
+            slot = roster.lookup(name)
             if slot.spec.hot and not slot.hot_ready and slot.state is State.UNLOADED:
                 life.start_load(slot)
             elif slot.spec.hot and slot.state is State.LOADED:
-                slot.hot_ready = True
+                slot.mark_hot_ready()
         life.apply_limits(set(changes.server_changed))
         if changes.restart_needed:
             log.warning("restart to apply server.%s", ", server.".join(changes.restart_needed))
@@ -378,16 +374,6 @@ class ModelManager:
         self.events.emit(EventKind.CONFIG_APPLIED, **changes.as_dict())
         life.notify()
         return changes
-
-    def _retire(self, slot: Slot, replacement: Slot | None) -> None:
-        """Stop new requests to `slot`; it unloads once its in-flight requests end."""
-        slot.retired = True
-        slot.replacement = replacement
-        if slot.load_task is not None:
-            # Its waiters move to the replacement; its load-limit permit is freed now, its
-            # bytes when the loader thread really ends (lifecycle's abandoned threads).
-            slot.load_task.cancel()
-        self._life.unload_when_idle(slot)
 
     # -------------------------------------------------------------------- helpers
 
@@ -399,11 +385,11 @@ class ModelManager:
         return Slot(name=name, spec=spec, source=source)
 
     def _lookup(self, name: str) -> Slot:
-        return self._admission.lookup(name)
+        return self._roster.lookup(name)
 
     def _all_slots(self) -> list[Slot]:
         """Current slots and retired ones that still hold memory."""
-        slots = {id(s): s for s in self._slots.values()}
+        slots = {id(s): s for s in self._roster}
         for slot in self._life.budget.keys_lru_first():
             slots.setdefault(id(slot), slot)
         return list(slots.values())

@@ -10,7 +10,8 @@ from registry.config import ServerSettings
 from registry.events import UnloadReason
 from registry.lifecycle import Lifecycle
 from registry.memory import compact
-from registry.slot import Slot, State
+from registry.roster import Roster
+from registry.slot import State
 from registry.threads import run_in_thread
 from registry.units import format_duration
 
@@ -19,16 +20,14 @@ COMPACT_EVERY = 600.0
 TICK = 0.25  # seconds between rounds
 
 
-async def reap(
-    life: Lifecycle, slots: Callable[[], list[Slot]], settings: Callable[[], ServerSettings]
-) -> None:
+async def reap(life: Lifecycle, roster: Roster, settings: Callable[[], ServerSettings]) -> None:
     """Until shutdown: unload models idle past their TTL, retry failed hot models after their
     backoff, and collect frozen garbage once the server has been idle for a while."""
     busy_at = last_compact = time.monotonic()
     while not life.closing:
         await asyncio.sleep(TICK)
         now = time.monotonic()
-        current = slots()
+        current = roster.slots()
         if any(s.leases or s.waiting or s.load_task for s in current):
             busy_at = now
         elif now - busy_at > IDLE_BEFORE_COMPACT and now - last_compact > COMPACT_EVERY:
@@ -37,7 +36,7 @@ async def reap(
         default_ttl = settings().idle_ttl
         for slot in current:
             ttl = slot.idle_ttl(default_ttl)
-            if ttl > 0 and slot.evictable and now - slot.last_used_mono > ttl:
+            if ttl > 0 and slot.evictable and now - slot.stats.last_used_mono > ttl:
                 why = f"past its idle_ttl of {format_duration(ttl)}"
                 life.start_unload(slot, why, reason=UnloadReason.TTL)
             retry = slot.state is State.FAILED or (

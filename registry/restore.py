@@ -18,10 +18,12 @@ def over_budget(budget: ByteBudget[Slot]) -> tuple[list[Slot], list[Slot]]:
         return [], []
     order = budget.keys_lru_first()
     for slot in order:
-        if slot.state is State.UNLOADING or slot.unload_requested:
+        if slot.state is State.UNLOADING or slot.retirement.unload_requested:
             excess -= budget.size_of(slot)
     candidates = [
-        s for s in order if s.state is State.LOADED and not s.spec.pinned and not s.unload_requested
+        s
+        for s in order
+        if s.state is State.LOADED and not s.spec.pinned and not s.retirement.unload_requested
     ]
     candidates.sort(key=lambda s: not s.evictable)  # stable: idle first, each LRU first
     idle: list[Slot] = []

@@ -94,8 +94,9 @@ class Room:
 
     def reload_seconds(self, slot: Slot) -> float:
         """What loading the model again costs: its last load time, else a guess."""
-        if slot.load_seconds is not None:
-            return max(slot.load_seconds, 0.001)
+        seconds = slot.stats.load_seconds
+        if seconds is not None:
+            return max(seconds, 0.001)
         return 0.5 + (slot.size_bytes or slot.estimate or 0) / 200e6  # ~200 MB/s
 
     def eviction_view(self, slot: Slot) -> dict[str, Any]:
@@ -175,21 +176,22 @@ class Room:
         idle, busy = over_budget(self.budget)
         self._evict(idle, "because the memory budget was lowered", UnloadReason.BUDGET)
         for slot in busy:  # no new lease; unloads once its in-flight requests end
-            slot.unload_requested = True
-            slot.unload_why = "the memory budget was lowered"
-            self.unload_when_idle(slot)
+            self.request_unload(slot, UnloadReason.BUDGET)
 
     # ----------------------------------------------------------------- unloading
 
+    def request_unload(self, slot: Slot, reason: UnloadReason) -> None:
+        """Unload the model (an admin's request, or a lowered budget's) once no request
+        holds it: no new lease from now on; now if it is idle, else after the last lease."""
+        slot.retirement.request_unload(reason)
+        self.unload_when_idle(slot)
+
     def unload_when_idle(self, slot: Slot) -> None:
-        """Unload now if no request holds the model (else the last lease does it)."""
-        if slot.state is State.LOADED and slot.leases == 0:
-            why = "removed from models.yaml" if slot.retired else slot.unload_why or "admin request"
-            if slot.retired and slot.replacement is not None:
-                why = "replaced by a new version in models.yaml"
-            reason = UnloadReason.RELOAD if slot.retired else UnloadReason.ADMIN
-            if not slot.retired and slot.unload_why is not None:  # set by enforce_limit
-                reason = UnloadReason.BUDGET
+        """The one rule for a model on its way out (retired from models.yaml, or an unload
+        requested): it unloads as soon as no request holds it. Called whenever that may have
+        become true: a lease ended, a load finished, the model was retired."""
+        if slot.retirement.due and slot.state is State.LOADED and slot.leases == 0:
+            why, reason = slot.retirement.why()
             self.start_unload(slot, why, reason=reason)
 
     def start_unload(
@@ -205,21 +207,17 @@ class Room:
         `purpose` (an eviction's) ends its log line."""
         if slot.state is not State.LOADED:
             return
-        slot.state = State.UNLOADING
-        slot.unload_task = self.spawn(
-            self._unload(slot, why, reason, quiet, purpose), name=f"unload {slot.name}"
-        )
+        unload = self._unload(slot, why, reason, quiet, purpose)
+        slot.begin_unload(self.spawn(unload, name=f"unload {slot.name}"))
 
     async def _unload(
         self, slot: Slot, why: str, reason: UnloadReason, quiet: bool, purpose: str | None
     ) -> None:
         started = time.monotonic()
-        model, slot.model = slot.model, None
-        thread, slot.thread = slot.thread, None
-        slot.batcher = None
+        model, thread = slot.drop_model()
         size = self.budget.size_of(slot)
-        idle = time.monotonic() - slot.last_used_mono
-        if slot.served == slot.served_at_load and why != "shutdown":
+        idle = time.monotonic() - slot.stats.last_used_mono
+        if slot.stats.unused and why != "shutdown":
             self.unused_loads += 1
         try:
             await run_in_thread(
@@ -230,10 +228,7 @@ class Room:
         finally:
             self.pool.retire(thread)
             self.budget.release(slot)
-            slot.state = State.UNLOADED
-            slot.unload_task = None
-            slot.unload_requested = False
-            slot.unload_why = None
+            slot.unloaded()
             self.notify()
         verb = "evicted" if reason.eviction else "unloaded"
         seconds = time.monotonic() - started

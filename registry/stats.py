@@ -65,7 +65,11 @@ class Timing:
         try:
             return fn(*args)
         finally:
-            self.inference = time.perf_counter() - started
+            self.record(time.perf_counter() - started)
+
+    def record(self, seconds: float) -> None:
+        """The call took `seconds` (a batch's call, shared by its requests)."""
+        self.inference = seconds
 
 
 @dataclass
@@ -89,6 +93,10 @@ class ModelStats:
         """A load finished."""
         self.loads += 1
         self.load_seconds.observe(seconds)
+
+    def record_failure(self) -> None:
+        """A load failed, or found no room."""
+        self.failures += 1
 
     def record_unload(self, reason: str, seconds: float) -> None:
         """An unload finished."""

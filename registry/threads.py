@@ -182,6 +182,10 @@ class ModelThread(DaemonExecutor):
         self.turn = asyncio.Lock()  # one call at a time; the queue waits here, not in the pool
         self.broken: Callable[[], BaseException] | None = None  # set when a call got stuck
 
+    def mark_broken(self, error: Callable[[], BaseException]) -> None:
+        """A call got stuck: calls queued behind it raise `error()` instead of waiting."""
+        self.broken = error
+
 
 class InferencePool:
     """Inference threads of the registry's own (not the loop's default executor).

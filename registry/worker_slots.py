@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from registry.errors import RegistryError
@@ -30,19 +29,12 @@ def worker_lost(life: Lifecycle, slot: Slot, exc: RegistryError) -> None:
     model = slot.model
     if not isinstance(model, ProcessModel) or model.alive or slot.state is not State.LOADED:
         return
-    slot.model = None
-    thread, slot.thread = slot.thread, None
-    slot.batcher = None  # queued requests keep the old one and fail fast on the dead worker
+    _, thread = slot.drop_model()  # queued requests keep the batcher, fail fast on the worker
     life.pool.retire(thread)
     life.budget.release(slot)
-    slot.worker_deaths += 1
-    backoff = life.settings.retry_backoff
-    slot.failures += 1
-    delay = min(backoff.max, backoff.initial * 2 ** (slot.failures - 1))
-    slot.retry_at = time.monotonic() + delay
-    slot.state = State.FAILED
-    slot.error = exc.message
-    slot.unload_requested = False
+    slot.stats.record_worker_death()
+    delay = slot.fail(exc.message, life.settings.retry_backoff, None)
+    slot.retirement.cancel_unload()
     log.error("%s (next load in %s)", exc.message, format_duration(delay))
     life.notify()
 
@@ -56,12 +48,12 @@ def after_request(life: Lifecycle, slot: Slot) -> None:
     budget = life.budget
     if size != budget.size_of(slot) and budget.fits(size, replacing=slot):
         budget.reserve(slot, size)
-        slot.size_bytes = size
+        slot.measured(size)
         life.record_peak()
     limit = model.reserved * (1 + life.settings.worker_memory_margin)
-    if model.private_bytes <= limit or slot.leases or slot.unload_requested:
+    if model.private_bytes <= limit or slot.leases or slot.retirement.unload_requested:
         return
-    slot.recycles += 1
+    slot.stats.record_recycle()
     log.warning(
         "recycling the worker of %s (pid %s): its private memory %s grew past its "
         "reservation %s by more than worker_memory_margin (%g); recycle #%d",
@@ -70,9 +62,9 @@ def after_request(life: Lifecycle, slot: Slot) -> None:
         format_bytes(model.private_bytes),
         format_bytes(model.reserved),
         life.settings.worker_memory_margin,
-        slot.recycles,
+        slot.stats.recycles,
     )
-    slot.size_bytes = None  # measure again on the fresh worker
+    slot.measured(None)  # measure again on the fresh worker
     life.start_unload(
         slot,
         "recycled: its worker's memory grew past its reservation",
@@ -85,5 +77,5 @@ async def _reload_after(life: Lifecycle, slot: Slot) -> None:
     task = slot.unload_task
     if task is not None:
         await task
-    if slot.state is State.UNLOADED and not slot.retired and not life.closing:
+    if slot.state is State.UNLOADED and not slot.retirement.retired and not life.closing:
         life.start_load(slot)

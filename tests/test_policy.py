@@ -126,7 +126,9 @@ def test_a_model_with_waiting_requests_is_not_evictable() -> None:
 
     slot = Slot(name="m", spec=ModelSpec(loader="fake"), source=None, state=State.LOADED)
     assert slot.evictable
-    slot.waiting = 1
+    slot.add_waiter()
     assert not slot.evictable
-    slot.waiting, slot.leases = 0, 1
+    slot.remove_waiter()
+    slot.lease()
+    assert (slot.waiting, slot.leases) == (0, 1)
     assert not slot.evictable
