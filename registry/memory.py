@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from registry.config import ModelSpec, Source
+    from registry.config import ModelSpec
+    from registry.sources import Source
 
 log = logging.getLogger(__name__)
 

@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from registry.batching import Batcher
-    from registry.config import ModelSpec, Source
+    from registry.config import ModelSpec
     from registry.loaders import Model
+    from registry.sources import Source
     from registry.threads import ModelThread
 
 

@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from registry.config import ModelSpec, Source
+from registry.config import ModelSpec
 from registry.memory import (
     estimate_bytes,
     measure_bytes,
@@ -22,6 +22,7 @@ from registry.memory import (
     rss_bytes,
     safetensors_bytes,
 )
+from registry.sources import Source
 
 # 100 float32 (400) + 50 float16 (100) + 7 int64 (56)
 MIXED_BYTES = 556

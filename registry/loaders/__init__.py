@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from registry.config import ModelSpec, Source
+    from registry.config import ModelSpec
+    from registry.sources import Source
 
 
 class Model(Protocol):
