@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Request
 
 from app.errors import HTTPError
 from app.routes import Manager
-from registry.config import admin_token
+from registry.admin_token import admin_token
 
 router = APIRouter()
 

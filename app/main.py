@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from app import admin, errors, events, metrics, openai_api, routes, v2
 from app.dashboard import router as dashboard_router
 from app.limits import BodyLimit
-from registry.config import Config, load_config
+from registry.config import Config
+from registry.config_file import load_config
 from registry.manager import ModelManager
 from registry.units import format_bytes
 

@@ -30,9 +30,12 @@ from app.problem import error_body
 from app.ray_aggregate import merge_ready, merge_snapshots
 from app.ray_replica import Answer, Forwarded, RegistryReplica
 from app.visibility import bearer_matches, public
-from registry.config import Config, Source, admin_token, load_config
+from registry.admin_token import admin_token
+from registry.config import Config
+from registry.config_file import load_config
 from registry.errors import UnknownModel
 from registry.slot import Slot
+from registry.sources import Source
 
 log = logging.getLogger("app")
 REGISTRY = "RegistryReplica"

@@ -20,7 +20,7 @@ from typing import Any
 from fastapi import FastAPI
 
 from app.main import create_app
-from registry.config import load_config
+from registry.config_file import load_config
 from registry.manager import ModelManager
 
 

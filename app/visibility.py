@@ -14,7 +14,7 @@ from typing import Any
 
 from fastapi import Request
 
-from registry.config import admin_token
+from registry.admin_token import admin_token
 
 # An absolute path of two or more parts, not part of a URL or a relative path.
 _ABSOLUTE = re.compile(r"(?<![\w.~/:-])/(?:[^\s'\"`()<>,;/]+/)+[^\s'\"`()<>,;/]*")

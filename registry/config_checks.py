@@ -1,4 +1,5 @@
-"""The checks of models.yaml that need the files: sources exist, sizes fit the budget."""
+"""The checks of models.yaml beyond its schema, which need the files: sources exist, sizes fit
+the budget (each model's size as its loader estimates it)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,19 @@ import difflib
 import os
 from pathlib import Path
 
-from registry.config import Config, ModelSpec, Source
+from registry.config import Config, ModelSpec
 from registry.errors import ConfigError
 from registry.hfcache import snapshot_dir
+from registry.loaders import estimate_bytes
+from registry.sources import Source
 from registry.units import format_bytes
 
 
-def check_files(config: Config) -> None:
-    """Raise ConfigError listing every source that is missing and every size that cannot fit."""
-    from registry.memory import estimate_bytes
+def check_config(config: Config) -> None:
+    """Checks that need the files: sources exist, sizes fit the budget, pins fit together.
 
+    Raise ConfigError listing every source that is missing and every size that cannot fit.
+    """
     budget = config.server.memory_budget
     problems: list[str] = []
     kept_total = 0  # pinned and hot models must all fit at once

@@ -37,8 +37,8 @@ from registry.drain import Drain
 from registry.errors import CapacityExceeded, InferenceTimeout, ModelTooLarge
 from registry.events import EventBus, EventKind
 from registry.health import Health, dispose, predict_json
-from registry.loaders import LoadContext, Model, load_model
-from registry.memory import estimate_bytes, measure_bytes
+from registry.loaders import LoadContext, Model, estimate_bytes, load_model
+from registry.memory import measure_bytes
 from registry.room import Room
 from registry.slot import Slot, State
 from registry.stats import Stats, Timing

@@ -19,7 +19,8 @@ from typing import Any
 
 from registry import workers
 from registry.admission import Admission
-from registry.config import Config, ModelSpec, load_config
+from registry.config import Config, ModelSpec
+from registry.config_file import load_config
 from registry.errors import (
     CapacityExceeded,
     ConfigError,

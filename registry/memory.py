@@ -1,4 +1,5 @@
-"""How big a model is: estimated before a load, measured after it; and giving memory back.
+"""How big a model is: weight files read before a load, tensors measured after it; and giving
+memory back. Each loader's `estimate_bytes` builds on these (`registry/loaders/`).
 
 transformers loads safetensors by mmap, so RSS says little about a model; the budget counts
 parameter and buffer bytes instead (measured: a 201 MiB model raised RSS by 16 MiB at load,
@@ -20,8 +21,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from registry.hfcache import snapshot_dir
+
 if TYPE_CHECKING:
-    from registry.config import ModelSpec, Source
+    from registry.sources import Source
 
 log = logging.getLogger(__name__)
 
@@ -82,20 +85,16 @@ def safetensors_bytes(path: Path, dtype: str | None = None) -> int:
     return total
 
 
-def estimate_bytes(spec: ModelSpec, source: Source | None) -> int | None:
-    """Bytes the model will hold once loaded: size_hint, else safetensors headers, else files."""
-    if spec.size_hint is not None:
-        return spec.size_hint
-    if spec.loader == "fake":
-        from registry.loaders.fake import fake_size
+def weight_files_bytes(source: Source | None, dtype: str | None) -> int | None:
+    """Bytes the weight files of `source` hold once loaded (at `dtype`), None where unknown.
 
-        return fake_size(spec.options)
+    The safetensors headers when there are any (read, not the data), else the sizes of pickled
+    weight files; an `hf:` source is looked up in the local Hugging Face cache.
+    """
     if source is None:
         return None
     directory = source.path
     if source.repo is not None:  # the snapshot in the local Hugging Face cache
-        from registry.hfcache import snapshot_dir
-
         try:
             directory = snapshot_dir(source.repo, source.revision)
         except LookupError:
@@ -103,7 +102,7 @@ def estimate_bytes(spec: ModelSpec, source: Source | None) -> int | None:
     if directory is None or not directory.is_dir():
         return None
     try:
-        return _weights_estimate(directory, spec.dtype)
+        return _weights_estimate(directory, dtype)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.debug("cannot estimate the size of %s: %s", directory, exc)
         return None

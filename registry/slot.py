@@ -27,8 +27,9 @@ from registry.events import UnloadReason
 
 if TYPE_CHECKING:
     from registry.batching import Batcher
-    from registry.config import BackoffSpec, ModelSpec, Source
+    from registry.config import BackoffSpec, ModelSpec
     from registry.loaders import Model
+    from registry.sources import Source
     from registry.threads import ModelThread
 
 

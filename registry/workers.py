@@ -369,8 +369,8 @@ def load_in_worker(
 
 def warm_for(specs: Mapping[str, ModelSpec], settings: ServerSettings, base_dir: Any) -> bool:
     """Start the forkserver now if any model will run in a worker (blocking; use a thread)."""
-    from registry.config import resolve_source
-    from registry.memory import estimate_bytes
+    from registry.loaders import estimate_bytes
+    from registry.sources import resolve_source
 
     for spec in specs.values():
         try:

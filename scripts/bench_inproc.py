@@ -86,8 +86,9 @@ def cold(job: dict[str, Any], pipeline: Any) -> dict[str, Any]:
 
 def embedding_model(source: str) -> Callable[[Any], Any]:
     """A sentence-embeddings model loaded by the registry's loader; one input per call."""
-    from registry.config import ModelSpec, resolve_source
+    from registry.config import ModelSpec
     from registry.loaders import LoadContext, load_model
+    from registry.sources import resolve_source
 
     spec = ModelSpec(task="sentence-embeddings", source=source)
     ctx = LoadContext("baseline", spec, resolve_source(source, Path.cwd()), Path.cwd())

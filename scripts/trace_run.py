@@ -80,7 +80,7 @@ class Recorder(logging.Handler):
 
 async def replay(config_path: Path, trace: list[str], clients: int) -> dict[str, Any]:
     """One trace with `clients` closed-loop clients against a fresh manager."""
-    from registry.config import load_config
+    from registry.config_file import load_config
     from registry.manager import ModelManager
     from registry.payload import TextRequest
 
@@ -134,7 +134,7 @@ def warm_imports(model_dir: Path) -> None:
     from registry.loaders import LoadContext, load_model
 
     spec = ModelSpec(task="sentence-embeddings", source=str(model_dir))
-    from registry.config import Source
+    from registry.sources import Source
 
     model = load_model(LoadContext("warm-up", spec, Source(path=model_dir), model_dir.parent))
     model.predict([TEXT], {})

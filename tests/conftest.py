@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from registry.config import Config, load_config
+from registry.config import Config
+from registry.config_file import load_config
 from registry.loaders import fake
 
 ROOT = Path(__file__).resolve().parent.parent

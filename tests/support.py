@@ -13,7 +13,8 @@ from types import ModuleType
 
 import pytest
 
-from registry.config import Config, load_config
+from registry.config import Config
+from registry.config_file import load_config
 from registry.errors import ConfigError
 from registry.loaders import fake
 from registry.manager import ModelManager

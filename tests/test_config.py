@@ -16,8 +16,8 @@ from registry.config import (
     Config,
     ModelSpec,
     ServerSettings,
-    load_config,
 )
+from registry.config_file import load_config
 from registry.errors import ConfigError
 from registry.units import parse_size
 

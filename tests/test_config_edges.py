@@ -11,7 +11,8 @@ from fastapi.testclient import TestClient
 from support import problems_of, running, wait_until
 
 from app.main import create_app
-from registry.config import MAX_DEPTH, load_config
+from registry.config_file import load_config
+from registry.config_yaml import MAX_DEPTH
 from registry.errors import ConfigError
 
 TOKEN = "edge-secret"

@@ -10,14 +10,11 @@ import torch
 from safetensors.torch import save_file
 from support import problems_of
 
-from registry.config import (
-    Config,
-    Source,
-    check_config,
-    load_config,
-    resolve_source,
-)
+from registry.config import Config
+from registry.config_checks import check_config
+from registry.config_file import load_config
 from registry.errors import ConfigError
+from registry.sources import Source, resolve_source
 
 WriteConfig = Callable[[str], Config]
 

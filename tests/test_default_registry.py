@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from support import builders, digit_png
 
 from app.main import create_app
-from registry.config import load_config
+from registry.config_file import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow

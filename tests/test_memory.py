@@ -14,14 +14,17 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from registry.config import ModelSpec, Source
+from registry.config import ModelSpec
+from registry.loaders import embeddings, estimate_bytes, fake, loader_for, pipeline
+from registry.loaders import python as python_loader
 from registry.memory import (
-    estimate_bytes,
     measure_bytes,
     release_memory,
     rss_bytes,
     safetensors_bytes,
+    weight_files_bytes,
 )
+from registry.sources import Source
 
 # 100 float32 (400) + 50 float16 (100) + 7 int64 (56)
 MIXED_BYTES = 556
@@ -102,6 +105,46 @@ def test_estimate_prefers_size_hint(tmp_path: Path) -> None:
 def test_estimate_of_the_fake_loader_is_its_size_option() -> None:
     fake = ModelSpec(loader="fake", options={"size": "2MiB"})
     assert estimate_bytes(fake, None) == 2 * 1024**2
+
+
+def test_size_hint_wins_over_the_fake_loaders_size_option() -> None:
+    fake = ModelSpec(loader="fake", size_hint="3MiB", options={"size": "2MiB"})
+    assert estimate_bytes(fake, None) == 3 * 1024**2
+
+
+def test_a_bad_fake_size_option_is_a_value_error() -> None:
+    with pytest.raises(ValueError):
+        estimate_bytes(ModelSpec(loader="fake", options={"size": "lots"}), None)
+
+
+@pytest.mark.parametrize(
+    ("fields", "loader"),
+    [
+        ({"loader": "fake"}, fake),
+        ({"loader": "pkg.mod:make", "source": "./m"}, python_loader),
+        ({"task": "sentence-embeddings", "source": "./m"}, embeddings),
+        ({"task": "text-classification", "source": "./m"}, pipeline),
+    ],
+)
+def test_each_entry_is_estimated_by_its_own_loader(fields: dict[str, Any], loader: Any) -> None:
+    assert loader_for(ModelSpec(**fields)) is loader
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"loader": "pkg.mod:make", "source": "./m"},
+        {"task": "sentence-embeddings", "source": "./m"},
+        {"task": "text-classification", "source": "./m"},
+    ],
+)
+def test_loaders_with_files_estimate_their_weight_files(
+    tmp_path: Path, fields: dict[str, Any]
+) -> None:
+    write_mixed(tmp_path / "model.safetensors")
+    source = Source(path=tmp_path)
+    assert estimate_bytes(ModelSpec(**fields), source) == MIXED_BYTES
+    assert weight_files_bytes(source, None) == MIXED_BYTES
 
 
 def test_estimate_sums_safetensors_headers(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from support import running, wait_until
 
-from registry.config import ModelSpec, load_config
+from registry.config import ModelSpec
+from registry.config_file import load_config
 from registry.errors import (
     BusyQueueFull,
     ConfigError,

@@ -64,7 +64,7 @@ def test_get_models_shows_paths_only_to_the_admin(client: TestClient, tmp_path: 
 
 HF_SCRIPT = """
 import asyncio, json, sys
-from registry.config import load_config
+from registry.config_file import load_config
 from registry.manager import ModelManager
 from registry.payload import ImageRequest
 from support import digit_png

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from registry import workers
-from registry.config import parse_config
+from registry.config_file import parse_config
 from registry.loaders import LoadContext
 
 

@@ -5,69 +5,50 @@
 - `python`: `loader: package.module:function`, a user's own code (plain PyTorch welcome);
 - `fake`: `loader: fake`, a deterministic model of any size and speed, for tests and benchmarks.
 
-Every loader runs in a worker thread and imports torch/transformers lazily.
+Each is a module with `load(ctx) -> Model` and `estimate_bytes(spec, source) -> int | None`
+(the `Loader` protocol in `interface.py`); `loader_for` picks it. Every loader runs in a
+worker thread and imports torch/transformers lazily, in `load`, never at import.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING
+
+from registry.loaders.interface import LoadContext, Loader, Model
 
 if TYPE_CHECKING:
-    from registry.config import ModelSpec, Source
+    from registry.config import ModelSpec
+    from registry.sources import Source
+
+__all__ = ["LoadContext", "Loader", "Model", "estimate_bytes", "load_model", "loader_for"]
 
 
-class Model(Protocol):
-    """A loaded model: one output per input, in order.
+def loader_for(spec: ModelSpec) -> Loader:
+    """The loader module of an entry (importing it imports no torch or transformers)."""
+    if spec.loader == "fake":
+        from registry.loaders import fake
 
-    Optional hook: `abort() -> None`. When a predict call runs past `predict_timeout`, the
-    registry answers 504, marks the model failed and, if the model has an `abort()` method,
-    calls it once from another thread so that the stuck call can be stopped (a model that runs
-    in a worker process kills the worker there). It must be safe to call while predict runs
-    and must not block for long; the model is closed once the stuck call returns.
-    """
+        return fake
+    if spec.loader is not None:
+        from registry.loaders import python
 
-    def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
-        """Predict a batch; raise ValueError/TypeError for inputs the model cannot use."""
-        ...
+        return python
+    if spec.task == "sentence-embeddings":
+        from registry.loaders import embeddings
 
-    def close(self) -> None:
-        """Drop every reference to weights so that memory can be freed."""
-        ...
+        return embeddings
+    from registry.loaders import pipeline
 
-
-@dataclass(frozen=True)
-class LoadContext:
-    """What a loader gets: the model's name, its entry, its resolved source, the config's dir."""
-
-    name: str
-    spec: ModelSpec
-    source: Source | None
-    base_dir: Path  # the directory of models.yaml
-
-    @property
-    def options(self) -> dict[str, Any]:
-        """The entry's free-form `options:` mapping."""
-        return dict(self.spec.options)
+    return pipeline
 
 
 def load_model(ctx: LoadContext) -> Model:
     """Load the model an entry describes (blocking; call it from a worker thread)."""
-    spec = ctx.spec
-    if spec.loader == "fake":
-        from registry.loaders import fake
+    return loader_for(ctx.spec).load(ctx)
 
-        return fake.load(ctx)
-    if spec.loader is not None:
-        from registry.loaders import python
 
-        return python.load(ctx)
-    if spec.task == "sentence-embeddings":
-        from registry.loaders import embeddings
-
-        return embeddings.load(ctx)
-    from registry.loaders import pipeline
-
-    return pipeline.load(ctx)
+def estimate_bytes(spec: ModelSpec, source: Source | None) -> int | None:
+    """Bytes the model will hold once loaded: the entry's size_hint, else its loader's estimate."""
+    if spec.size_hint is not None:
+        return spec.size_hint
+    return loader_for(spec).estimate_bytes(spec, source)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from registry.loaders import LoadContext
+from registry.loaders.interface import LoadContext
 from registry.loaders.torch_setup import prepare_torch, resolve_device
+from registry.memory import weight_files_bytes
+
+if TYPE_CHECKING:
+    from registry.config import ModelSpec
+    from registry.sources import Source
 
 _PARAMETERS = frozenset({"normalize"})
 
@@ -90,3 +95,8 @@ def load(ctx: LoadContext) -> EmbeddingModel:
     module = AutoModel.from_pretrained(where, **kwargs).to(device).eval()
     max_length = int(ctx.options.get("max_length", min(512, tokenizer.model_max_length)))
     return EmbeddingModel(tokenizer, module, device, max_length)
+
+
+def estimate_bytes(spec: ModelSpec, source: Source | None) -> int | None:
+    """What the weight files of the source hold, at the entry's dtype."""
+    return weight_files_bytes(source, spec.dtype)

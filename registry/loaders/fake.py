@@ -34,10 +34,14 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from registry.loaders import LoadContext
+from registry.loaders.interface import LoadContext
 from registry.units import parse_size
+
+if TYPE_CHECKING:
+    from registry.config import ModelSpec
+    from registry.sources import Source
 
 _gates: defaultdict[str, threading.Event] = defaultdict(threading.Event)
 _load_attempts: defaultdict[str, int] = defaultdict(int)
@@ -77,6 +81,11 @@ def _gate(name: str) -> threading.Event:
 def fake_size(options: Mapping[str, Any]) -> int:
     """The size a fake model with these options holds."""
     return parse_size(options.get("size", 1000))
+
+
+def estimate_bytes(spec: ModelSpec, source: Source | None) -> int:
+    """Exactly what the model will hold: its `size` option (ValueError if that is no size)."""
+    return fake_size(spec.options)
 
 
 class FakeModel:

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.errors import BadInput
 from registry.hfcache import snapshot_dir
-from registry.loaders import LoadContext
+from registry.loaders.interface import LoadContext
 from registry.loaders.pipeline_params import check_parameters, checks_for, model_limits
 from registry.loaders.torch_setup import prepare_torch, resolve_device
+from registry.memory import weight_files_bytes
+
+if TYPE_CHECKING:
+    from registry.config import ModelSpec
+    from registry.sources import Source
 
 # Pipeline call arguments the server owns; a request may not override them.
 _RESERVED = frozenset({"batch_size", "num_workers"})
@@ -102,3 +107,8 @@ def load(ctx: LoadContext) -> PipelineModel:
         **kwargs,
     )
     return PipelineModel(pipe, spec.task)
+
+
+def estimate_bytes(spec: ModelSpec, source: Source | None) -> int | None:
+    """What the weight files of the source hold, at the entry's dtype."""
+    return weight_files_bytes(source, spec.dtype)

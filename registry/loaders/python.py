@@ -12,10 +12,15 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from registry.loaders import LoadContext, Model
+from registry.loaders.interface import LoadContext, Model
 from registry.loaders.torch_setup import prepare_torch
+from registry.memory import weight_files_bytes
+
+if TYPE_CHECKING:
+    from registry.config import ModelSpec
+    from registry.sources import Source
 
 
 class CallableModel:
@@ -110,3 +115,8 @@ def load(ctx: LoadContext) -> Model:
     if callable(obj):
         return CallableModel(obj, is_module=False)
     raise TypeError(f"loader {ctx.spec.loader} returned {type(obj).__name__}, not a model")
+
+
+def estimate_bytes(spec: ModelSpec, source: Source | None) -> int | None:
+    """What the weight files of the entry's source hold (None without one: set size_hint)."""
+    return weight_files_bytes(source, spec.dtype)

@@ -1,0 +1,63 @@
+"""What a loader implements (`Loader`), what it gets (`LoadContext`) and returns (`Model`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from registry.config import ModelSpec
+    from registry.sources import Source
+
+
+class Model(Protocol):
+    """A loaded model: one output per input, in order.
+
+    Optional hook: `abort() -> None`. When a predict call runs past `predict_timeout`, the
+    registry answers 504, marks the model failed and, if the model has an `abort()` method,
+    calls it once from another thread so that the stuck call can be stopped (a model that runs
+    in a worker process kills the worker there). It must be safe to call while predict runs
+    and must not block for long; the model is closed once the stuck call returns.
+    """
+
+    def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
+        """Predict a batch; raise ValueError/TypeError for inputs the model cannot use."""
+        ...
+
+    def close(self) -> None:
+        """Drop every reference to weights so that memory can be freed."""
+        ...
+
+
+@dataclass(frozen=True)
+class LoadContext:
+    """What a loader gets: the model's name, its entry, its resolved source, the config's dir."""
+
+    name: str
+    spec: ModelSpec
+    source: Source | None
+    base_dir: Path  # the directory of models.yaml
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The entry's free-form `options:` mapping."""
+        return dict(self.spec.options)
+
+
+class Loader(Protocol):
+    """What every loader module provides: the model, and its size before loading it.
+
+    `estimate_bytes` runs before the load (in a thread, and when a config is checked) so the
+    budget can reserve room; it must be cheap, import no torch, and return None where it
+    cannot tell. It may raise ValueError for options that cannot make a model.
+    """
+
+    def load(self, ctx: LoadContext) -> Model:
+        """Load the model (blocking; called from a worker thread or process)."""
+        ...
+
+    def estimate_bytes(self, spec: ModelSpec, source: Source | None) -> int | None:
+        """Bytes the model will hold once loaded, None where unknown."""
+        ...
