@@ -29,10 +29,12 @@ from starlette.responses import JSONResponse, Response
 from app.problem import error_body
 from app.ray_aggregate import merge_ready, merge_snapshots
 from app.ray_replica import Answer, Forwarded, RegistryReplica
+from app.views_json import model_json
 from app.visibility import bearer_matches, public
 from registry.config import Config, Source, admin_token, load_config
 from registry.errors import UnknownModel
 from registry.slot import Slot
+from registry.views import model_view
 
 log = logging.getLogger("app")
 REGISTRY = "RegistryReplica"
@@ -64,7 +66,7 @@ class Gateway:
         self._token = admin_token(config.server)
         self._app = serve.get_replica_context().app_name
         self._blank = {
-            name: Slot(name=name, spec=spec, source=_source(config, name)).info()
+            name: model_json(model_view(Slot(name=name, spec=spec, source=_source(config, name))))
             for name, spec in config.models.items()
         }
 

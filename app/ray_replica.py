@@ -14,14 +14,16 @@ import os
 import time
 from collections.abc import MutableMapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import FastAPI
 
 from app.main import create_app
+from app.views_json import model_json, readiness_json, registry_json
 from registry.config import load_config
 from registry.manager import ModelManager
+from registry.slot import State
 
 
 @dataclass
@@ -121,18 +123,19 @@ class RegistryReplica:
         Models never touched here are left out: their entries are the same everywhere, and
         at 1,000 models the report stays proportional to what the replica actually holds.
         """
-        snapshot = self.manager.snapshot()
-        touched = [m for m in snapshot.pop("models") if m["state"] != "unloaded" or m["load_count"]]
-        ready, readiness = self.manager.readiness()
-        budget, used = snapshot["budget_bytes"], snapshot["used_bytes"]
+        view = self.manager.snapshot()
+        touched = [m for m in view.models if m.state is not State.UNLOADED or m.load_count]
+        report = registry_json(replace(view, models=()))
+        del report["models"]
+        readiness = self.manager.readiness()
         return {
-            **snapshot,
+            **report,
             "replica": self.replica_id,
             "pid": os.getpid(),
-            "free_bytes": max(0, budget - used),
-            "ready": ready,
-            "readiness": readiness,
-            "models": {m["name"]: m for m in touched},
+            "free_bytes": max(0, view.budget_bytes - view.used_bytes),
+            "ready": readiness.ready,
+            "readiness": readiness_json(readiness),
+            "models": {m.name: model_json(m) for m in touched},
             "reported_at": time.time(),
         }
 

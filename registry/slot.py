@@ -6,8 +6,7 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from registry.batching import Batcher
@@ -83,49 +82,3 @@ class Slot:
         """Record a use now."""
         self.last_used = time.time()
         self.last_used_mono = time.monotonic()
-
-    def info(self) -> dict[str, Any]:
-        """The public view served by GET /models (docs/architecture.md)."""
-        spec = self.spec
-        return {
-            "name": self.name,
-            "task": spec.task or (f"loader:{spec.loader}" if spec.loader else None),
-            "state": self.state.value,
-            "hot": spec.hot,
-            "pinned": spec.pinned,
-            "size_bytes": self.size_bytes if self.size_bytes is not None else self.estimate,
-            "size_measured": self.size_bytes is not None,
-            "in_flight": self.leases,
-            "queued": self.waiting,
-            "load_count": self.load_count,
-            "served": self.served,
-            "abandoned_threads": self.abandoned,
-            "last_used": _iso(self.last_used),
-            "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 4),
-            "error": self.error,
-            "input": spec.input_kind,
-            "source": None if self.source is None else str(self.source),
-            "batch": None if spec.batch is None else spec.batch.model_dump(),
-            "batches": None if self.batcher is None else self.batcher.stats(),
-            "idle_ttl": spec.idle_ttl,
-            "description": spec.description,
-            **self._worker_info(),
-        }
-
-    def _worker_info(self) -> dict[str, Any]:
-        """Isolation fields (a process model adds its worker's pid and memory)."""
-        info: dict[str, Any] = {
-            "isolation": self.isolation or self.spec.isolation,
-            "recycles": self.recycles,
-            "worker_deaths": self.worker_deaths,
-        }
-        worker = getattr(self.model, "info", None)
-        if callable(worker):
-            info.update(worker())
-        return info
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
