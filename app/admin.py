@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Request
 
 from app.errors import HTTPError
 from app.routes import Manager
+from app.views_json import model_json
 from registry.admin_token import admin_token
 
 router = APIRouter()
@@ -44,13 +45,13 @@ admin = [Depends(require_admin)]
 @router.post("/models/{name}/load", dependencies=admin)
 async def load(name: str, manager: Manager) -> dict[str, Any]:
     """Load a model now; a failed one is retried at once."""
-    return await manager.load(name)
+    return model_json(await manager.load(name))
 
 
 @router.post("/models/{name}/unload", dependencies=admin)
 async def unload(name: str, manager: Manager) -> dict[str, Any]:
     """Unload a model after its in-flight requests finish."""
-    return await manager.unload(name)
+    return model_json(await manager.unload(name))
 
 
 @router.post("/admin/reload", dependencies=admin)

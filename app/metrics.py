@@ -29,11 +29,13 @@ from prometheus_client.registry import Collector
 
 from app.errors import status_of_class
 from app.routes import Manager
+from app.views_json import eviction_priority
 from registry.errors import RegistryError
 from registry.events import UnloadReason
 from registry.manager import ModelManager
 from registry.slot import State
 from registry.stats import PHASES, Histogram
+from registry.views import BudgetState, RegistryView
 
 router = APIRouter()
 P = "model_registry_"
@@ -69,20 +71,20 @@ class RegistryCollector(Collector):
         yield from self._models(snapshot)
         yield from self._stats(snapshot)
 
-    def _server(self, snapshot: dict[str, object]) -> Iterator[Metric]:
+    def _server(self, snapshot: RegistryView) -> Iterator[Metric]:
         pool = self.manager.pool
         gauges = [
-            ("budget_bytes", "Memory budget in bytes", snapshot["budget_bytes"]),
+            ("budget_bytes", "Memory budget in bytes", snapshot.budget_bytes),
             (
                 "used_bytes",
                 "Bytes held by loaded models or reserved for loads",
-                snapshot["used_bytes"],
+                snapshot.used_bytes,
             ),
-            ("reserved_bytes", "Bytes reserved for loads in progress", snapshot["reserved_bytes"]),
+            ("reserved_bytes", "Bytes reserved for loads in progress", snapshot.reserved_bytes),
             (
                 "peak_used_bytes",
                 "The most bytes ever held or reserved at once",
-                snapshot["peak_used_bytes"],
+                snapshot.peak_used_bytes,
             ),
             ("inference_workers", "Inference calls that may run at once", pool.workers),
             ("inference_busy", "Inference calls running now", min(pool.pending, pool.workers)),
@@ -90,17 +92,16 @@ class RegistryCollector(Collector):
             (
                 "abandoned_threads",
                 "Worker threads still running a load or call the registry gave up on",
-                snapshot.get("abandoned_threads", 0),  # 0 where the core keeps no such count
+                snapshot.abandoned_threads,
             ),
             ("event_subscribers", "Open GET /events streams", self.manager.events.subscribers),
             (
                 "budget_restoring",
                 "1 while models are unloaded to fit a lowered memory budget",
-                1.0 if snapshot.get("budget_state") == "restoring" else 0.0,
+                1.0 if snapshot.budget_state is BudgetState.RESTORING else 0.0,
             ),
         ]
         for name, doc, value in gauges:
-            assert isinstance(value, int | float)
             yield GaugeMetricFamily(P + name, doc, value=float(value))
         yield CounterMetricFamily(
             P + "events", "Model events emitted", value=float(self.manager.events.last_id)
@@ -108,11 +109,10 @@ class RegistryCollector(Collector):
         policy = GaugeMetricFamily(
             P + "eviction_policy", "1 for the eviction policy in use", labels=["policy"]
         )
-        assert isinstance(snapshot["eviction"], str)
-        policy.add_metric([snapshot["eviction"]], 1.0)
+        policy.add_metric([snapshot.eviction], 1.0)
         yield policy
 
-    def _models(self, snapshot: dict[str, object]) -> Iterator[Metric]:
+    def _models(self, snapshot: RegistryView) -> Iterator[Metric]:
         priority = GaugeMetricFamily(
             P + "eviction_priority",
             "Eviction priority of each held model (lower goes first)",
@@ -143,31 +143,29 @@ class RegistryCollector(Collector):
         deaths = CounterMetricFamily(
             P + "worker_deaths", "Workers that died or were killed", labels=["model"]
         )
-        models = snapshot["models"]
-        assert isinstance(models, list)
-        for entry in models:
-            name = entry["name"]
+        for entry in snapshot.models:
+            name = entry.name
             for value in State:
-                state.add_metric([name, value.value], 1.0 if entry["state"] == value.value else 0.0)
-            size.add_metric([name], float(entry["size_bytes"] or 0))
+                state.add_metric([name, value.value], 1.0 if entry.state is value else 0.0)
+            size.add_metric([name], float(entry.size_bytes or 0))
             measured.add_metric(
-                [name], float(entry["size_bytes"] or 0) if entry["size_measured"] else 0.0
+                [name], float(entry.size_bytes or 0) if entry.size_measured else 0.0
             )
-            held.add_metric([name], float(entry["held_bytes"]))
-            in_flight.add_metric([name], entry["in_flight"])
-            queued.add_metric([name], entry["queued"])
-            served.add_metric([name], entry["served"])
-            if entry["eviction_priority"] is not None:
-                priority.add_metric([name], entry["eviction_priority"])
-            recycles.add_metric([name], entry["recycles"])
-            deaths.add_metric([name], entry["worker_deaths"])
+            holding = entry.holding
+            held.add_metric([name], float(holding.held_bytes if holding is not None else 0))
+            in_flight.add_metric([name], entry.in_flight)
+            queued.add_metric([name], entry.queued)
+            served.add_metric([name], entry.served)
+            rank = None if holding is None else eviction_priority(holding)
+            if rank is not None:
+                priority.add_metric([name], rank)
+            recycles.add_metric([name], entry.recycles)
+            deaths.add_metric([name], entry.worker_deaths)
         yield from (state, size, measured, held, in_flight, queued, served, priority)
         yield from (recycles, deaths)
 
-    def _stats(self, snapshot: dict[str, object]) -> Iterator[Metric]:
-        models = snapshot["models"]
-        assert isinstance(models, list)
-        current = {entry["name"] for entry in models}
+    def _stats(self, snapshot: RegistryView) -> Iterator[Metric]:
+        current = {entry.name for entry in snapshot.models}
         stats = self.manager.stats.models
         requests = CounterMetricFamily(
             P + "requests", "Requests by outcome", labels=["model", "status", "error"]

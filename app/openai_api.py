@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -55,7 +54,7 @@ def _embedding_names(manager: Manager) -> list[str]:
 
 
 def _model_entry(manager: Manager, name: str) -> dict[str, Any]:
-    created = int(datetime.fromisoformat(manager.config_loaded_at).timestamp())
+    created = int(manager.config_loaded_at.timestamp())
     return {"id": name, "object": "model", "created": created, "owned_by": OWNER}
 
 

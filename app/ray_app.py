@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response
 from app.problem import error_body
 from app.ray_aggregate import merge_ready, merge_snapshots
 from app.ray_replica import Answer, Forwarded, RegistryReplica
+from app.views_json import model_json
 from app.visibility import bearer_matches, public
 from registry.admin_token import admin_token
 from registry.config import Config
@@ -36,6 +37,7 @@ from registry.config_file import load_config
 from registry.errors import UnknownModel
 from registry.slot import Slot
 from registry.sources import Source
+from registry.views import model_view
 
 log = logging.getLogger("app")
 REGISTRY = "RegistryReplica"
@@ -67,7 +69,7 @@ class Gateway:
         self._token = admin_token(config.server)
         self._app = serve.get_replica_context().app_name
         self._blank = {
-            name: Slot(name=name, spec=spec, source=_source(config, name)).info()
+            name: model_json(model_view(Slot(name=name, spec=spec, source=_source(config, name))))
             for name, spec in config.models.items()
         }
 

@@ -14,14 +14,16 @@ import os
 import time
 from collections.abc import MutableMapping
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import FastAPI
 
 from app.main import create_app
+from app.views_json import model_json, readiness_json, registry_json
 from registry.config_file import load_config
 from registry.manager import ModelManager
+from registry.slot import State
 
 
 @dataclass
@@ -123,20 +125,20 @@ class RegistryReplica:
         actually holds. `sizes` has every configured model's size (measured, else estimated):
         the router needs it to tell whether a replica has room for a model nobody loaded yet.
         """
-        snapshot = self.manager.snapshot()
-        every = snapshot.pop("models")
-        touched = [m for m in every if m["state"] != "unloaded" or m["load_count"]]
-        ready, readiness = self.manager.readiness()
-        budget, used = snapshot["budget_bytes"], snapshot["used_bytes"]
+        view = self.manager.snapshot()
+        touched = [m for m in view.models if m.state is not State.UNLOADED or m.load_count]
+        report = registry_json(replace(view, models=()))
+        del report["models"]
+        readiness = self.manager.readiness()
         return {
-            **snapshot,
+            **report,
             "replica": self.replica_id,
             "pid": os.getpid(),
-            "free_bytes": max(0, budget - used),
-            "ready": ready,
-            "readiness": readiness,
-            "models": {m["name"]: m for m in touched},
-            "sizes": {m["name"]: m["size_bytes"] for m in every if m["size_bytes"]},
+            "free_bytes": max(0, view.budget_bytes - view.used_bytes),
+            "ready": readiness.ready,
+            "readiness": readiness_json(readiness),
+            "models": {m.name: model_json(m) for m in touched},
+            "sizes": {m.name: m.size_bytes for m in view.models if m.size_bytes},
             "reported_at": time.time(),
         }
 

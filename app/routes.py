@@ -15,8 +15,10 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.datastructures import UploadFile
 
 from app.errors import ClientGone
+from app.views_json import model_json, readiness_json, registry_json
 from app.visibility import is_admin, public
-from registry.errors import BadInput, UnsupportedInput
+from registry.admission import check_input_kind
+from registry.errors import BadInput
 from registry.manager import ModelManager
 from registry.payload import ImageRequest, TextRequest, check_numbers
 
@@ -56,21 +58,22 @@ async def live() -> dict[str, str]:
 @router.get("/health/ready")
 async def ready(request: Request, manager: Manager) -> JSONResponse:
     """200 once every hot model is loaded; 503 listing what is pending until then."""
-    is_ready, detail = manager.readiness()
-    return JSONResponse(_view(request, detail), status_code=200 if is_ready else 503)
+    readiness = manager.readiness()
+    body = _view(request, readiness_json(readiness))
+    return JSONResponse(body, status_code=200 if readiness.ready else 503)
 
 
 @router.get("/models")
 async def list_models(request: Request, manager: Manager) -> dict[str, Any]:
     """Every model's load state, and the memory budget (paths only with the admin token)."""
-    view: dict[str, Any] = _view(request, manager.snapshot())
+    view: dict[str, Any] = _view(request, registry_json(manager.snapshot()))
     return view
 
 
 @router.get("/models/{name}")
 async def get_model(name: str, request: Request, manager: Manager) -> dict[str, Any]:
     """One model's load state (paths only with the admin token)."""
-    view: dict[str, Any] = _view(request, manager.describe(name))
+    view: dict[str, Any] = _view(request, model_json(manager.describe(name)))
     return view
 
 
@@ -81,25 +84,12 @@ def _view(request: Request, detail: dict[str, Any]) -> Any:
 @router.post("/models/{name}/predict")
 async def predict(name: str, request: Request, manager: Manager) -> dict[str, Any]:
     """Predict with `name`: an image in multipart field `file`, or JSON inputs."""
-    spec = manager.spec(name)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    upload = content_type == "multipart/form-data"
+    sent = content_type or "no content type"
+    check_input_kind(name, manager.spec(name), upload=upload, sent=sent)  # before the body
     payload: ImageRequest | TextRequest
-    if content_type == "multipart/form-data" and spec.input_kind != "image":
-        takes = "text" if spec.input_kind == "text" else "JSON"
-        raise UnsupportedInput(
-            f"model {name!r} ({spec.task or 'custom loader'}) takes {takes}: POST "
-            'application/json {"inputs": ...}, not a file upload'
-        )
-    if spec.input_kind == "image":
-        if content_type != "multipart/form-data":
-            sent = content_type or "no content type"
-            raise UnsupportedInput(
-                f"model {name!r} ({spec.task}) takes an image: send multipart/form-data with the "
-                f"file in field 'file' (e.g. curl -F file=@digit.png), not {sent}"
-            )
-        payload = await _read_upload(request)
-    else:
-        payload = await _read_json(request)
+    payload = await _read_upload(request) if upload else await _read_json(request)
     predictions = await unless_disconnected(request, manager.predict(name, payload))
     return {"model": name, "predictions": predictions}
 

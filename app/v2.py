@@ -22,16 +22,18 @@ from app.protocol_errors import Failure, shaped_route
 from app.routes import Manager
 from app.v2_models import model_inputs, model_outputs, platform, signature
 from app.v2_tensors import HEADER_LENGTH, TensorError, encode_response, parse_request
+from app.views_json import model_json, readiness_json
 from registry.payload import ImageRequest, TextRequest
+from registry.slot import State
 
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 VERSION = "1"  # every model has one version
 REPOSITORY_STATE = {
-    "loaded": "READY",
-    "loading": "LOADING",
-    "unloading": "UNLOADING",
-    "unloaded": "UNAVAILABLE",
-    "failed": "UNAVAILABLE",
+    State.LOADED: "READY",
+    State.LOADING: "LOADING",
+    State.UNLOADING: "UNLOADING",
+    State.UNLOADED: "UNAVAILABLE",
+    State.FAILED: "UNAVAILABLE",
 }
 
 
@@ -72,10 +74,11 @@ async def live() -> Response:
 @router.get("/health/ready")
 async def ready(manager: Manager) -> Response:
     """200 once every hot model is loaded, else 503 (as GET /health/ready)."""
-    is_ready, detail = manager.readiness()
-    if is_ready:
+    readiness = manager.readiness()
+    if readiness.ready:
         return Response(status_code=200)
-    return JSONResponse({"error": f"not ready: {json.dumps(detail)}"}, status_code=503)
+    detail = json.dumps(readiness_json(readiness))
+    return JSONResponse({"error": f"not ready: {detail}"}, status_code=503)
 
 
 @router.get("/models/{name}")
@@ -99,14 +102,14 @@ async def model_metadata(name: str, manager: Manager, version: str | None = None
 async def model_ready(name: str, manager: Manager, version: str | None = None) -> Response:
     """200 while the model is loaded; 400 otherwise (an infer request loads it anyway)."""
     _check_version(manager, name, version)
-    state = manager.describe(name)["state"]
-    if state == "loaded":
+    state = manager.describe(name).state
+    if state is State.LOADED:
         return Response(status_code=200)
     return render(
         Failure(
             400,
             "not_ready",
-            f"model {name!r} is {state}; an infer request loads it on demand "
+            f"model {name!r} is {state.value}; an infer request loads it on demand "
             f"(or POST /v2/repository/models/{name}/load)",
         )
     )
@@ -179,16 +182,12 @@ async def repository_index(request: Request, manager: Manager) -> list[dict[str,
     options = await _json_object(request)
     only_ready = bool(options.get("ready", False))
     entries = []
-    for entry in manager.snapshot()["models"]:
-        state = REPOSITORY_STATE.get(entry["state"], "UNAVAILABLE")
+    for entry in manager.snapshot().models:
+        state = REPOSITORY_STATE[entry.state]
         if only_ready and state != "READY":
             continue
-        reason = entry["error"] or (
-            "" if state != "UNAVAILABLE" else "not loaded (loads on demand)"
-        )
-        entries.append(
-            {"name": entry["name"], "version": VERSION, "state": state, "reason": reason}
-        )
+        reason = entry.error or ("" if state != "UNAVAILABLE" else "not loaded (loads on demand)")
+        entries.append({"name": entry.name, "version": VERSION, "state": state, "reason": reason})
     return entries
 
 
@@ -202,7 +201,7 @@ async def repository_load(name: str, request: Request, manager: Manager) -> dict
             f"load parameters {sorted(parameters)} are not supported: models are defined in "
             "models.yaml (edit it and reload); send an empty body"
         )
-    return await manager.load(name)
+    return model_json(await manager.load(name))
 
 
 @router.post("/repository/models/{name}/unload", dependencies=admin)
@@ -210,7 +209,7 @@ async def repository_unload(name: str, request: Request, manager: Manager) -> di
     """Unload a model once its in-flight requests finish (the admin token is required)."""
     manager.spec(name)
     await _json_object(request)  # unload_dependents: no model depends on another here
-    return await manager.unload(name)
+    return model_json(await manager.unload(name))
 
 
 async def _json_object(request: Request) -> dict[str, Any]:

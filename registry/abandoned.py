@@ -10,9 +10,8 @@ until then. A model that can be stopped (an `abort()` method) is asked to stop.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
 
 from registry.slot import Slot
 
@@ -25,16 +24,6 @@ class AbandonedThread:
     kind: str  # "load" or "inference"
     why: str
     since: float = field(default_factory=time.time)
-
-    def info(self) -> dict[str, Any]:
-        """The public view served by GET /models."""
-        return {
-            "model": self.slot.name,
-            "kind": self.kind,
-            "why": self.why,
-            "since": datetime.fromtimestamp(self.since, UTC).isoformat(timespec="milliseconds"),
-            "retired": self.slot.retirement.retired,
-        }
 
 
 class Abandoned:
@@ -60,6 +49,6 @@ class Abandoned:
         self._records.discard(record)
         return record.slot.thread_ended()
 
-    def info(self) -> list[dict[str, Any]]:
+    def __iter__(self) -> Iterator[AbandonedThread]:
         """Every abandoned thread, oldest first."""
-        return [r.info() for r in sorted(self._records, key=lambda r: r.since)]
+        return iter(sorted(self._records, key=lambda r: r.since))

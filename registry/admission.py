@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from registry.blame import model_error
 from registry.errors import (
@@ -41,7 +41,36 @@ from registry.stats import Timing
 from registry.threads import InferencePool
 from registry.worker_slots import after_request, worker_lost
 
+if TYPE_CHECKING:
+    from registry.config import ModelSpec
+
 log = logging.getLogger("registry")
+
+
+def check_input_kind(name: str, spec: ModelSpec, *, upload: bool, sent: str | None = None) -> None:
+    """The one rule of what a model takes: an image model an image upload, any other JSON.
+
+    UnsupportedInput (415) otherwise. `sent` is what an HTTP caller sent instead of the
+    upload (its content type); the message then says how to send one.
+    """
+    kind = spec.input_kind
+    what = spec.task or "custom loader"
+    if upload and kind != "image":
+        takes = "text" if kind == "text" else "JSON"
+        raise UnsupportedInput(
+            f"model {name!r} ({what}) takes {takes}: POST application/json "
+            '{"inputs": ...}, not a file upload'
+        )
+    if not upload and kind == "image":
+        if sent is None:
+            raise UnsupportedInput(
+                f"model {name!r} ({what}) takes an image: POST multipart/form-data "
+                "with the image file in field 'file'"
+            )
+        raise UnsupportedInput(
+            f"model {name!r} ({what}) takes an image: send multipart/form-data with the "
+            f"file in field 'file' (e.g. curl -F file=@digit.png), not {sent}"
+        )
 
 
 class Admission:
@@ -116,21 +145,11 @@ class Admission:
 
     async def _prepare(self, slot: Slot, request: PredictRequest) -> list[Any]:
         """Check the input against the model's kind before anything loads."""
+        check_input_kind(slot.name, slot.spec, upload=isinstance(request, ImageRequest))
+        if isinstance(request, ImageRequest):
+            return [await self._pool.submit(decode_image, request.data)]  # never on the loop
         kind = slot.spec.input_kind
         what = slot.spec.task or "custom loader"
-        if isinstance(request, ImageRequest):
-            if kind != "image":
-                takes = "text" if kind == "text" else "JSON"
-                raise UnsupportedInput(
-                    f"model {slot.name!r} ({what}) takes {takes}: POST application/json "
-                    '{"inputs": ...}, not a file upload'
-                )
-            return [await self._pool.submit(decode_image, request.data)]  # never on the loop
-        if kind == "image":
-            raise UnsupportedInput(
-                f"model {slot.name!r} ({what}) takes an image: POST multipart/form-data "
-                "with the image file in field 'file'"
-            )
         items = request.inputs if isinstance(request.inputs, list) else [request.inputs]
         if not items:
             raise BadInput("'inputs' is an empty list; send at least one input")

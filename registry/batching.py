@@ -22,6 +22,7 @@ from typing import Any
 
 from registry.errors import InferenceTimeout, Unavailable
 from registry.stats import Timing
+from registry.views import BatchStats
 
 Run = Callable[[list[Any], Mapping[str, Any]], Awaitable[list[Any]]]
 
@@ -138,9 +139,9 @@ class Batcher:
             _settle(entry, outputs=outputs[start : start + len(entry.inputs)])
             start += len(entry.inputs)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> BatchStats:
         """Batches run and inputs in them, since the model loaded."""
-        return {"batches": self.batches, "inputs": self.batched_inputs}
+        return BatchStats(batches=self.batches, inputs=self.batched_inputs)
 
     def withdraw(self, future: asyncio.Future[list[Any]]) -> bool:
         """Drop a request that is still queued (its client went away); False if it runs."""

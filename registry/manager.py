@@ -17,7 +17,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from registry import workers
+from registry import views, workers
 from registry.admission import Admission
 from registry.config import Config, ModelSpec
 from registry.config_file import load_config
@@ -50,7 +50,7 @@ class ModelManager:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.config_error: dict[str, Any] | None = None
+        self.config_error: views.ConfigRefusal | None = None
         self.config_loaded_at = _now()
         settings = config.server
         self._pool = InferencePool(settings.inference_workers or default_workers())
@@ -96,15 +96,14 @@ class ModelManager:
         if tasks:
             await asyncio.wait(tasks)
 
-    def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Ready once every hot model has loaded; the detail lists what is pending or failed."""
+    def readiness(self) -> views.Readiness:
+        """Ready once every hot model has loaded; lists what is pending or failed."""
         hot = [s for s in self._roster if s.spec.hot and not s.hot_ready]
-        pending = [s.name for s in hot if s.state is not State.FAILED]
-        failed = {s.name: s.error for s in hot if s.state is State.FAILED}
-        closing = self._life.closing
-        ready = not pending and not failed and not closing
-        status = "shutting down" if closing else ("ready" if ready else "starting")
-        return ready, {"status": status, "pending": pending, "failed": failed}
+        return views.Readiness(
+            closing=self._life.closing,
+            pending=tuple(s.name for s in hot if s.state is not State.FAILED),
+            failed={s.name: s.error for s in hot if s.state is State.FAILED},
+        )
 
     @property
     def closing(self) -> bool:
@@ -197,8 +196,8 @@ class ModelManager:
         """The entry of `name`, or UnknownModel."""
         return self._lookup(name).spec
 
-    def describe(self, name: str) -> dict[str, Any]:
-        """The public view of one model."""
+    def describe(self, name: str) -> views.ModelView:
+        """The view of one model."""
         return self._entry(self._lookup(name))
 
     @property
@@ -216,37 +215,37 @@ class ModelManager:
         """The inference pool (its busy count is a metric)."""
         return self._pool
 
-    def snapshot(self) -> dict[str, Any]:
-        """The public view of the whole registry."""
-        budget = self._life.budget
-        models = [self._entry(self._roster.lookup(name)) for name in self._roster.names()]
+    def snapshot(self) -> views.RegistryView:
+        """The view of the whole registry."""
+        life = self._life
+        budget = life.budget
         loading = (s for s in self._all_slots() if s.state is State.LOADING)
-        return {
-            "budget_bytes": budget.limit,
-            "used_bytes": budget.used,
-            "reserved_bytes": sum(budget.size_of(s) for s in loading),
-            "peak_used_bytes": self._life.peak_used,
-            "budget_state": "restoring" if budget.used > budget.limit else "ok",  # lowered
-            "abandoned_threads": len(self._life.abandoned),
-            "abandoned": self._life.abandoned.info(),
-            "unused_loads": self._life.unused_loads,
-            "config_path": str(self.config.path),
-            "config_loaded_at": self.config_loaded_at,
-            "config_error": self.config_error,
-            "eviction": budget.policy,
-            "models": models,
-            "last_event_id": self.events.last_id,
-        }
+        return views.RegistryView(
+            budget_bytes=budget.limit,
+            used_bytes=budget.used,
+            reserved_bytes=sum(budget.size_of(s) for s in loading),
+            peak_used_bytes=life.peak_used,
+            abandoned=tuple(views.abandoned_view(record) for record in life.abandoned),
+            unused_loads=life.unused_loads,
+            config_path=self.config.path,
+            config_loaded_at=self.config_loaded_at,
+            config_error=self.config_error,
+            eviction=budget.policy,
+            models=tuple(self._entry(self._roster.lookup(name)) for name in self._roster.names()),
+            last_event_id=self.events.last_id,
+        )
 
-    def _entry(self, slot: Slot) -> dict[str, Any]:
-        """A model's public view: its eviction priority, what the budget holds for it (loaded,
-        or reserved for a load) and the time its idle TTL leaves it."""
-        return {
-            **slot.info(),
-            **self._life.eviction_view(slot),
-            "held_bytes": self._life.budget.size_of(slot),
-            "ttl_left_seconds": self._ttl_left(slot, time.monotonic()),
-        }
+    def _entry(self, slot: Slot) -> views.ModelView:
+        """A model's view with the manager's part: its eviction priority, what the budget
+        holds for it (loaded, or reserved for a load) and the time its idle TTL leaves it."""
+        budget = self._life.budget
+        holding = views.Holding(
+            eviction=budget.policy,
+            eviction_priority=budget.priority(slot),
+            held_bytes=budget.size_of(slot),
+            ttl_left_seconds=self._ttl_left(slot, time.monotonic()),
+        )
+        return views.model_view(slot, holding)
 
     async def count_tokens(self, name: str, texts: list[str]) -> list[int] | None:
         """Token counts by the loaded model's tokenizer; None without one (or if not loaded)."""
@@ -266,7 +265,7 @@ class ModelManager:
 
     # ---------------------------------------------------------------------- admin
 
-    async def load(self, name: str) -> dict[str, Any]:
+    async def load(self, name: str) -> views.ModelView:
         """Load a model now (a failed one is retried at once); returns its entry."""
         slot = self._lookup(name)
         if self._life.closing:
@@ -290,7 +289,7 @@ class ModelManager:
             )
         return self._entry(slot)
 
-    async def unload(self, name: str) -> dict[str, Any]:
+    async def unload(self, name: str) -> views.ModelView:
         """Unload a model once its in-flight requests finish (up to drain_timeout)."""
         slot = self._lookup(name)
         life = self._life
@@ -312,7 +311,7 @@ class ModelManager:
         ttl = slot.idle_ttl(self.config.server.idle_ttl)
         if ttl <= 0 or slot.spec.pinned or slot.state is not State.LOADED or slot.leases:
             return None
-        return round(max(0.0, ttl - (now - slot.stats.last_used_mono)), 1)
+        return max(0.0, ttl - (now - slot.stats.last_used_mono))
 
     @staticmethod
     def _unloaded(slot: Slot) -> bool:
@@ -326,7 +325,7 @@ class ModelManager:
                     functools.partial(load_config, self.config.path), name="reload"
                 )
             except ConfigError as exc:
-                self.config_error = {"message": exc.message, "problems": exc.problems, "at": _now()}
+                self.config_error = views.ConfigRefusal(exc.message, tuple(exc.problems), _now())
                 log.error("kept the running registry: %s", exc.message)
                 self.events.emit(EventKind.CONFIG_REFUSED, problems=exc.problems)
                 raise
@@ -396,5 +395,5 @@ class ModelManager:
         return list(slots.values())
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def _now() -> datetime:
+    return datetime.now(UTC)

@@ -99,14 +99,6 @@ class Room:
             return max(seconds, 0.001)
         return 0.5 + (slot.size_bytes or slot.estimate or 0) / 200e6  # ~200 MB/s
 
-    def eviction_view(self, slot: Slot) -> dict[str, Any]:
-        """The policy and the model's eviction priority (lower goes first), for the views."""
-        priority = self.budget.priority(slot)
-        return {
-            "eviction": self.budget.policy,
-            "eviction_priority": None if priority is None else round(priority, 6),
-        }
-
     async def reserve(self, slot: Slot, nbytes: int, *, replacing: bool = False) -> None:
         """Reserve bytes for `slot`, evicting idle models; wait at most capacity_wait."""
         deadline = time.monotonic() + self.settings.capacity_wait

@@ -20,8 +20,7 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from registry.events import UnloadReason
 
@@ -320,52 +319,3 @@ class Slot:
     def mark_hot_ready(self) -> None:
         """A model that became hot while loaded counts as preloaded."""
         self.hot_ready = True
-
-    # -------------------------------------------------------------------- views
-
-    def info(self) -> dict[str, Any]:
-        """The public view served by GET /models (docs/architecture.md)."""
-        spec = self.spec
-        stats = self.stats
-        return {
-            "name": self.name,
-            "task": spec.task or (f"loader:{spec.loader}" if spec.loader else None),
-            "state": self.state.value,
-            "hot": spec.hot,
-            "pinned": spec.pinned,
-            "size_bytes": self.size_bytes if self.size_bytes is not None else self.estimate,
-            "size_measured": self.size_bytes is not None,
-            "in_flight": self.leases,
-            "queued": self.waiting,
-            "load_count": stats.load_count,
-            "served": stats.served,
-            "abandoned_threads": self.abandoned,
-            "last_used": _iso(stats.last_used),
-            "load_seconds": None if stats.load_seconds is None else round(stats.load_seconds, 4),
-            "error": self.error,
-            "input": spec.input_kind,
-            "source": None if self.source is None else str(self.source),
-            "batch": None if spec.batch is None else spec.batch.model_dump(),
-            "batches": None if self.batcher is None else self.batcher.stats(),
-            "idle_ttl": spec.idle_ttl,
-            "description": spec.description,
-            **self._worker_info(),
-        }
-
-    def _worker_info(self) -> dict[str, Any]:
-        """Isolation fields (a process model adds its worker's pid and memory)."""
-        info: dict[str, Any] = {
-            "isolation": self.isolation or self.spec.isolation,
-            "recycles": self.stats.recycles,
-            "worker_deaths": self.stats.worker_deaths,
-        }
-        worker = getattr(self.model, "info", None)
-        if callable(worker):
-            info.update(worker())
-        return info
-
-
-def _iso(timestamp: float | None) -> str | None:
-    if timestamp is None:
-        return None
-    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")

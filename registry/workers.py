@@ -237,17 +237,6 @@ class ProcessModel:
         """False once the worker has died or was stopped."""
         return self._dead is None
 
-    def info(self) -> dict[str, Any]:
-        """Fields for GET /models."""
-        return {
-            "isolation": "process",
-            "worker_pid": self.pid if self.alive else None,
-            "param_bytes": self.param_bytes,
-            "worker_private_bytes": self.private_bytes,
-            "worker_uss_bytes": self.memory.get("uss"),
-            "worker_pss_bytes": self.memory.get("pss"),
-        }
-
     def refresh_memory(self) -> None:
         """Read the worker's smaps_rollup now (the worker also reports it with each reply)."""
         if self.alive and self.pid is not None:

@@ -167,7 +167,7 @@ def single_registry(requests: int, directory: Path) -> dict[str, Any]:
         started = time.perf_counter()
         await asyncio.gather(*(client() for _ in range(CONCURRENCY)))
         seconds = time.perf_counter() - started
-        loads = sum(m["load_count"] for m in manager.snapshot()["models"])
+        loads = sum(m.load_count for m in manager.snapshot().models)
         await manager.shutdown(drain_timeout=5)
         return {"seconds": seconds, "latencies": latencies, "loads": loads}
 

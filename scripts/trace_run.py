@@ -70,8 +70,8 @@ class Recorder(logging.Handler):
             name = str(record.args[0])  # type: ignore[index]
             entry = self.manager.describe(name)
             self.loads[name] += 1
-            self.bytes += int(entry["size_bytes"] or 0)
-            self.seconds += float(entry["load_seconds"] or 0.0)
+            self.bytes += entry.size_bytes or 0
+            self.seconds += entry.load_seconds or 0.0
         elif message.startswith("evicted"):
             self.evictions += 1
             if len(self.lines) < 40:

@@ -10,6 +10,7 @@ from support import builders, digit_png, running
 from registry.errors import BadInput
 from registry.loaders import fake
 from registry.payload import ImageRequest, TextRequest
+from registry.views import BatchStats
 
 pytestmark = pytest.mark.anyio
 
@@ -33,9 +34,8 @@ async def test_concurrent_requests_become_one_call_and_keep_their_own_results(
             await manager.predict("m", TextRequest("u")),
             await manager.predict("m", TextRequest("v")),
         ]
-        stats = manager.describe("m")["batches"]
-        assert stats["inputs"] == 8 + 6 + 2
-        assert stats["batches"] == 1 + 6 + 2  # one batch of 8, then the lone requests
+        # one batch of 8, then the lone requests
+        assert manager.describe("m").batches == BatchStats(batches=1 + 6 + 2, inputs=8 + 6 + 2)
 
 
 async def test_a_bad_input_fails_only_its_own_request(write_config) -> None:
@@ -66,7 +66,7 @@ async def test_requests_with_different_parameters_are_not_mixed(write_config) ->
         fake.open_gate("g")
         results = await asyncio.gather(*tasks)
         assert [r["parameters"] for r in results] == [{"top_k": k} for k in (1, 2, 1, 2)]
-        assert manager.describe("m")["batches"] == {"batches": 2, "inputs": 4}
+        assert manager.describe("m").batches == BatchStats(batches=2, inputs=4)
 
 
 async def test_batching_does_not_change_real_predictions(write_config, model_store) -> None:
@@ -97,7 +97,8 @@ models:
         ):
             alone = [await manager.predict(plain, r) for r in requests]
             together = await asyncio.gather(*(manager.predict(batched, r) for r in requests))
-            assert manager.describe(batched)["batches"]["batches"] < len(requests)
+            stats = manager.describe(batched).batches
+            assert stats is not None and stats.batches < len(requests)
             for one, grouped in zip(alone, together, strict=True):
                 assert [p["label"] for p in one] == [p["label"] for p in grouped]
                 for a, b in zip(one, grouped, strict=True):

@@ -14,6 +14,7 @@ from app.main import create_app
 from registry.config_file import load_config
 from registry.config_yaml import MAX_DEPTH
 from registry.errors import ConfigError
+from registry.views import ConfigRefusal
 
 TOKEN = "edge-secret"
 NESTED = "models:\n  a:\n    loader: fake\n    options: {x: " + "[" * 5000 + "]" * 5000 + "}\n"
@@ -74,8 +75,8 @@ async def test_the_watcher_reports_a_deeply_nested_edit_as_config_error(tmp_path
 
 
 def error_text(error: object) -> str:
-    assert isinstance(error, dict)
-    return str(error["problems"])
+    assert isinstance(error, ConfigRefusal)
+    return str(error.problems)
 
 
 def test_a_missing_local_source_is_a_config_error_with_a_hint(tmp_path: Path) -> None:

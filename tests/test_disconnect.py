@@ -65,14 +65,14 @@ async def test_clients_that_disconnect_while_their_model_loads_are_dropped(write
             asyncio.create_task(_post(app, "/models/m/predict", body, gone, sent))
             for _ in range(10)
         ]
-        await wait_until(lambda: manager.describe("m")["queued"] == 10, "10 clients wait")
+        await wait_until(lambda: manager.describe("m").queued == 10, "10 clients wait")
         gone.set()
-        await wait_until(lambda: manager.describe("m")["queued"] == 0, "the gone clients leave")
-        assert manager.describe("m")["state"] == "loading"
+        await wait_until(lambda: manager.describe("m").queued == 0, "the gone clients leave")
+        assert manager.describe("m").state == "loading"
         await asyncio.wait_for(asyncio.gather(*clients), 10)
         fake.open_gate("gm")
-        await wait_until(lambda: manager.describe("m")["state"] == "loaded", "the load ends")
-        assert manager.describe("m")["served"] == 0
+        await wait_until(lambda: manager.describe("m").state == "loaded", "the load ends")
+        assert manager.describe("m").served == 0
         fake.reset()
 
 

@@ -61,12 +61,12 @@ async def test_a_client_that_goes_away_is_dropped_from_a_models_queue(write_conf
         await manager.load("m")
         running_one = ask(manager, "m", "first")
         gone = ask(manager, "m", "second")
-        await wait_until(lambda: manager.describe("m")["in_flight"] == 2, "both hold m")
+        await wait_until(lambda: manager.describe("m").in_flight == 2, "both hold m")
         gone.cancel()
-        await wait_until(lambda: manager.describe("m")["in_flight"] == 1, "the gone one leaves")
+        await wait_until(lambda: manager.describe("m").in_flight == 1, "the gone one leaves")
         fake.open_gate("hold")
         assert await running_one is not None
-        assert manager.describe("m")["served"] == 1
+        assert manager.describe("m").served == 1
 
 
 async def test_a_lowered_budget_is_restored_while_traffic_continues(write_config) -> None:
@@ -97,16 +97,16 @@ async def test_a_lowered_budget_is_restored_while_traffic_continues(write_config
         await wait_until(lambda: served > 20, "traffic flows")
         config.path.write_text(text.replace("memory_budget: 100MB", "memory_budget: 50MB"))
         await manager.reload()
-        assert manager.snapshot()["budget_state"] == "restoring"
+        assert manager.snapshot().budget_state == "restoring"
         await wait_until(
-            lambda: manager.snapshot()["used_bytes"] <= 50 * MB, "the budget is restored", 10
+            lambda: manager.snapshot().used_bytes <= 50 * MB, "the budget is restored", 10
         )
         before = served
         await wait_until(lambda: served > before + 20, "traffic still flows")
-        assert manager.snapshot()["budget_state"] == "ok"
+        assert manager.snapshot().budget_state == "ok"
         stop.set()
         await asyncio.gather(*clients)
-        assert manager.snapshot()["peak_used_bytes"] <= 100 * MB
+        assert manager.snapshot().peak_used_bytes <= 100 * MB
 
 
 async def test_every_load_serves_a_request_under_skewed_traffic(write_config) -> None:
@@ -141,9 +141,9 @@ async def test_every_load_serves_a_request_under_skewed_traffic(write_config) ->
 
         await asyncio.gather(*(client() for _ in range(8)))
         snapshot = manager.snapshot()
-        loads = sum(m["load_count"] for m in snapshot["models"])
-        served = sum(m["served"] for m in snapshot["models"])
+        loads = sum(m.load_count for m in snapshot.models)
+        served = sum(m.served for m in snapshot.models)
         assert failures == []
         assert served == len(picks)
-        assert snapshot["unused_loads"] == 0, f"{snapshot['unused_loads']} of {loads} loads"
-        assert snapshot["peak_used_bytes"] <= 100 * MB
+        assert snapshot.unused_loads == 0, f"{snapshot.unused_loads} of {loads} loads"
+        assert snapshot.peak_used_bytes <= 100 * MB

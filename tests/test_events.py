@@ -90,9 +90,9 @@ async def test_the_manager_emits_each_state_change_with_its_reason(write_config)
         subscription = manager.events.subscribe()
         await manager.load("a")
         await manager.load("b")  # evicts a (LRU) to fit
-        await wait_until(lambda: manager.describe("a")["state"] == "unloaded", "a is evicted")
+        await wait_until(lambda: manager.describe("a").state == "unloaded", "a is evicted")
         await manager.load("c")
-        await wait_until(lambda: manager.describe("c")["state"] == "unloaded", "c's TTL ends")
+        await wait_until(lambda: manager.describe("c").state == "unloaded", "c's TTL ends")
         await manager.unload("b")
         with pytest.raises(Exception, match="boom"):
             await manager.load("bad")
@@ -149,11 +149,11 @@ async def test_a_lowered_budget_and_a_removal_unload_with_their_reasons(
         path = tmp_path / "models.yaml"
         path.write_text(f"server: {{memory_budget: 40MB, {server}}}\n{models}")
         await manager.reload()
-        await wait_until(lambda: manager.snapshot()["used_bytes"] <= 40e6, "a is evicted")
+        await wait_until(lambda: manager.snapshot().used_bytes <= 40e6, "a is evicted")
         path.write_text(f"server: {{memory_budget: 40MB, {server}}}\n{only_a}")
         await manager.reload()
         await wait_until(lambda: "b" not in manager.names(), "b is removed")
-        await wait_until(lambda: manager.snapshot()["used_bytes"] == 0, "b is unloaded")
+        await wait_until(lambda: manager.snapshot().used_bytes == 0, "b is unloaded")
         events = [(e.kind, e.model, e.data.get("reason")) for e in await drain(subscription)]
         assert events == [
             (EventKind.CONFIG_APPLIED, None, None),

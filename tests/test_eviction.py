@@ -17,7 +17,7 @@ pytestmark = pytest.mark.anyio
 
 
 def states(manager: ModelManager) -> dict[str, str]:
-    return {m["name"]: m["state"] for m in manager.snapshot()["models"]}
+    return {m.name: m.state for m in manager.snapshot().models}
 
 
 def ask(manager: ModelManager, name: str) -> asyncio.Task[object]:
@@ -67,16 +67,16 @@ async def test_a_model_loaded_for_waiting_requests_serves_them_before_eviction(
     )
     async with running(config) as manager:
         waiting = [ask(manager, "a") for _ in range(3)]
-        await wait_until(lambda: manager.describe("a")["queued"] == 3, "3 requests wait for a")
+        await wait_until(lambda: manager.describe("a").queued == 3, "3 requests wait for a")
         other = ask(manager, "b")  # needs a's room while a loads
         # b's estimate is in: its load now waits for room (the same step of its task).
-        await wait_until(lambda: manager.describe("b")["size_bytes"] is not None, "b waits")
+        await wait_until(lambda: manager.describe("b").size_bytes is not None, "b waits")
         fake.open_gate("ga")
         results = await asyncio.gather(*waiting, other)
         assert all(isinstance(r, dict) for r in results)
         assert fake.attempts("a") == 1  # a was not evicted under its waiting requests
-        assert manager.describe("a")["load_count"] == 1
-        assert manager.describe("a")["served"] == 3
+        assert manager.describe("a").load_count == 1
+        assert manager.describe("a").served == 3
 
 
 SIZES = (10, 15, 20, 25, 30, 35, 40, 45)  # MB, under a budget of 100 MB
@@ -90,7 +90,7 @@ async def _replay(manager: ModelManager, trace: list[str], clients: int) -> int:
             await manager.predict(name, TextRequest("x"))
 
     await asyncio.gather(*(client() for _ in range(clients)))
-    return sum(int(m["load_count"]) for m in manager.snapshot()["models"])
+    return sum(int(m.load_count) for m in manager.snapshot().models)
 
 
 @pytest.mark.parametrize("policy", ["lru", "cost"])
@@ -130,15 +130,15 @@ async def test_the_policy_chooses_the_victim(
         for name in ("dear", "dear", "dear", "cheap"):  # cheap is the most recent
             await manager.predict(name, TextRequest("x"))
         view = manager.snapshot()
-        assert view["eviction"] == policy
-        priorities = {m["name"]: m["eviction_priority"] for m in view["models"]}
+        assert view.eviction == policy
+        priorities = {m.name: m.holding.eviction_priority for m in view.models}
         assert priorities["new"] is None
         assert isinstance(priorities["dear"], float) and isinstance(priorities["cheap"], float)
         if policy == "cost":
             assert priorities["cheap"] < priorities["dear"]
         await manager.predict("new", TextRequest("x"))
         assert states(manager)[victim] == "unloaded"
-        assert manager.describe(victim)["eviction_priority"] is None
+        assert manager.describe(victim).holding.eviction_priority is None
     line = next(
         r.getMessage()
         for r in caplog.records

@@ -39,9 +39,9 @@ async def test_stop_iteration_from_predict_is_the_requests_error(write_config) -
             with pytest.raises(InferenceError) as excinfo:
                 await asyncio.wait_for(manager.predict(name, TextRequest("x")), 10)
             assert "StopIteration" in excinfo.value.message
-            assert manager.describe(name)["in_flight"] == 0
+            assert manager.describe(name).in_flight == 0
         await asyncio.wait_for(manager.unload("m"), 10)  # no lease was left behind
-        assert manager.describe("m")["state"] == "unloaded"
+        assert manager.describe("m").state == "unloaded"
 
 
 async def test_stop_iteration_from_a_loader_is_a_load_failure(write_config) -> None:
@@ -51,7 +51,7 @@ async def test_stop_iteration_from_a_loader_is_a_load_failure(write_config) -> N
         with pytest.raises(ModelFailed) as excinfo:
             await asyncio.wait_for(manager.predict("m", TextRequest("x")), 10)
         assert "StopIteration" in excinfo.value.message
-        assert manager.describe("m")["state"] == "failed"
+        assert manager.describe("m").state == "failed"
 
 
 async def test_stop_iteration_from_close_still_unloads(write_config) -> None:
@@ -62,8 +62,8 @@ async def test_stop_iteration_from_close_still_unloads(write_config) -> None:
     async with running(config) as manager:
         await manager.load("m")
         await asyncio.wait_for(manager.unload("m"), 10)
-        assert manager.describe("m")["state"] == "unloaded"
-        assert manager.snapshot()["used_bytes"] == 0
+        assert manager.describe("m").state == "unloaded"
+        assert manager.snapshot().used_bytes == 0
 
 
 async def test_a_backlog_on_one_model_holds_no_worker_another_model_needs(write_config) -> None:
@@ -77,7 +77,7 @@ async def test_a_backlog_on_one_model_holds_no_worker_another_model_needs(write_
     async with running(config) as manager:
         await manager.predict("quick", TextRequest("warm"))
         backlog = [ask(manager, "slow", f"queued {i}") for i in range(4)]
-        await wait_until(lambda: manager.describe("slow")["in_flight"] == 4, "4 requests hold slow")
+        await wait_until(lambda: manager.describe("slow").in_flight == 4, "4 requests hold slow")
         assert await asyncio.wait_for(manager.predict("quick", TextRequest("now")), 10) is not None
         fake.open_gate("hold")
         assert len(await asyncio.gather(*backlog)) == 4
@@ -102,12 +102,12 @@ async def test_a_call_past_predict_timeout_fails_and_marks_the_model_failed(writ
             await asyncio.wait_for(behind, 10)
         assert "predict timed out after 0.2s (predict_timeout)" in queued.value.message
         info = manager.describe("m")
-        assert info["state"] == "failed"
-        assert info["abandoned_threads"] == 1
+        assert info.state == "failed"
+        assert info.abandoned_threads == 1
         snapshot = manager.snapshot()
-        assert snapshot["abandoned_threads"] == 1
-        assert snapshot["abandoned"][0]["kind"] == "inference"
-        assert snapshot["used_bytes"] == 10 * MB  # the stuck call still holds the model
+        assert snapshot.abandoned_threads == 1
+        assert snapshot.abandoned[0].kind == "inference"
+        assert snapshot.used_bytes == 10 * MB  # the stuck call still holds the model
         assert await manager.predict("other", TextRequest("x")) is not None  # others serve
         await asyncio.sleep(0.1)  # past the backoff: still no second copy while it runs
         with pytest.raises(ModelFailed) as blocked:
@@ -115,8 +115,8 @@ async def test_a_call_past_predict_timeout_fails_and_marks_the_model_failed(writ
         assert "previous thread is still running" in blocked.value.message
         assert fake.attempts("m") == 1
         fake.open_gate("hold")
-        await wait_until(lambda: manager.snapshot()["abandoned_threads"] == 0, "the call ends")
-        assert manager.snapshot()["used_bytes"] == 10 * MB  # only `other` holds memory now
+        await wait_until(lambda: manager.snapshot().abandoned_threads == 0, "the call ends")
+        assert manager.snapshot().used_bytes == 10 * MB  # only `other` holds memory now
         assert await manager.predict("m", TextRequest("after")) is not None
         assert fake.attempts("m") == 2
 
@@ -130,8 +130,8 @@ async def test_a_stuck_call_is_aborted_when_the_model_can_abort(write_config) ->
         with pytest.raises(InferenceTimeout):
             await asyncio.wait_for(manager.predict("m", TextRequest("x")), 10)
         await wait_until(lambda: fake.aborts("m") == 1, "abort() is called")
-        await wait_until(lambda: manager.snapshot()["abandoned_threads"] == 0, "the call ends")
-        assert manager.snapshot()["used_bytes"] == 0
+        await wait_until(lambda: manager.snapshot().abandoned_threads == 0, "the call ends")
+        assert manager.snapshot().used_bytes == 0
 
 
 async def test_a_timed_out_load_keeps_its_bytes_until_its_thread_ends(write_config) -> None:
@@ -145,21 +145,21 @@ async def test_a_timed_out_load_keeps_its_bytes_until_its_thread_ends(write_conf
             await manager.predict("m", TextRequest("x"))
         assert "load timed out after 0.2s" in excinfo.value.message
         snapshot = manager.snapshot()
-        assert snapshot["used_bytes"] == 30 * MB
-        assert snapshot["abandoned_threads"] == 1
-        assert snapshot["abandoned"][0]["kind"] == "load"
-        assert manager.describe("m")["abandoned_threads"] == 1
+        assert snapshot.used_bytes == 30 * MB
+        assert snapshot.abandoned_threads == 1
+        assert snapshot.abandoned[0].kind == "load"
+        assert manager.describe("m").abandoned_threads == 1
         await asyncio.sleep(0.1)  # past the backoff
         with pytest.raises(ModelFailed) as blocked:
             await manager.predict("m", TextRequest("x"))
         assert "previous thread is still running" in blocked.value.message
         assert fake.attempts("m") == 1
         fake.open_gate("gm")
-        await wait_until(lambda: manager.snapshot()["abandoned_threads"] == 0, "the loader ends")
-        assert manager.snapshot()["used_bytes"] == 0
+        await wait_until(lambda: manager.snapshot().abandoned_threads == 0, "the loader ends")
+        assert manager.snapshot().used_bytes == 0
         assert await manager.predict("m", TextRequest("x")) is not None
         assert fake.attempts("m") == 2
-        assert manager.snapshot()["used_bytes"] == 30 * MB
+        assert manager.snapshot().used_bytes == 30 * MB
 
 
 async def test_replacing_a_model_whose_load_hangs_moves_its_waiters(write_config) -> None:
@@ -177,13 +177,13 @@ async def test_replacing_a_model_whose_load_hangs_moves_its_waiters(write_config
         assert changes.replaced == ["m"]
         assert await asyncio.wait_for(waiter, 10) is not None
         snapshot = manager.snapshot()
-        assert snapshot["abandoned_threads"] == 1
-        assert snapshot["abandoned"][0]["model"] == "m"
-        assert snapshot["abandoned"][0]["retired"] is True
-        assert snapshot["used_bytes"] == 60 * MB  # the old loader's memory is real
+        assert snapshot.abandoned_threads == 1
+        assert snapshot.abandoned[0].model == "m"
+        assert snapshot.abandoned[0].retired is True
+        assert snapshot.used_bytes == 60 * MB  # the old loader's memory is real
         fake.open_gate("stuck")
-        await wait_until(lambda: manager.snapshot()["abandoned_threads"] == 0, "the loader ends")
-        assert manager.snapshot()["used_bytes"] == 30 * MB
+        await wait_until(lambda: manager.snapshot().abandoned_threads == 0, "the loader ends")
+        assert manager.snapshot().used_bytes == 30 * MB
 
 
 async def test_a_model_measured_too_big_for_the_budget_is_not_loaded_again(write_config) -> None:
@@ -199,7 +199,7 @@ async def test_a_model_measured_too_big_for_the_budget_is_not_loaded_again(write
             assert "needs 150.0 MB (measured)" in excinfo.value.message
         assert fake.attempts("big") == 1
         info = manager.describe("big")
-        assert (info["size_bytes"], info["size_measured"]) == (150 * MB, True)
+        assert (info.size_bytes, info.size_measured) == (150 * MB, True)
 
 
 async def test_a_model_measured_bigger_than_the_room_honours_its_backoff(write_config) -> None:
@@ -221,8 +221,8 @@ async def test_a_model_measured_bigger_than_the_room_honours_its_backoff(write_c
             assert "needs 50.0 MB" in excinfo.value.message
             assert excinfo.value.retry_after >= 1
         assert fake.attempts("m") == 1
-        assert manager.describe("m")["size_bytes"] == 50 * MB
-        assert manager.snapshot()["used_bytes"] == 60 * MB
+        assert manager.describe("m").size_bytes == 50 * MB
+        assert manager.snapshot().used_bytes == 60 * MB
 
 
 async def test_removing_a_model_whose_load_hangs_answers_its_waiters(write_config) -> None:
@@ -242,6 +242,6 @@ async def test_removing_a_model_whose_load_hangs_answers_its_waiters(write_confi
         with pytest.raises(UnknownModel) as excinfo:
             await asyncio.wait_for(waiter, 10)
         assert "was removed from the registry" in excinfo.value.message
-        assert manager.snapshot()["abandoned_threads"] == 1
+        assert manager.snapshot().abandoned_threads == 1
         fake.open_gate("stuck")
-        await wait_until(lambda: manager.snapshot()["used_bytes"] == 0, "its bytes are released")
+        await wait_until(lambda: manager.snapshot().used_bytes == 0, "its bytes are released")

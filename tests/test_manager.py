@@ -20,13 +20,14 @@ from registry.errors import (
 from registry.loaders import fake
 from registry.manager import ModelManager
 from registry.payload import TextRequest
+from registry.views import Readiness
 
 pytestmark = pytest.mark.anyio
 MB = 1000**2
 
 
 def state(manager: ModelManager, name: str) -> str:
-    return str(manager.describe(name)["state"])
+    return str(manager.describe(name).state)
 
 
 def ask(manager: ModelManager, name: str, text: str = "x") -> asyncio.Task[object]:
@@ -37,13 +38,13 @@ async def test_64_concurrent_first_requests_cause_one_load(write_config) -> None
     config = write_config("models:\n  m: {loader: fake, options: {size: 1MB, gate: open-m}}\n")
     async with running(config) as manager:
         tasks = [ask(manager, "m", f"text {i}") for i in range(64)]
-        await wait_until(lambda: manager.describe("m")["queued"] == 64, "64 requests wait")
+        await wait_until(lambda: manager.describe("m").queued == 64, "64 requests wait")
         assert state(manager, "m") == "loading"
         fake.open_gate("open-m")
         results = await asyncio.gather(*tasks)
         assert len(results) == 64
         assert all(isinstance(r, dict) and r["label"].startswith("label-") for r in results)
-        assert manager.describe("m")["load_count"] == 1
+        assert manager.describe("m").load_count == 1
         assert fake.attempts("m") == 1
 
 
@@ -73,9 +74,9 @@ async def test_a_client_that_goes_away_does_not_cancel_the_load(write_config) ->
             await task
         fake.open_gate("gm")
         await wait_until(lambda: state(manager, "m") == "loaded", "the load finishes")
-        assert manager.describe("m")["load_count"] == 1
+        assert manager.describe("m").load_count == 1
         assert await manager.predict("m", TextRequest("again")) is not None
-        assert manager.describe("m")["load_count"] == 1
+        assert manager.describe("m").load_count == 1
 
 
 async def test_a_leased_model_is_not_evicted(write_config) -> None:
@@ -87,7 +88,7 @@ async def test_a_leased_model_is_not_evicted(write_config) -> None:
     )
     async with running(config) as manager:
         held = ask(manager, "a")
-        await wait_until(lambda: manager.describe("a")["in_flight"] == 1, "a is in use")
+        await wait_until(lambda: manager.describe("a").in_flight == 1, "a is in use")
         with pytest.raises(CapacityExceeded) as excinfo:
             await manager.predict("b", TextRequest("x"))
         assert excinfo.value.retry_after >= 1
@@ -130,7 +131,7 @@ async def test_a_pinned_model_is_not_evicted(write_config) -> None:
         with pytest.raises(CapacityExceeded):
             await manager.predict("b", TextRequest("x"))
         assert state(manager, "a") == "loaded"
-        assert manager.snapshot()["used_bytes"] == 60 * MB
+        assert manager.snapshot().used_bytes == 60 * MB
 
 
 async def test_eviction_takes_the_least_recently_used_idle_model(write_config) -> None:
@@ -146,7 +147,7 @@ async def test_eviction_takes_the_least_recently_used_idle_model(write_config) -
         await manager.predict("b", TextRequest("x"))
         await manager.predict("a", TextRequest("x"))  # a is now more recent than b
         await manager.predict("c", TextRequest("x"))
-        states = {m["name"]: m["state"] for m in manager.snapshot()["models"]}
+        states = {m.name: m.state for m in manager.snapshot().models}
         assert states == {"a": "loaded", "b": "unloaded", "c": "loaded"}
 
 
@@ -159,14 +160,14 @@ async def test_the_estimate_is_reserved_then_replaced_by_the_measured_size(write
     async with running(config) as manager:
         task = ask(manager, "m")
         await wait_until(lambda: fake.attempts("m") == 1, "the load starts")
-        assert manager.snapshot()["used_bytes"] == 10 * MB
-        assert manager.describe("m")["size_bytes"] == 10 * MB
-        assert manager.describe("m")["size_measured"] is False
+        assert manager.snapshot().used_bytes == 10 * MB
+        assert manager.describe("m").size_bytes == 10 * MB
+        assert manager.describe("m").size_measured is False
         fake.open_gate("gm")
         await task
-        assert manager.snapshot()["used_bytes"] == 30 * MB
-        assert manager.describe("m")["size_bytes"] == 30 * MB
-        assert manager.describe("m")["size_measured"] is True
+        assert manager.snapshot().used_bytes == 30 * MB
+        assert manager.describe("m").size_bytes == 30 * MB
+        assert manager.describe("m").size_measured is True
 
 
 async def test_a_model_measured_bigger_than_the_budget_fails_naming_both_sizes(
@@ -184,8 +185,8 @@ async def test_a_model_measured_bigger_than_the_budget_fails_naming_both_sizes(
         message = excinfo.value.message
         assert "needs 150.0 MB (measured)" in message
         assert "whole memory budget is 100.0 MB" in message
-        assert manager.describe("big")["state"] == "failed"
-        assert manager.snapshot()["used_bytes"] == 0
+        assert manager.describe("big").state == "failed"
+        assert manager.snapshot().used_bytes == 0
         assert await manager.predict("ok", TextRequest("x")) is not None
 
 
@@ -208,7 +209,7 @@ async def test_tracked_bytes_never_exceed_the_budget_under_a_random_workload(
         async def sample() -> None:
             while not stop.is_set():
                 snapshot = manager.snapshot()
-                samples.append(snapshot["used_bytes"])
+                samples.append(snapshot.used_bytes)
                 # Not sleep(0): a sampler that never rests starves the loads it watches. The
                 # budget's own peak (peak_used_bytes, asserted below) sees every reservation.
                 await asyncio.sleep(0.001)
@@ -223,10 +224,10 @@ async def test_tracked_bytes_never_exceed_the_budget_under_a_random_workload(
         await sampler
         assert not [r for r in results if isinstance(r, BaseException)]
         assert max(samples) <= 100 * MB
-        assert manager.snapshot()["peak_used_bytes"] <= 100 * MB
-        loaded = [m for m in manager.snapshot()["models"] if m["state"] == "loaded"]
-        assert manager.snapshot()["used_bytes"] == sum(m["size_bytes"] for m in loaded)
-        assert sum(m["load_count"] for m in manager.snapshot()["models"]) > len(sizes)
+        assert manager.snapshot().peak_used_bytes <= 100 * MB
+        loaded = [m for m in manager.snapshot().models if m.state == "loaded"]
+        assert manager.snapshot().used_bytes == sum(m.size_bytes for m in loaded)
+        assert sum(m.load_count for m in manager.snapshot().models) > len(sizes)
 
 
 async def test_a_failed_load_is_retried_only_after_its_backoff(write_config) -> None:
@@ -241,8 +242,8 @@ async def test_a_failed_load_is_retried_only_after_its_backoff(write_config) -> 
             await manager.predict("flaky", TextRequest("x"))
         assert "fake load failure 1 of 1" in first.value.message
         info = manager.describe("flaky")
-        assert info["state"] == "failed"
-        assert info["error"] == "RuntimeError: fake load failure 1 of 1"
+        assert info.state == "failed"
+        assert info.error == "RuntimeError: fake load failure 1 of 1"
         with pytest.raises(ModelFailed):
             await manager.predict("flaky", TextRequest("x"))
         assert fake.attempts("flaky") == 1  # no new attempt inside the backoff
@@ -250,7 +251,7 @@ async def test_a_failed_load_is_retried_only_after_its_backoff(write_config) -> 
         await asyncio.sleep(0.35)
         assert await manager.predict("flaky", TextRequest("x")) is not None
         assert fake.attempts("flaky") == 2
-        assert manager.describe("flaky")["error"] is None
+        assert manager.describe("flaky").error is None
 
 
 async def test_a_request_waits_a_bounded_time_for_a_slow_load(write_config) -> None:
@@ -294,10 +295,10 @@ async def test_the_event_loop_runs_while_a_load_and_an_inference_block(write_con
             assert lag < BLOCKED_LOOP_FAILSAFE / 2, f"the loop stalled {lag:.2f} s in a load"
             assert state(manager, "m") == "loading"
             fake.open_gate("load")
-            await wait_until(lambda: manager.describe("m")["in_flight"] == 1, "inference blocks")
+            await wait_until(lambda: manager.describe("m").in_flight == 1, "inference blocks")
             lag = await loop_lag(ticks=20)
             assert lag < BLOCKED_LOOP_FAILSAFE / 2, f"the loop stalled {lag:.2f} s in inference"
-            assert manager.snapshot()["models"][0]["state"] == "loaded"
+            assert manager.snapshot().models[0].state == "loaded"
             fake.open_gate("infer")
             await task
         finally:
@@ -315,7 +316,7 @@ async def test_shutdown_drains_in_flight_requests_and_refuses_new_ones(write_con
     await manager.start()
     await manager.predict("b", TextRequest("warm"))
     in_flight = ask(manager, "a")
-    await wait_until(lambda: manager.describe("a")["in_flight"] == 1, "a request is in flight")
+    await wait_until(lambda: manager.describe("a").in_flight == 1, "a request is in flight")
     stopping = asyncio.create_task(manager.shutdown(drain_timeout=20))
     await wait_until(lambda: manager.closing, "shutdown begins")
     with pytest.raises(ShuttingDown):
@@ -328,8 +329,8 @@ async def test_shutdown_drains_in_flight_requests_and_refuses_new_ones(write_con
     assert report["abandoned"] == 0
     assert report["unloaded"] == 2
     assert report["freed_bytes"] == 10 * MB
-    assert manager.snapshot()["used_bytes"] == 0
-    assert {m["state"] for m in manager.snapshot()["models"]} == {"unloaded"}
+    assert manager.snapshot().used_bytes == 0
+    assert {m.state for m in manager.snapshot().models} == {"unloaded"}
 
 
 async def test_hot_models_preload_and_readiness_follows_them(write_config) -> None:
@@ -337,13 +338,13 @@ async def test_hot_models_preload_and_readiness_follows_them(write_config) -> No
         "models:\n  hot: {loader: fake, hot: true, options: {gate: gh}}\n  lazy: {loader: fake}\n"
     )
     async with running(config) as manager:
-        ready, detail = manager.readiness()
-        assert not ready
-        assert detail["pending"] == ["hot"]
+        readiness = manager.readiness()
+        assert not readiness.ready
+        assert readiness.pending == ("hot",)
         fake.open_gate("gh")
         await manager.wait_hot()
-        ready, detail = manager.readiness()
-        assert ready and detail == {"status": "ready", "pending": [], "failed": {}}
+        assert manager.readiness() == Readiness(closing=False, pending=(), failed={})
+        assert manager.readiness().ready
         assert state(manager, "lazy") == "unloaded"
 
 
@@ -355,6 +356,6 @@ async def test_a_hot_model_that_fails_keeps_the_server_unready_and_names_the_err
     )
     async with running(config) as manager:
         await manager.wait_hot()
-        ready, detail = manager.readiness()
-        assert not ready
-        assert detail["failed"] == {"hot": "RuntimeError: weights are corrupt"}
+        readiness = manager.readiness()
+        assert not readiness.ready
+        assert readiness.failed == {"hot": "RuntimeError: weights are corrupt"}

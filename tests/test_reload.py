@@ -40,7 +40,7 @@ def manager_for(path: Path) -> AbstractAsyncContextManager[ModelManager]:
 
 
 def states(manager: ModelManager) -> dict[str, str]:
-    return {m["name"]: m["state"] for m in manager.snapshot()["models"]}
+    return {m.name: m.state for m in manager.snapshot().models}
 
 
 async def ask(manager: ModelManager, name: str) -> object:
@@ -73,14 +73,14 @@ async def test_an_edit_applies_only_the_difference(tmp_path: Path) -> None:
             "new": "loaded",
             "swap": "unloaded",  # the old version unloaded; the new one loads on demand
         }
-        assert manager.describe("keep")["load_count"] == keep_before["load_count"] == 1
-        assert manager.describe("flags")["pinned"] is True
-        assert manager.describe("flags")["load_count"] == 1
+        assert manager.describe("keep").load_count == keep_before.load_count == 1
+        assert manager.describe("flags").pinned is True
+        assert manager.describe("flags").load_count == 1
         await ask(manager, "swap")
-        assert manager.describe("swap")["load_count"] == 1  # a new slot: its first load
+        assert manager.describe("swap").load_count == 1  # a new slot: its first load
         with pytest.raises(UnknownModel):
             await ask(manager, "gone")
-        assert manager.snapshot()["used_bytes"] == 35 * MB
+        assert manager.snapshot().used_bytes == 35 * MB
 
 
 async def test_an_invalid_edit_changes_nothing_and_is_reported(tmp_path: Path) -> None:
@@ -94,16 +94,17 @@ async def test_an_invalid_edit_changes_nothing_and_is_reported(tmp_path: Path) -
             await manager.reload()
         snapshot = manager.snapshot()
         assert states(manager) == before
-        assert snapshot["config_error"]["problems"] == [
+        assert snapshot.config_error is not None
+        assert snapshot.config_error.problems == (
             "model 'swap', field 'hott': unknown key; did you mean 'hot'? allowed keys: "
-            + ", ".join(sorted(ModelSpec.model_fields))
-        ]
-        assert str(path) in snapshot["config_error"]["message"]
-        assert manager.readiness()[0] is True
+            + ", ".join(sorted(ModelSpec.model_fields)),
+        )
+        assert str(path) in snapshot.config_error.message
+        assert manager.readiness().ready is True
         await ask(manager, "swap")  # the running registry still serves
         path.write_text(BASE)
         await manager.reload()
-        assert manager.snapshot()["config_error"] is None
+        assert manager.snapshot().config_error is None
 
 
 @pytest.mark.parametrize(
@@ -134,17 +135,17 @@ async def test_a_removed_model_finishes_its_in_flight_request(tmp_path: Path) ->
     path.write_text(BASE)
     async with manager_for(path) as manager:
         in_flight = asyncio.create_task(ask(manager, "gone"))
-        await wait_until(lambda: manager.describe("gone")["in_flight"] == 1, "gone is in use")
+        await wait_until(lambda: manager.describe("gone").in_flight == 1, "gone is in use")
         path.write_text(
             BASE.replace("  gone: {loader: fake, options: {size: 10MB, predict_gate: gone}}\n", "")
         )
         changes = await manager.reload()
         assert changes.removed == ["gone"]
         assert "gone" not in manager.names()
-        assert manager.snapshot()["used_bytes"] == 10 * MB  # still held by the request
+        assert manager.snapshot().used_bytes == 10 * MB  # still held by the request
         fake.open_gate("gone")
         assert await in_flight is not None
-        await wait_until(lambda: manager.snapshot()["used_bytes"] == 0, "gone unloads")
+        await wait_until(lambda: manager.snapshot().used_bytes == 0, "gone unloads")
 
 
 async def test_the_watcher_applies_a_saved_edit_and_a_rename_over(tmp_path: Path) -> None:
@@ -159,7 +160,7 @@ async def test_the_watcher_applies_a_saved_edit_and_a_rename_over(tmp_path: Path
         os.replace(replacement, path)  # rename over, as vim and most editors save
         await wait_until(lambda: "renamed" in manager.names(), "the rename applies")
         path.write_text(text.replace("added: {loader: fake}", "added: {loader: fake"))
-        await wait_until(lambda: manager.snapshot()["config_error"] is not None, "error shown")
+        await wait_until(lambda: manager.snapshot().config_error is not None, "error shown")
         assert "renamed" in manager.names()  # the broken save changed nothing
 
 
@@ -173,8 +174,8 @@ async def test_a_lower_budget_evicts_idle_models(tmp_path: Path) -> None:
         path.write_text(text.replace("memory_budget: 100MB", "memory_budget: 15MB"))
         changes = await manager.reload()
         assert changes.server_changed == ["memory_budget"]
-        await wait_until(lambda: manager.snapshot()["used_bytes"] <= 15 * MB, "evictions")
-        assert manager.snapshot()["budget_bytes"] == 15 * MB
+        await wait_until(lambda: manager.snapshot().used_bytes <= 15 * MB, "evictions")
+        assert manager.snapshot().budget_bytes == 15 * MB
         assert list(states(manager).values()).count("loaded") == 1
         assert states(manager)["flags"] == "loaded"  # the most recently used stays
 
@@ -208,11 +209,11 @@ async def test_a_hung_load_times_out_and_its_late_finish_is_discarded(tmp_path: 
             await ask(manager, "stuck")
         assert "load timed out after 0.2s (load_timeout)" in excinfo.value.message
         # Issue 7 item 10: the loader still runs, so its memory stays reserved.
-        assert manager.snapshot()["used_bytes"] == 40 * 1000**2
+        assert manager.snapshot().used_bytes == 40 * 1000**2
         fake.open_gate("g")  # the stuck thread now finishes: its model is thrown away
-        await wait_until(lambda: manager.snapshot()["abandoned_threads"] == 0, "it ends")
-        assert manager.describe("stuck")["state"] == "failed"
-        assert manager.snapshot()["used_bytes"] == 0
+        await wait_until(lambda: manager.snapshot().abandoned_threads == 0, "it ends")
+        assert manager.describe("stuck").state == "failed"
+        assert manager.snapshot().used_bytes == 0
 
 
 async def test_admin_load_retries_a_failed_model_at_once(tmp_path: Path) -> None:
@@ -228,7 +229,7 @@ async def test_admin_load_retries_a_failed_model_at_once(tmp_path: Path) -> None
             await ask(manager, "flaky")
         assert fake.attempts("flaky") == 1
         info = await manager.load("flaky")
-        assert info["state"] == "loaded" and fake.attempts("flaky") == 2
+        assert info.state == "loaded" and fake.attempts("flaky") == 2
 
 
 async def test_admin_unload_waits_for_in_flight_requests(tmp_path: Path) -> None:
@@ -236,13 +237,13 @@ async def test_admin_unload_waits_for_in_flight_requests(tmp_path: Path) -> None
     path.write_text(BASE)
     async with manager_for(path) as manager:
         in_flight = asyncio.create_task(ask(manager, "gone"))
-        await wait_until(lambda: manager.describe("gone")["in_flight"] == 1, "gone is in use")
+        await wait_until(lambda: manager.describe("gone").in_flight == 1, "gone is in use")
         unloading = asyncio.create_task(manager.unload("gone"))
         await asyncio.sleep(0.05)
-        assert not unloading.done() and manager.describe("gone")["state"] == "loaded"
+        assert not unloading.done() and manager.describe("gone").state == "loaded"
         fake.open_gate("gone")
         assert await in_flight is not None
-        assert (await unloading)["state"] == "unloaded"
+        assert (await unloading).state == "unloaded"
 
 
 async def test_the_queue_limit_answers_503_with_retry_after(tmp_path: Path) -> None:
@@ -253,7 +254,7 @@ async def test_the_queue_limit_answers_503_with_retry_after(tmp_path: Path) -> N
     )
     async with manager_for(path) as manager:
         waiting = [asyncio.create_task(ask(manager, "small")) for _ in range(2)]
-        await wait_until(lambda: manager.describe("small")["queued"] == 2, "the queue fills")
+        await wait_until(lambda: manager.describe("small").queued == 2, "the queue fills")
         with pytest.raises(LoadQueueFull) as excinfo:
             await ask(manager, "small")
         assert excinfo.value.kind == "loading"
@@ -268,9 +269,9 @@ async def test_admin_unload_with_no_drain_time_unloads_an_idle_model(tmp_path: P
     path.write_text("server: {watch: false, drain_timeout: 0}\nmodels:\n  m: {loader: fake}\n")
     async with manager_for(path) as manager:
         await ask(manager, "m")
-        assert (await manager.unload("m"))["state"] == "unloaded"
+        assert (await manager.unload("m")).state == "unloaded"
         assert await ask(manager, "m") is not None  # and it loads again on demand
-        assert manager.describe("m")["load_count"] == 2
+        assert manager.describe("m").load_count == 2
 
 
 async def test_a_hot_model_that_found_no_room_is_retried_until_ready(tmp_path: Path) -> None:
@@ -284,17 +285,17 @@ async def test_a_hot_model_that_found_no_room_is_retried_until_ready(tmp_path: P
     async with manager_for(path) as manager:
         await manager.wait_hot()
         in_flight = asyncio.create_task(ask(manager, "h"))
-        await wait_until(lambda: manager.describe("h")["in_flight"] == 1, "v1 is in use")
+        await wait_until(lambda: manager.describe("h").in_flight == 1, "v1 is in use")
         path.write_text(text.replace("v: 1", "v: 2"))
         assert (await manager.reload()).replaced == ["h"]
         # v2 cannot fit while v1 serves its request: it finds no room, and is retried.
-        await wait_until(lambda: manager.describe("h")["error"] is not None, "no room")
-        assert manager.readiness()[1]["pending"] == ["h"]
+        await wait_until(lambda: manager.describe("h").error is not None, "no room")
+        assert manager.readiness().pending == ("h",)
         fake.open_gate("h")
         await in_flight
-        await wait_until(lambda: manager.readiness()[0], "v2 loads and the server is ready")
-        assert manager.describe("h")["state"] == "loaded"
-        assert manager.snapshot()["used_bytes"] == 60 * MB
+        await wait_until(lambda: manager.readiness().ready, "v2 loads and the server is ready")
+        assert manager.describe("h").state == "loaded"
+        assert manager.snapshot().used_bytes == 60 * MB
 
 
 async def test_a_loader_that_calls_sys_exit_fails_alone(tmp_path: Path) -> None:
@@ -310,7 +311,7 @@ async def test_a_loader_that_calls_sys_exit_fails_alone(tmp_path: Path) -> None:
         with pytest.raises(ModelFailed) as excinfo:
             await ask(manager, "exits")
         assert "SystemExit(2) raised in a worker thread" in excinfo.value.message
-        assert manager.describe("exits")["state"] == "failed"
+        assert manager.describe("exits").state == "failed"
         assert await ask(manager, "fine") is not None
 
 
@@ -322,7 +323,7 @@ async def test_the_queue_limit_also_bounds_requests_to_a_loaded_model(tmp_path: 
     )
     async with manager_for(path) as manager:
         running = [asyncio.create_task(ask(manager, "m")) for _ in range(2)]
-        await wait_until(lambda: manager.describe("m")["in_flight"] == 2, "two in flight")
+        await wait_until(lambda: manager.describe("m").in_flight == 2, "two in flight")
         with pytest.raises(BusyQueueFull) as excinfo:
             await ask(manager, "m")
         assert excinfo.value.kind == "busy"

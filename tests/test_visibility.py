@@ -64,6 +64,7 @@ def test_get_models_shows_paths_only_to_the_admin(client: TestClient, tmp_path: 
 
 HF_SCRIPT = """
 import asyncio, json, sys
+from app.views_json import model_json
 from registry.config_file import load_config
 from registry.manager import ModelManager
 from registry.payload import ImageRequest
@@ -74,7 +75,8 @@ async def main():
     await manager.start()
     try:
         prediction = await manager.predict("digits", ImageRequest(data=digit_png(1500)))
-        print(json.dumps({"entry": manager.describe("digits"), "top": prediction[0]}))
+        entry = model_json(manager.describe("digits"))
+        print(json.dumps({"entry": entry, "top": prediction[0]}))
     finally:
         await manager.shutdown(drain_timeout=5)
 

@@ -44,7 +44,7 @@ def request(text: str) -> TextRequest:
 
 
 def worker_pid(manager: ModelManager, name: str) -> int:
-    pid = manager.describe(name)["worker_pid"]
+    pid = manager.describe(name).worker.pid
     assert isinstance(pid, int)
     return pid
 
@@ -64,11 +64,11 @@ async def test_process_model_answers_like_a_thread_model(
             thr = await manager.predict("thr", request(text))
             assert proc == thr
         info = manager.describe("proc")
-        assert info["isolation"] == "process"
-        assert info["param_bytes"] == 2_000_000
-        assert info["worker_private_bytes"] > 0
-        assert info["size_bytes"] == max(2_000_000, info["worker_private_bytes"])
-        assert manager.describe("thr")["isolation"] == "thread"
+        assert info.isolation == "process"
+        assert info.worker.param_bytes == 2_000_000
+        assert info.worker.private_bytes > 0
+        assert info.size_bytes == max(2_000_000, info.worker.private_bytes)
+        assert manager.describe("thr").isolation == "thread"
         assert worker_children() == [worker_pid(manager, "proc")]
     assert worker_children() == []
 
@@ -91,17 +91,17 @@ async def test_crash_fails_its_request_then_the_model_reloads(
             await manager.predict("crashy", request("boom"))
         assert how in info.value.message and "died" in info.value.message
         described = manager.describe("crashy")
-        assert described["state"] == "failed"
-        assert described["worker_deaths"] == 1
-        assert how in described["error"]
-        assert manager.snapshot()["used_bytes"] == manager.describe("other")["size_bytes"]
+        assert described.state == "failed"
+        assert described.worker_deaths == 1
+        assert how in described.error
+        assert manager.snapshot().used_bytes == manager.describe("other").size_bytes
         assert worker_children() == []
         assert await manager.predict("other", request("fine"))  # nothing else noticed
-        await wait_until(lambda: manager.describe("crashy")["state"] == "failed", "failed")
+        await wait_until(lambda: manager.describe("crashy").state == "failed", "failed")
         await asyncio.sleep(0.1)  # past the 0.05 s backoff
         assert await manager.predict("crashy", request("fine"))
         described = manager.describe("crashy")
-        assert described["load_count"] == 2
+        assert described.load_count == 2
         assert worker_children() == [worker_pid(manager, "crashy")] != [first]
 
 
@@ -111,8 +111,8 @@ async def test_crash_while_loading_fails_the_load(write_config: Callable[[str], 
     async with running(config) as manager:
         with pytest.raises(Exception, match="exited with code 7"):
             await manager.predict("dies", request("x"))
-        assert manager.describe("dies")["state"] == "failed"
-        assert manager.snapshot()["used_bytes"] == 0
+        assert manager.describe("dies").state == "failed"
+        assert manager.snapshot().used_bytes == 0
         assert worker_children() == []
 
 
@@ -122,8 +122,8 @@ async def test_hung_load_is_killed_at_load_timeout(write_config: Callable[[str],
     async with running(config) as manager:
         with pytest.raises(Exception, match="load timed out after 2s"):
             await manager.predict("stuck", request("x"))
-        assert manager.describe("stuck")["state"] == "failed"
-        assert manager.snapshot()["used_bytes"] == 0
+        assert manager.describe("stuck").state == "failed"
+        assert manager.snapshot().used_bytes == 0
         assert worker_children() == []
         assert workers.live_pids() == []
 
@@ -139,9 +139,9 @@ async def test_hung_inference_is_killed_at_predict_timeout(
         await manager.predict("slow", request("ok"))
         with pytest.raises(InferenceTimeout, match="predict_timeout"):
             await manager.predict("slow", request("zzz"))
-        assert manager.describe("slow")["state"] == "failed"
+        assert manager.describe("slow").state == "failed"
         # Released once the killed worker is reaped and its call's thread has ended.
-        await wait_until(lambda: manager.snapshot()["used_bytes"] == 0, "the bytes are released")
+        await wait_until(lambda: manager.snapshot().used_bytes == 0, "the bytes are released")
         assert worker_children() == []
         await asyncio.sleep(0.1)
         assert await manager.predict("slow", request("ok"))
@@ -158,13 +158,13 @@ async def test_leaking_worker_is_recycled(write_config: Callable[[str], Config])
         await manager.predict("leaky", request("x"))
         first = worker_pid(manager, "leaky")
         for i in range(30):
-            if manager.describe("leaky")["recycles"]:
+            if manager.describe("leaky").recycles:
                 break
-            if manager.describe("leaky")["state"] == "loaded":
+            if manager.describe("leaky").state == "loaded":
                 await manager.predict("leaky", request(f"x{i}"))
             await asyncio.sleep(0.25)  # the worker measures itself at most every 0.2 s
-        assert manager.describe("leaky")["recycles"] == 1
-        await wait_until(lambda: manager.describe("leaky")["state"] == "loaded", "reloaded")
+        assert manager.describe("leaky").recycles == 1
+        await wait_until(lambda: manager.describe("leaky").state == "loaded", "reloaded")
         assert worker_children() == [worker_pid(manager, "leaky")] != [first]
 
 
@@ -174,10 +174,10 @@ async def test_unload_returns_the_workers_memory(write_config: Callable[[str], C
     async with running(config) as manager:
         await manager.predict("big", request("x"))
         pid = worker_pid(manager, "big")
-        assert manager.describe("big")["worker_private_bytes"] >= 80_000_000
+        assert manager.describe("big").worker.private_bytes >= 80_000_000
         await manager.unload("big")
-        assert manager.describe("big")["state"] == "unloaded"
-        assert manager.snapshot()["used_bytes"] == 0
+        assert manager.describe("big").state == "unloaded"
+        assert manager.snapshot().used_bytes == 0
         assert pid not in worker_children()
         assert worker_children() == []
 
@@ -198,7 +198,7 @@ async def test_many_failures_leave_one_worker_per_loaded_model(
             with contextlib.suppress(WorkerDied, InferenceTimeout, ModelFailed):  # in backoff
                 await manager.predict("a", request(text))
             await manager.predict("b", request("ok"))
-        loaded = [n for n in ("a", "b") if manager.describe(n)["state"] == State.LOADED]
+        loaded = [n for n in ("a", "b") if manager.describe(n).state == State.LOADED]
         assert sorted(worker_children()) == sorted(worker_pid(manager, n) for n in loaded)
         assert "b" in loaded
 
@@ -214,7 +214,7 @@ async def test_a_custom_loader_runs_in_a_worker_by_default(
     async with running(config) as manager:
         with pytest.raises(Exception, match="exited with code 3"):
             await manager.predict("dies", request("x"))
-        assert manager.describe("dies")["isolation"] == "process"
-        assert manager.describe("dies")["state"] == "failed"
+        assert manager.describe("dies").isolation == "process"
+        assert manager.describe("dies").state == "failed"
         assert await manager.predict("fine", request("x"))
-        assert manager.describe("fine")["isolation"] == "thread"
+        assert manager.describe("fine").isolation == "thread"

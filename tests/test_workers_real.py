@@ -64,9 +64,9 @@ async def test_langid_and_digits_answer_the_same_in_a_worker(
             thread = await manager.predict("digits-thread", image)
             process = await manager.predict("digits-process", image)
             assert process == thread
-        assert manager.describe("langid-process")["isolation"] == "process"
-        assert manager.describe("langid-process")["worker_pid"] > 0
-        assert manager.describe("digits-thread").get("worker_pid") is None
+        assert manager.describe("langid-process").isolation == "process"
+        assert manager.describe("langid-process").worker.pid > 0
+        assert manager.describe("digits-thread").worker is None
 
 
 def test_workers_exit_when_the_server_is_sigkilled(tmp_path: Path) -> None:

@@ -1,0 +1,227 @@
+"""Typed views of the registry: what GET /models, /health/ready and /metrics are made of.
+
+The core builds them on the event loop (a view is one reading, frozen); app/ reads them by
+attribute: app/views_json.py turns them into the JSON clients see, app/metrics.py into
+Prometheus families. A view holds values, not presentation: timestamps are datetimes and
+durations unrounded seconds; rounding, ISO text, HTTP statuses and what an anonymous caller
+may see are app/'s decisions.
+
+    RegistryView          ModelManager.snapshot(): the budget, the config, every model
+      ModelView           ModelManager.describe(name), load(name), unload(name)
+        BatchStats        a batched model's batches (Batcher.stats())
+        WorkerView        a process model's worker
+        Holding           what the budget holds for the model (absent outside a manager)
+      AbandonedView       a thread the registry stopped waiting for
+      ConfigRefusal       the last models.yaml edit that was refused
+    Readiness             ModelManager.readiness(): hot models pending or failed, closing
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from registry.slot import State
+from registry.workers import ProcessModel
+
+if TYPE_CHECKING:
+    from registry.abandoned import AbandonedThread
+    from registry.config import BatchSpec, InputKind
+    from registry.policy import Policy
+    from registry.slot import Slot
+
+
+class BudgetState(enum.StrEnum):
+    """Whether the loaded models fit the budget."""
+
+    OK = "ok"
+    RESTORING = "restoring"  # a reload lowered the budget: models unload until they fit
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """Batches run since the model loaded, and the inputs in them."""
+
+    batches: int
+    inputs: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    """A process model's worker process."""
+
+    pid: int | None  # None once the worker has died or was stopped
+    param_bytes: int
+    private_bytes: int  # private dirty memory at the last measurement
+    uss_bytes: int | None
+    pss_bytes: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Holding:
+    """What the budget holds for a model now, and when it may go."""
+
+    eviction: Policy
+    eviction_priority: float | None  # lower goes first; None while nothing is held
+    held_bytes: int  # loaded, or reserved for a load
+    ttl_left_seconds: float | None  # until the idle TTL unloads it; None: no TTL, pinned, in use
+
+
+@dataclass(frozen=True, slots=True)
+class ModelView:
+    """One model: its entry in models.yaml, its state and its numbers."""
+
+    name: str
+    task: str | None  # the pipeline task, or "loader:<ref>" for a custom loader
+    state: State
+    hot: bool
+    pinned: bool
+    size_bytes: int | None  # measured after a load, else the estimate
+    size_measured: bool
+    in_flight: int  # requests holding the model
+    queued: int  # requests waiting for a load or for room
+    load_count: int
+    served: int
+    abandoned_threads: int
+    last_used: datetime | None
+    load_seconds: float | None
+    error: str | None
+    input: InputKind
+    source: str | None
+    batch: BatchSpec | None
+    batches: BatchStats | None  # None while no batcher runs
+    idle_ttl: float | None
+    description: str
+    isolation: str | None  # where the last load ran, else where the entry asks for
+    recycles: int
+    worker_deaths: int
+    worker: WorkerView | None  # a process model's worker while one runs
+    holding: Holding | None  # None outside a manager (the Ray gateway's blank entries)
+
+
+@dataclass(frozen=True, slots=True)
+class AbandonedView:
+    """A thread that outlived the wait for it (registry/abandoned.py)."""
+
+    model: str
+    kind: str  # "load" or "inference"
+    why: str
+    since: datetime
+    retired: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigRefusal:
+    """The last edit of models.yaml that was refused; the running registry was kept."""
+
+    message: str
+    problems: tuple[str, ...]
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryView:
+    """The whole registry: the budget, the config in use, every model (by name)."""
+
+    budget_bytes: int
+    used_bytes: int  # held by loaded models or reserved for loads
+    reserved_bytes: int  # reserved for loads in progress
+    peak_used_bytes: int
+    abandoned: tuple[AbandonedView, ...]  # oldest first
+    unused_loads: int  # loads unloaded again before they served a request
+    config_path: Path
+    config_loaded_at: datetime
+    config_error: ConfigRefusal | None
+    eviction: Policy
+    models: tuple[ModelView, ...]
+    last_event_id: int
+
+    @property
+    def budget_state(self) -> BudgetState:
+        """Over the limit only after a reload lowered it: models unload until they fit."""
+        return BudgetState.RESTORING if self.used_bytes > self.budget_bytes else BudgetState.OK
+
+    @property
+    def abandoned_threads(self) -> int:
+        """Threads the registry stopped waiting for that still run."""
+        return len(self.abandoned)
+
+
+@dataclass(frozen=True, slots=True)
+class Readiness:
+    """Whether every hot model has loaded, and what is still pending or has failed."""
+
+    closing: bool  # shutdown has begun
+    pending: tuple[str, ...]  # hot models still loading (or not started)
+    failed: Mapping[str, str | None]  # hot models whose load failed, with the error
+
+    @property
+    def ready(self) -> bool:
+        """Serving: every hot model loaded and no shutdown begun."""
+        return not self.pending and not self.failed and not self.closing
+
+
+def model_view(slot: Slot, holding: Holding | None = None) -> ModelView:
+    """The view of `slot` now; `holding` is the manager's part (the budget's)."""
+    spec = slot.spec
+    worker = _worker(slot.model)
+    return ModelView(
+        name=slot.name,
+        task=spec.task or (f"loader:{spec.loader}" if spec.loader else None),
+        state=slot.state,
+        hot=spec.hot,
+        pinned=spec.pinned,
+        size_bytes=slot.size_bytes if slot.size_bytes is not None else slot.estimate,
+        size_measured=slot.size_bytes is not None,
+        in_flight=slot.leases,
+        queued=slot.waiting,
+        load_count=slot.stats.load_count,
+        served=slot.stats.served,
+        abandoned_threads=slot.abandoned,
+        last_used=_datetime(slot.stats.last_used),
+        load_seconds=slot.stats.load_seconds,
+        error=slot.error,
+        input=spec.input_kind,
+        source=None if slot.source is None else str(slot.source),
+        batch=spec.batch,
+        batches=None if slot.batcher is None else slot.batcher.stats(),
+        idle_ttl=spec.idle_ttl,
+        description=spec.description,
+        isolation="process" if worker is not None else slot.isolation or spec.isolation,
+        recycles=slot.stats.recycles,
+        worker_deaths=slot.stats.worker_deaths,
+        worker=worker,
+        holding=holding,
+    )
+
+
+def abandoned_view(record: AbandonedThread) -> AbandonedView:
+    """The view of one abandoned thread."""
+    return AbandonedView(
+        model=record.slot.name,
+        kind=record.kind,
+        why=record.why,
+        since=datetime.fromtimestamp(record.since, UTC),
+        retired=record.slot.retirement.retired,
+    )
+
+
+def _worker(model: object) -> WorkerView | None:
+    """A process model's worker; None for a model in the server's process."""
+    if not isinstance(model, ProcessModel):
+        return None
+    return WorkerView(
+        pid=model.pid if model.alive else None,
+        param_bytes=model.param_bytes,
+        private_bytes=model.private_bytes,
+        uss_bytes=model.memory.get("uss"),
+        pss_bytes=model.memory.get("pss"),
+    )
+
+
+def _datetime(timestamp: float | None) -> datetime | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
