@@ -28,6 +28,7 @@ request by at most that long.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from ray.serve.request_router import (
@@ -53,8 +54,8 @@ class ModelAwareRouter(RequestRouter):
         self._memory_s = placement_memory_s
         self._spill_after_s = spill_after_s
         self._placed: dict[str, dict[str, float]] = {}  # model -> replica id -> when
-        # replica -> (when, bytes, model) sent there and not yet in its reports
-        self._sent_bytes: dict[str, list[tuple[float, int, str]]] = {}
+        # replica -> model -> when: sent there and not in its reports yet (counted once each)
+        self._sent: dict[str, dict[str, float]] = {}
 
     async def choose_replicas(
         self,
@@ -70,16 +71,17 @@ class ModelAwareRouter(RequestRouter):
         # own routers do) instead of probing again at once.
         pending_request.routing_context.should_backoff = True
         now = time.time()
+        sizes = Sizes(r.routing_stats or {} for r in self.curr_replicas.values())
         holding: list[RunningReplica] = []
         free: dict[str, int] = {}
         for replica in candidate_replicas:
             if self._holds(replica, model, now):
                 holding.append(replica)
             else:
-                free[replica.replica_id.unique_id] = self._free(replica, now)
+                free[replica.replica_id.unique_id] = self._free(replica, now, sizes)
         others = [r for r in candidate_replicas if r.replica_id.unique_id in free]
         others.sort(key=lambda r: free[r.replica_id.unique_id], reverse=True)
-        size = self._size_of(model)
+        size = sizes.of(model)
         roomy = [r for r in others if free[r.replica_id.unique_id] >= size]
         if (holding or roomy) and now - pending_request.created_at < self._spill_after_s:
             others = roomy
@@ -90,7 +92,8 @@ class ModelAwareRouter(RequestRouter):
     def on_request_routed(
         self, pending_request: PendingRequest, replica_id: ReplicaID, result: object
     ) -> None:
-        """Remember where the model went, and its bytes if that replica did not hold it."""
+        """Remember where the model went, and that its bytes are on their way if that replica
+        did not hold it."""
         model = pending_request.metadata.multiplexed_model_id
         if not model:
             return
@@ -98,14 +101,14 @@ class ModelAwareRouter(RequestRouter):
         rid = replica_id.unique_id
         replica = self.curr_replicas.get(replica_id)
         if replica is not None and not self._reported(replica, model):
-            self._sent_bytes.setdefault(rid, []).append((now, self._size_of(model), model))
+            self._sent.setdefault(rid, {})[model] = now
         self._placed.setdefault(model, {})[rid] = now
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
         """Forget a dead replica: its models load elsewhere on their next request."""
         super().on_replica_actor_died(replica_id)
         rid = replica_id.unique_id
-        self._sent_bytes.pop(rid, None)
+        self._sent.pop(rid, None)
         for places in self._placed.values():
             places.pop(rid, None)
 
@@ -128,7 +131,7 @@ class ModelAwareRouter(RequestRouter):
         entry = models.get(model)
         return entry is not None and entry.get("state") in HOLDING_STATES
 
-    def _free(self, replica: RunningReplica, now: float) -> int:
+    def _free(self, replica: RunningReplica, now: float, sizes: Sizes) -> int:
         stats = replica.routing_stats or {}
         if "free_bytes" in stats:
             free = int(stats["free_bytes"])
@@ -141,40 +144,38 @@ class ModelAwareRouter(RequestRouter):
                 default=0,
             )
         since = _reported_at(replica)
-        sent = self._sent_bytes.get(replica.replica_id.unique_id, [])
-        # Bytes sent there count until a report lists the model (then they are in its used
-        # bytes). A report newer than the send but without the model was taken before the
-        # request arrived, so it does not settle them; only the placement memory expires them.
-        sent[:] = [
-            (when, size, model)
-            for when, size, model in sent
-            if not (when <= since and self._reported(replica, model))
-            and now - when < self._memory_s
-        ]
-        return free - sum(size for _, size, _ in sent)
+        sent = self._sent.get(replica.replica_id.unique_id, {})
+        # A model sent there counts until a report lists it (then it is in the used bytes). A
+        # report newer than the send but without the model was taken before the request
+        # arrived, so it does not settle it; only the placement memory expires it. Its size is
+        # today's best knowledge, not the guess made when it was sent.
+        for model, when in list(sent.items()):
+            if (when <= since and self._reported(replica, model)) or now - when >= self._memory_s:
+                del sent[model]
+        return free - sum(sizes.of(model) for model in sent)
 
-    def _size_of(self, model: str) -> int:
-        """The size a replica measured for `model`, else its estimate, else the mean size of
-        the models the replicas report, else a default.
 
-        Every replica reports the sizes it knows of all its configured models (`sizes`):
-        measured where it loaded them, estimated where it has tried (estimates are taken at
-        a model's first load).
-        """
-        estimate: int | None = None
-        known: list[int] = []
-        for replica in self.curr_replicas.values():
-            stats = replica.routing_stats or {}
-            entry = stats.get("models", {}).get(model)
-            if entry and entry.get("size_measured") and entry.get("size_bytes"):
-                return int(entry["size_bytes"])
-            sizes: dict[str, int] = stats.get("sizes", {})
-            if estimate is None and sizes.get(model):
-                estimate = int(sizes[model])
-            known.extend(int(size) for size in sizes.values() if size)
-        if estimate is not None:
-            return estimate
-        return sum(known) // len(known) if known else DEFAULT_SIZE
+class Sizes:
+    """Model sizes as the replicas report them: measured where a replica loaded the model,
+    else its estimate (`sizes`: every configured model whose size the replica knows; estimates
+    are taken at a model's first load), else the mean of the known sizes, else a default."""
+
+    def __init__(self, reports: Iterable[dict[str, Any]]) -> None:
+        self._measured: dict[str, int] = {}
+        self._estimated: dict[str, int] = {}
+        for stats in reports:
+            for name, entry in stats.get("models", {}).items():
+                if entry.get("size_measured") and entry.get("size_bytes"):
+                    self._measured.setdefault(name, int(entry["size_bytes"]))
+            for name, size in stats.get("sizes", {}).items():
+                if size:
+                    self._estimated.setdefault(name, int(size))
+        known = {**self._estimated, **self._measured}
+        self._default = sum(known.values()) // len(known) if known else DEFAULT_SIZE
+
+    def of(self, model: str) -> int:
+        """The best known size of `model`."""
+        return self._measured.get(model) or self._estimated.get(model) or self._default
 
 
 def _reported_at(replica: RunningReplica) -> float:

@@ -158,3 +158,22 @@ def test_sizes_come_from_the_reports_before_any_replica_loaded_the_model() -> No
     chooser = router(replicas)
     assert route(chooser, replicas, "big") == "a"
     assert route(chooser, replicas, "big2") == "b"  # a has 10 MB left once big is counted
+
+
+def test_a_model_sent_again_before_its_report_counts_once() -> None:
+    """Several requests racing one cold model's load hold its bytes once, not once each."""
+    replicas = [replica("a", 30 * MB), replica("b", 15 * MB)]
+    for r in replicas:
+        r.routing_stats["sizes"] = {"m": 10 * MB, "x": 10 * MB}
+    chooser = router(replicas)
+    assert [route(chooser, replicas, "m") for _ in range(4)] == ["a"] * 4
+    assert route(chooser, replicas, "x") == "a"  # 20 MB left there, not -10 MB
+
+
+def test_bytes_in_transit_count_at_the_size_known_now() -> None:
+    """A model sent before any size was known counts at its size once a report gives it."""
+    replicas = [replica("a", 20 * MB), replica("b", 15 * MB)]
+    chooser = router(replicas)
+    assert route(chooser, replicas, "c") == "a"  # size unknown yet: the 1 MiB default
+    replicas[1].routing_stats["sizes"] = {"c": 10 * MB, "d": 10 * MB}
+    assert choose(chooser, replicas, "d")[0] == ["b"]  # a has 10 MB left, b 15 MB
