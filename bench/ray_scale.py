@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Scenario `ray`: the registry on Ray Serve with 1, 2 and 3 replicas, on a Zipf(1.0) trace.
 
 12 fake-loader models of 100 MB (loads take 50 ms), 400 MB per replica: the models total three
@@ -6,9 +5,10 @@ replica budgets. The same trace runs against 1, 2 and 3 replicas (throughput, lo
 requests, p99) and, as the baseline, against one in-process registry with a 1200 MB budget.
 Target: 3 replicas cause at most 10% more loads than that single big registry.
 
-Ray runs only inside a loopback-only network namespace: the scenario re-runs this file under
-`unshare -n` (`--inner`), which starts Ray, serves each replica count in turn, and prints
-JSON; Ray is stopped by that process (`ray.shutdown()`), and its process group afterwards.
+Ray runs only inside a loopback-only network namespace: the scenario re-runs this module under
+`unshare -n` (`python -m bench.ray_scale --inner`), which starts Ray, serves each replica count
+in turn, and prints JSON; Ray is stopped by that process (`ray.shutdown()`), and its process
+group afterwards.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import random
 import shutil
@@ -32,9 +31,11 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.context import Context
+from bench.progress import progress
+from bench.row import Row
+from bench.servers import REPO
+from bench.stats import percentile
 
 MODELS = 12
 SIZE_MB = 100
@@ -63,12 +64,6 @@ def write_config(directory: Path, budget_mb: int) -> Path:
     path = directory / f"bench-ray-{budget_mb}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered), max(1, math.ceil(p / 100 * len(ordered)))) - 1]
 
 
 # ------------------------------------------------------------- inside the namespace
@@ -190,7 +185,8 @@ def run_isolated(requests: int, replica_counts: list[int], workdir: Path) -> dic
         'ip link set lo up && exec "$@"',
         "sh",
         sys.executable,
-        __file__,
+        "-m",
+        "bench.ray_scale",
         "--inner",
         "--requests",
         str(requests),
@@ -217,11 +213,8 @@ def run_isolated(requests: int, replica_counts: list[int], workdir: Path) -> dic
     return result
 
 
-def ray_scale(ctx: Any) -> tuple[list[Any], dict[str, Any]]:
-    """bench.py scenario `ray`."""
-    from bench_common import progress
-    from bench_report import Row
-
+def ray_scale(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
+    """Scenario `ray`: loads, throughput and p99 with 1, 2 and 3 replicas vs. one registry."""
     requests = 600 if ctx.quick else 1500
     counts = [1, 2, 3]
     progress(f"ray: {requests} Zipf(1.0) requests over {MODELS} models; replicas {counts}")
