@@ -33,7 +33,7 @@ def installed() -> bool:
     return CHROMIUM.exists() and CHROMEDRIVER.exists()
 
 
-def chromium(profile: Path, width: int, height: int) -> WebDriver:
+def headless(profile: Path, width: int, height: int) -> WebDriver:
     """A headless Chromium with its profile in `profile` and a window of width x height."""
     options = Options()
     options.binary_location = str(CHROMIUM)
