@@ -5,17 +5,20 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from bench.servers import REPO
 from bench.wrk import wrk_version
 
+PACKAGES = ("torch", "transformers", "fastapi", "starlette", "uvicorn", "httptools", "uvloop")
+# The suite's own outputs do not make the checkout count as changed.
+OWN_OUTPUTS = (":!BENCHMARKS.md", ":!BENCHMARKS.json")
 
-def machine() -> dict[str, Any]:
-    """CPU, cores, RAM and the versions that matter."""
-    from importlib.metadata import PackageNotFoundError, version
 
+def _cpu_and_ram() -> tuple[str, int]:
+    """The CPU's model name and the RAM in KiB (0 when /proc cannot tell)."""
     cpu = platform.processor() or "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -29,43 +32,36 @@ def machine() -> dict[str, Any]:
         )
     except (OSError, StopIteration):
         mem_kib = 0
+    return cpu, mem_kib
+
+
+def _versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
-    packages = ("torch", "transformers", "fastapi", "starlette", "uvicorn", "httptools", "uvloop")
-    for package in packages:
+    for package in PACKAGES:
         try:
             versions[package] = version(package)
         except PackageNotFoundError:
             versions[package] = None
-    git = subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
-    dirty = subprocess.run(  # the suite's own outputs do not count
-        [
-            "git",
-            "-C",
-            str(REPO),
-            "status",
-            "--porcelain",
-            "--untracked-files=no",
-            "--",
-            ".",
-            ":!BENCHMARKS.md",
-            ":!BENCHMARKS.json",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.strip()
+    return versions
+
+
+def _git(*args: str) -> str:
+    command = ["git", "-C", str(REPO), *args]
+    return subprocess.run(command, capture_output=True, text=True, check=False).stdout.strip()
+
+
+def machine() -> dict[str, Any]:
+    """CPU, cores, RAM and the versions that matter."""
+    cpu, mem_kib = _cpu_and_ram()
+    commit = _git("rev-parse", "--short", "HEAD")
+    dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", *OWN_OUTPUTS)
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
         "ram_gib": round(mem_kib / 1024**2, 1),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
-        **versions,
+        **_versions(),
         "wrk": wrk_version(),
-        "git": f"{git}{' (with uncommitted changes)' if dirty else ''}",
+        "git": f"{commit}{' (with uncommitted changes)' if dirty else ''}",
     }

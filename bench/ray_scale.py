@@ -213,6 +213,31 @@ def run_isolated(requests: int, replica_counts: list[int], workdir: Path) -> dic
     return result
 
 
+def _rows(
+    per_k: dict[int, float], base_per_k: float, rps: dict[int, float], p99: dict[int, float]
+) -> list[Row]:
+    """Loads per 1000 requests against the single registry; throughput and p99 against 1."""
+    loads = "loads/1k"
+    rows = [
+        Row(
+            "ray: loads/1000 req, 3 replicas vs one registry with 3x budget",
+            per_k[3],
+            base_per_k,
+            loads,
+            "ratio",
+            1.1,
+        ),
+    ]
+    for k in (1, 2):
+        label = f"ray: loads/1000 req, {k} replica(s) vs that registry"
+        rows.append(Row(label, per_k[k], base_per_k, loads, "ratio", None))
+    for k in (2, 3):
+        label = f"ray: throughput, {k} replicas vs 1"
+        rows.append(Row(label, rps[k], rps[1], "req/s", "ratio", None, higher_is_better=True))
+        rows.append(Row(f"ray: p99, {k} replicas vs 1", p99[k], p99[1], "ms", "ratio", None))
+    return rows
+
+
 def ray_scale(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     """Scenario `ray`: loads, throughput and p99 with 1, 2 and 3 replicas vs. one registry."""
     requests = 600 if ctx.quick else 1500
@@ -221,43 +246,8 @@ def ray_scale(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     runs = run_isolated(requests, counts, ctx.workdir)
     base = single_registry(requests, ctx.workdir)
     per_k = {k: 1000 * runs[str(k)]["loads"] / requests for k in counts}
-    base_per_k = 1000 * base["loads"] / requests
     rps = {k: requests / runs[str(k)]["seconds"] for k in counts}
     p99 = {k: 1000 * percentile(runs[str(k)]["latencies"], 99) for k in counts}
-    rows = [
-        Row(
-            "ray: loads/1000 req, 3 replicas vs one registry with 3x budget",
-            per_k[3],
-            base_per_k,
-            "loads/1k",
-            "ratio",
-            1.1,
-        ),
-    ]
-    for k in (1, 2):
-        rows.append(
-            Row(
-                f"ray: loads/1000 req, {k} replica(s) vs that registry",
-                per_k[k],
-                base_per_k,
-                "loads/1k",
-                "ratio",
-                None,
-            )
-        )
-    for k in (2, 3):
-        rows.append(
-            Row(
-                f"ray: throughput, {k} replicas vs 1",
-                rps[k],
-                rps[1],
-                "req/s",
-                "ratio",
-                None,
-                higher_is_better=True,
-            )
-        )
-        rows.append(Row(f"ray: p99, {k} replicas vs 1", p99[k], p99[1], "ms", "ratio", None))
     raw = {
         "requests": requests,
         "loads": {str(k): runs[str(k)]["loads"] for k in counts},
@@ -267,7 +257,7 @@ def ray_scale(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         "statuses": {str(k): runs[str(k)]["statuses"] for k in counts},
     }
     progress(f"ray: {json.dumps(raw)}")
-    return rows, raw
+    return _rows(per_k, 1000 * base["loads"] / requests, rps, p99), raw
 
 
 def main() -> int:
