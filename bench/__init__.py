@@ -5,6 +5,7 @@ scenario measures and how. Modules: `cli` (options) and `suite` (the run, BENCHM
 one module per scenario (`startup`, `cold`, `warm`, `throughput`, `isolation`, `stampede`,
 `memory`, `protocols`, `ray_scale`, `trace`, `observe`, `workers`); their plumbing: `context`
 (what every scenario gets), `quiet` (waits for other processes), `servers`, `client`,
-`inputs`, `wrk`, `stats`, `row`, `report`, `machine`; baselines in processes of their own:
-`inproc`, `trace_run`, `trace_sim`. Server processes and the demo models come from `devkit`.
+`inputs`, `wrk`, `rounds`, `background`, `stats`, `row`, `report`, `machine`, `progress`;
+baselines in processes of their own: `inproc`, `bare_app`, `trace_run` (with `trace_sim`,
+the offline bounds). Server processes and the demo models come from `devkit`.
 """
