@@ -31,4 +31,4 @@ if ! command -v wrk >/dev/null 2>&1; then
 fi
 
 export BENCH_COMMAND="scripts/bench.sh${*:+ $*}"
-exec .venv/bin/python scripts/bench.py "$@"
+exec .venv/bin/python -m bench "$@"

@@ -3,15 +3,14 @@
 
     .venv/bin/python scripts/dashboard_screenshot.py [--out docs/dashboard.png]
 
-Needs Debian's chromium and chromium-driver (scripts/setup.sh installs them).
+Needs Debian's chromium and chromium-driver (scripts/setup.sh installs them). The server and
+the browser are devkit's (shared with tests/test_dashboard.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -19,12 +18,15 @@ import time
 from pathlib import Path
 
 import httpx
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 
-REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devkit, run from anywhere
+
+from devkit import browser
+from devkit.demo import REPO
+from devkit.server import CLI, Process, serve
+
 TOKEN = "screenshot"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 CONFIG = """\
 server: {memory_budget: 300MiB, watch: false, idle_ttl: 30m}
 models:
@@ -39,12 +41,42 @@ models:
 """
 
 
-def free_port() -> int:
-    """A free loopback port."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def set_the_scene(url: str) -> None:
+    """Loads, an eviction, traffic, a failure and a config reload."""
+    for name in ("summariser", "reranker", "langid"):  # reranker evicts summariser
+        httpx.post(f"{url}/models/{name}/load", headers=AUTH, timeout=60)
+    for _ in range(40):
+        httpx.post(f"{url}/models/langid/predict", json={"inputs": "hallo"}, timeout=10)
+    httpx.post(f"{url}/models/spam-filter/predict", json={"inputs": "x"}, timeout=10)
+    httpx.post(f"{url}/admin/reload", headers=AUTH, timeout=10)
+
+
+def start_loading(url: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`model-registry load ocr`, which stays loading (600 s) while the picture is taken."""
+    loader = subprocess.Popen(
+        [*CLI, "load", "ocr", "--url", url],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    while httpx.get(f"{url}/models/ocr").json()["state"] != "loading":
+        if time.monotonic() > deadline:
+            raise SystemExit("ocr never started loading")
+        time.sleep(0.1)
+    return loader
+
+
+def screenshot(server: Process, work: Path, out: Path) -> None:
+    """The dashboard in headless Chromium, saved as a PNG."""
+    driver = browser.headless(work / "profile", 1400, 760)
+    try:
+        driver.get(server.url + "/dashboard")
+        time.sleep(2.5)  # a picture, not a test: let the page settle
+        out.parent.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(out))
+    finally:
+        driver.quit()
 
 
 def main() -> int:
@@ -54,75 +86,16 @@ def main() -> int:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dashboard-"))
     (work / "models.yaml").write_text(CONFIG)
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "MODEL_REGISTRY_ADMIN_TOKEN": TOKEN, "SE_OFFLINE": "true"}
-    cli = [sys.executable, "-m", "app.cli"]
-    server = subprocess.Popen(
-        [*cli, "serve", "--config", str(work / "models.yaml"), "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    auth = {"Authorization": f"Bearer {TOKEN}"}
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        for name in ("summariser", "reranker", "langid"):  # reranker evicts summariser
-            httpx.post(f"{url}/models/{name}/load", headers=auth, timeout=60)
-        for _ in range(40):
-            httpx.post(f"{url}/models/langid/predict", json={"inputs": "hallo"}, timeout=10)
-        httpx.post(f"{url}/models/spam-filter/predict", json={"inputs": "x"}, timeout=10)
-        httpx.post(f"{url}/admin/reload", headers=auth, timeout=10)
-        subprocess.Popen(  # stays loading (600 s) while the picture is taken
-            [*cli, "load", "ocr", "--url", url],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{url}/models/ocr").json()["state"] != "loading":
-            if time.monotonic() > deadline:
-                raise SystemExit("ocr never started loading")
-            time.sleep(0.1)
-        options = Options()
-        options.binary_location = "/usr/bin/chromium"
-        for flag in (
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--window-size=1400,760",
-            f"--user-data-dir={work / 'profile'}",
-        ):
-            options.add_argument(flag)
-        driver = webdriver.Chrome(
-            service=Service(executable_path="/usr/bin/chromedriver"), options=options
-        )
+    with serve(work / "models.yaml", env=env) as server:
+        server.wait_ready(60.0)
+        set_the_scene(server.url)
+        loader = start_loading(server.url, env)
         try:
-            driver.get(url + "/dashboard")
-            time.sleep(2.5)  # a picture, not a test: let the page settle
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            driver.save_screenshot(str(args.out))
+            screenshot(server, work, args.out)
         finally:
-            driver.quit()
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+            loader.terminate()
+            loader.wait()
     print(f"wrote {args.out}")
     return 0
 

@@ -9,13 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from devkit.demo import REPO, STORE, missing_builds
 from registry.config import Config
 from registry.config_file import load_config
 from registry.loaders import fake
-
-ROOT = Path(__file__).resolve().parent.parent
-MODEL_STORE = ROOT / "model-store"
-DEMO_MODELS = ("digits-resnet", "langid-bert", "bert-memory-demo", "iris-mlp")
 
 
 @pytest.fixture
@@ -45,15 +42,8 @@ def write_config(tmp_path: Path) -> Callable[[str], Config]:
 @pytest.fixture(scope="session")
 def model_store() -> Path:
     """The demo models, built by the same script as the README's set-up (once)."""
-    missing = [m for m in DEMO_MODELS if not (MODEL_STORE / m / "BUILD.json").exists()]
+    missing = missing_builds()
     if missing:
-        subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "scripts" / "build_models.py"),
-                "--only",
-                ",".join(missing),
-            ],
-            check=True,
-        )
-    return MODEL_STORE
+        build = [sys.executable, str(REPO / "scripts" / "build_models.py")]
+        subprocess.run([*build, "--only", ",".join(missing)], check=True)
+    return STORE

@@ -1,25 +1,27 @@
-"""Helpers shared by the tests: a running manager, polling, the demo-model builders."""
+"""Helpers shared by the tests: a running manager, polling, config errors, demo inputs.
+
+What the benchmarks share with the tests (server processes, the demo models and their
+builders) is in devkit/.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import importlib.util
 import io
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from devkit.demo import REPO, builders
 from registry.config import Config
 from registry.config_file import load_config
 from registry.errors import ConfigError
 from registry.loaders import fake
 from registry.manager import ModelManager
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 @asynccontextmanager
@@ -73,16 +75,6 @@ def problems_of(tmp_path: Path, text: str, *, check_sizes: bool = True) -> list[
     assert str(error).startswith(f"invalid config {path}:\n")
     assert str(error).splitlines()[1:] == [f"  - {p}" for p in error.problems]
     return error.problems
-
-
-@functools.cache
-def builders() -> ModuleType:
-    """scripts/build_models.py, for its data helpers (digit_image, langid_sentence, ...)."""
-    spec = importlib.util.spec_from_file_location("build_models", ROOT / "scripts/build_models.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def digit_png(index: int) -> bytes:

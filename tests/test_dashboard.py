@@ -1,7 +1,8 @@
 """The dashboard in a real browser: Debian's Chromium, headless, driven by Selenium (issue 13).
 
 scripts/setup.sh installs `chromium` and `chromium-driver`; Selenium is pointed at them, so
-nothing is downloaded (SE_OFFLINE also keeps Selenium Manager from trying).
+nothing is downloaded (SE_OFFLINE also keeps Selenium Manager from trying). The browser and
+the server process are devkit's, shared with scripts/dashboard_screenshot.py.
 """
 
 from __future__ import annotations
@@ -12,24 +13,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_server import ServerProcess
+
+from devkit import browser as chromium
+from devkit.server import Process, serve
 
 pytestmark = pytest.mark.slow
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 TOKEN = "dashboard-token"
 WAIT = 20.0  # seconds: only turns a hang into a failure
 
-if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+if not chromium.installed():
     pytest.skip(
         "Chromium is missing: scripts/setup.sh installs it (apt-get install chromium "
         "chromium-driver)",
         allow_module_level=True,
     )
 
-from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.options import Options  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
 from selenium.webdriver.support import expected_conditions  # noqa: E402
@@ -48,38 +46,19 @@ def config_text() -> str:
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
+def server(tmp_path: Path) -> Iterator[Process]:
     config = tmp_path / "models.yaml"
     config.write_text(config_text())
-    process = ServerProcess(config, env={"MODEL_REGISTRY_ADMIN_TOKEN": TOKEN})
-    try:
-        process.wait_live()
+    with serve(config, env={**os.environ, "MODEL_REGISTRY_ADMIN_TOKEN": TOKEN}) as process:
+        process.wait_live(30.0)
         yield process
         assert process.stop() == 0, process.log
-    finally:
-        process.close()
 
 
 @pytest.fixture
 def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[WebDriver]:
     monkeypatch.setenv("SE_OFFLINE", "true")
-    options = Options()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-dev-shm-usage",
-        "--window-size=1400,900",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver = chromium.headless(tmp_path / "chromium-profile", 1400, 900)
     try:
         yield driver
     finally:
@@ -96,14 +75,14 @@ def gone(driver: WebDriver, css: str) -> None:
     WebDriverWait(driver, WAIT).until(lambda d: not d.find_elements(By.CSS_SELECTOR, css))
 
 
-def open_dashboard(driver: WebDriver, server: ServerProcess) -> None:
+def open_dashboard(driver: WebDriver, server: Process) -> None:
     driver.get(server.url + "/")  # redirects to /dashboard
     wait_for(driver, '#connection[data-state="live"]')
     wait_for(driver, 'tr[data-model="m097"]')
     assert len(driver.find_elements(By.CSS_SELECTOR, "#model-rows tr")) == 100
 
 
-def test_a_load_through_the_api_shows_on_the_page(server: ServerProcess, browser) -> None:
+def test_a_load_through_the_api_shows_on_the_page(server: Process, browser) -> None:
     open_dashboard(browser, server)
     wait_for(browser, 'tr[data-model="big"][data-state="unloaded"]')
     assert not browser.find_elements(By.CSS_SELECTOR, '#memory-bar [data-model="big"]')
@@ -124,7 +103,7 @@ def test_a_load_through_the_api_shows_on_the_page(server: ServerProcess, browser
     assert "60.0 MB" in row.text
 
 
-def test_admin_buttons_ask_for_the_token_and_act(server: ServerProcess, browser) -> None:
+def test_admin_buttons_ask_for_the_token_and_act(server: Process, browser) -> None:
     httpx.post(f"{server.url}/models/big/load", headers={"Authorization": f"Bearer {TOKEN}"})
     open_dashboard(browser, server)
     wait_for(browser, 'tr[data-model="big"][data-state="loaded"]')
@@ -155,7 +134,7 @@ def test_admin_buttons_ask_for_the_token_and_act(server: ServerProcess, browser)
         browser.save_screenshot(screenshot)
 
 
-def test_a_wrong_token_is_reported_on_the_page(server: ServerProcess, browser) -> None:
+def test_a_wrong_token_is_reported_on_the_page(server: Process, browser) -> None:
     open_dashboard(browser, server)
     browser.find_element(
         By.CSS_SELECTOR, 'tr[data-model="m000"] button[data-action="load"]'

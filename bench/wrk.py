@@ -10,10 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bench_common import progress
-from bench_http import BOUNDARY
-
-# ------------------------------------------------------------------------- wrk
+from bench.inputs import BOUNDARY
+from bench.progress import progress
 
 _LUA = r"""
 local files = {FILES}

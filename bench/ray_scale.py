@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Scenario `ray`: the registry on Ray Serve with 1, 2 and 3 replicas, on a Zipf(1.0) trace.
 
 12 fake-loader models of 100 MB (loads take 50 ms), 400 MB per replica: the models total three
@@ -6,9 +5,10 @@ replica budgets. The same trace runs against 1, 2 and 3 replicas (throughput, lo
 requests, p99) and, as the baseline, against one in-process registry with a 1200 MB budget.
 Target: 3 replicas cause at most 10% more loads than that single big registry.
 
-Ray runs only inside a loopback-only network namespace: the scenario re-runs this file under
-`unshare -n` (`--inner`), which starts Ray, serves each replica count in turn, and prints
-JSON; Ray is stopped by that process (`ray.shutdown()`), and its process group afterwards.
+Ray runs only inside a loopback-only network namespace: the scenario re-runs this module under
+`unshare -n` (`python -m bench.ray_scale --inner`), which starts Ray, serves each replica count
+in turn, and prints JSON; Ray is stopped by that process (`ray.shutdown()`), and its process
+group afterwards.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
 import random
 import shutil
@@ -32,9 +31,11 @@ from typing import Any
 
 import yaml
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.context import Context
+from bench.progress import progress
+from bench.row import Row
+from bench.servers import REPO
+from bench.stats import percentile
 
 MODELS = 12
 SIZE_MB = 100
@@ -63,12 +64,6 @@ def write_config(directory: Path, budget_mb: int) -> Path:
     path = directory / f"bench-ray-{budget_mb}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
-
-
-def percentile(values: list[float], p: float) -> float:
-    """Nearest-rank percentile."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered), max(1, math.ceil(p / 100 * len(ordered)))) - 1]
 
 
 # ------------------------------------------------------------- inside the namespace
@@ -190,7 +185,8 @@ def run_isolated(requests: int, replica_counts: list[int], workdir: Path) -> dic
         'ip link set lo up && exec "$@"',
         "sh",
         sys.executable,
-        __file__,
+        "-m",
+        "bench.ray_scale",
         "--inner",
         "--requests",
         str(requests),
@@ -217,54 +213,41 @@ def run_isolated(requests: int, replica_counts: list[int], workdir: Path) -> dic
     return result
 
 
-def ray_scale(ctx: Any) -> tuple[list[Any], dict[str, Any]]:
-    """bench.py scenario `ray`."""
-    from bench_common import progress
-    from bench_report import Row
+def _rows(
+    per_k: dict[int, float], base_per_k: float, rps: dict[int, float], p99: dict[int, float]
+) -> list[Row]:
+    """Loads per 1000 requests against the single registry; throughput and p99 against 1."""
+    loads = "loads/1k"
+    rows = [
+        Row(
+            "ray: loads/1000 req, 3 replicas vs one registry with 3x budget",
+            per_k[3],
+            base_per_k,
+            loads,
+            "ratio",
+            1.1,
+        ),
+    ]
+    for k in (1, 2):
+        label = f"ray: loads/1000 req, {k} replica(s) vs that registry"
+        rows.append(Row(label, per_k[k], base_per_k, loads, "ratio", None))
+    for k in (2, 3):
+        label = f"ray: throughput, {k} replicas vs 1"
+        rows.append(Row(label, rps[k], rps[1], "req/s", "ratio", None, higher_is_better=True))
+        rows.append(Row(f"ray: p99, {k} replicas vs 1", p99[k], p99[1], "ms", "ratio", None))
+    return rows
 
+
+def ray_scale(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
+    """Scenario `ray`: loads, throughput and p99 with 1, 2 and 3 replicas vs. one registry."""
     requests = 600 if ctx.quick else 1500
     counts = [1, 2, 3]
     progress(f"ray: {requests} Zipf(1.0) requests over {MODELS} models; replicas {counts}")
     runs = run_isolated(requests, counts, ctx.workdir)
     base = single_registry(requests, ctx.workdir)
     per_k = {k: 1000 * runs[str(k)]["loads"] / requests for k in counts}
-    base_per_k = 1000 * base["loads"] / requests
     rps = {k: requests / runs[str(k)]["seconds"] for k in counts}
     p99 = {k: 1000 * percentile(runs[str(k)]["latencies"], 99) for k in counts}
-    rows = [
-        Row(
-            "ray: loads/1000 req, 3 replicas vs one registry with 3x budget",
-            per_k[3],
-            base_per_k,
-            "loads/1k",
-            "ratio",
-            1.1,
-        ),
-    ]
-    for k in (1, 2):
-        rows.append(
-            Row(
-                f"ray: loads/1000 req, {k} replica(s) vs that registry",
-                per_k[k],
-                base_per_k,
-                "loads/1k",
-                "ratio",
-                None,
-            )
-        )
-    for k in (2, 3):
-        rows.append(
-            Row(
-                f"ray: throughput, {k} replicas vs 1",
-                rps[k],
-                rps[1],
-                "req/s",
-                "ratio",
-                None,
-                higher_is_better=True,
-            )
-        )
-        rows.append(Row(f"ray: p99, {k} replicas vs 1", p99[k], p99[1], "ms", "ratio", None))
     raw = {
         "requests": requests,
         "loads": {str(k): runs[str(k)]["loads"] for k in counts},
@@ -274,7 +257,7 @@ def ray_scale(ctx: Any) -> tuple[list[Any], dict[str, Any]]:
         "statuses": {str(k): runs[str(k)]["statuses"] for k in counts},
     }
     progress(f"ray: {json.dumps(raw)}")
-    return rows, raw
+    return _rows(per_k, 1000 * base["loads"] / requests, rps, p99), raw
 
 
 def main() -> int:

