@@ -120,10 +120,8 @@ class RegistryReplica:
     def stats(self) -> dict[str, Any]:
         """Budget, use, readiness and every model this replica has touched (loaded or tried).
 
-        Models never touched here are left out of `models`: their entries are the same
-        everywhere, and at 1,000 models the report stays proportional to what the replica
-        actually holds. `sizes` has every configured model's size (measured, else estimated):
-        the router needs it to tell whether a replica has room for a model nobody loaded yet.
+        Models never touched here are left out: their entries are the same everywhere, and
+        at 1,000 models the report stays proportional to what the replica actually holds.
         """
         view = self.manager.snapshot()
         touched = [m for m in view.models if m.state is not State.UNLOADED or m.load_count]
@@ -138,7 +136,6 @@ class RegistryReplica:
             "ready": readiness.ready,
             "readiness": readiness_json(readiness),
             "models": {m.name: model_json(m) for m in touched},
-            "sizes": {m.name: m.size_bytes for m in view.models if m.size_bytes},
             "reported_at": time.time(),
         }
 

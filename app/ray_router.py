@@ -157,19 +157,17 @@ class ModelAwareRouter(RequestRouter):
 
 class Sizes:
     """Model sizes as the replicas report them: measured where a replica loaded the model,
-    else its estimate (`sizes`: every configured model whose size the replica knows; estimates
-    are taken at a model's first load), else the mean of the known sizes, else a default."""
+    else a replica's estimate (taken at the model's first load there), else the mean of the
+    known sizes, else a default."""
 
     def __init__(self, reports: Iterable[dict[str, Any]]) -> None:
         self._measured: dict[str, int] = {}
         self._estimated: dict[str, int] = {}
         for stats in reports:
             for name, entry in stats.get("models", {}).items():
-                if entry.get("size_measured") and entry.get("size_bytes"):
-                    self._measured.setdefault(name, int(entry["size_bytes"]))
-            for name, size in stats.get("sizes", {}).items():
-                if size:
-                    self._estimated.setdefault(name, int(size))
+                if entry.get("size_bytes"):
+                    known = self._measured if entry.get("size_measured") else self._estimated
+                    known.setdefault(name, int(entry["size_bytes"]))
         known = {**self._estimated, **self._measured}
         self._default = sum(known.values()) // len(known) if known else DEFAULT_SIZE
 
