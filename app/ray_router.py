@@ -101,7 +101,7 @@ class ModelAwareRouter(RequestRouter):
         rid = replica_id.unique_id
         replica = self.curr_replicas.get(replica_id)
         if replica is not None and not self._reported(replica, model):
-            self._sent.setdefault(rid, {})[model] = now
+            self._sent.setdefault(rid, {}).setdefault(model, now)  # first send counts
         self._placed.setdefault(model, {})[rid] = now
 
     def on_replica_actor_died(self, replica_id: ReplicaID) -> None:
@@ -143,14 +143,20 @@ class ModelAwareRouter(RequestRouter):
                 ),
                 default=0,
             )
-        since = _reported_at(replica)
+        if "budget_bytes" in stats:
+            # A model the report lists as loading may still wait for a load permit, with no
+            # bytes reserved yet: count every listed model at its size.
+            listed = [
+                m for m, e in stats.get("models", {}).items() if e.get("state") in HOLDING_STATES
+            ]
+            free = min(free, int(stats["budget_bytes"]) - sum(sizes.of(m) for m in listed))
         sent = self._sent.get(replica.replica_id.unique_id, {})
-        # A model sent there counts until a report lists it (then it is in the used bytes). A
-        # report newer than the send but without the model was taken before the request
-        # arrived, so it does not settle it; only the placement memory expires it. Its size is
-        # today's best knowledge, not the guess made when it was sent.
+        # A model sent there counts until a report lists it (loading or loaded: then it is in
+        # the used bytes). A report newer than the send but without the model was taken before
+        # the request arrived, so it does not settle it; only the placement memory expires it.
+        # Its size is today's best knowledge, not the guess made when it was sent.
         for model, when in list(sent.items()):
-            if (when <= since and self._reported(replica, model)) or now - when >= self._memory_s:
+            if self._reported(replica, model) or now - when >= self._memory_s:
                 del sent[model]
         return free - sum(sizes.of(model) for model in sent)
 

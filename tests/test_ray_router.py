@@ -175,3 +175,28 @@ def test_bytes_in_transit_count_at_the_size_known_now() -> None:
     assert route(chooser, replicas, "c") == "a"  # size unknown yet: the 1 MiB default
     knows(replicas[1], {"c": 10 * MB, "d": 10 * MB})
     assert choose(chooser, replicas, "d")[0] == ["b"]  # a has 10 MB left, b 15 MB
+
+
+def test_a_model_sent_again_after_its_report_is_settled_by_that_report() -> None:
+    """The ray benchmark's 2.67x loads: a second request for a loading model, routed after
+    the replica's report (listing it) was taken but before it arrived, kept the model's bytes
+    counted on top of the report's, so every replica looked full and the next cold model
+    evicted a busy one."""
+    replicas = [replica("a", 30 * MB), replica("b", 15 * MB)]
+    knows(replicas[0], {"m": 10 * MB, "x": 10 * MB})
+    chooser = router(replicas)
+    assert route(chooser, replicas, "m") == "a"
+    replicas[0].routing_stats["models"]["m"]["state"] = "loading"  # the report lists it now
+    replicas[0].routing_stats["free_bytes"] = 20 * MB
+    assert route(chooser, replicas, "m") == "a"
+    assert route(chooser, replicas, "x") == "a"  # 20 MB left there, not 10 MB
+
+
+def test_models_listed_as_loading_count_before_their_bytes_are_reserved() -> None:
+    """The ray benchmark's 2.75x loads: a replica reports a model as loading while it waits
+    for a load permit, before its bytes are reserved, so its free bytes overstate its room."""
+    replicas = [replica("a", 90 * MB, {"m1": 20 * MB, "m2": 20 * MB}), replica("b", 70 * MB)]
+    for name in ("m1", "m2"):
+        replicas[0].routing_stats["models"][name]["state"] = "loading"
+    chooser = router(replicas)  # a: 100 MB budget - 40 MB listed = 60 MB; b: 70 MB
+    assert route(chooser, replicas, "x") == "b"
