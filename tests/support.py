@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -44,6 +45,20 @@ async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 20
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting until {what}")
         await asyncio.sleep(0.005)
+
+
+def wait_for(
+    predicate: Callable[[], object], what: str, limit: float = 30.0, poll: float = 0.02
+) -> None:
+    """Poll (in this thread) until `predicate` holds; the limit only turns a hang into a failure.
+
+    For tests outside an event loop: a real server process, its log, its children.
+    """
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit:g}s waiting until {what}")
+        time.sleep(poll)
 
 
 BLOCKED_LOOP_FAILSAFE = 5.0  # seconds: how long a test lets a blocked loop stall
