@@ -91,7 +91,7 @@ async def test_a_lowered_budget_is_restored_while_traffic_continues(write_config
                     await manager.predict(name, TextRequest("x"))
                     served += 1
                 except Unavailable:
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # a client's pause before it retries (pacing)
 
         clients = [asyncio.create_task(client(name)) for name in ["a", "b"] * 4]
         await wait_until(lambda: served > 20, "traffic flows")

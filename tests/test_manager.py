@@ -248,7 +248,7 @@ async def test_a_failed_load_is_retried_only_after_its_backoff(write_config) -> 
             await manager.predict("flaky", TextRequest("x"))
         assert fake.attempts("flaky") == 1  # no new attempt inside the backoff
         assert await manager.predict("other", TextRequest("x")) is not None
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(0.35)  # time must pass: past the 0.3 s backoff
         assert await manager.predict("flaky", TextRequest("x")) is not None
         assert fake.attempts("flaky") == 2
         assert manager.describe("flaky").error is None

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from support import running, wait_until
 
+from registry import reaper
 from registry.config import ModelSpec
 from registry.config_file import load_config
 from registry.errors import (
@@ -193,7 +194,8 @@ async def test_an_idle_model_is_unloaded_after_its_ttl_unless_pinned(tmp_path: P
         for name in ("short", "pinned", "forever"):
             await ask(manager, name)
         await wait_until(lambda: states(manager)["short"] == "unloaded", "the TTL passes")
-        await asyncio.sleep(0.6)  # two more reaper rounds
+        # Time must pass: pinned's TTL too, and two more reaper rounds (it keeps no count).
+        await asyncio.sleep(0.3 + 2 * reaper.TICK)
         assert states(manager) == {"forever": "loaded", "pinned": "loaded", "short": "unloaded"}
 
 
@@ -239,6 +241,7 @@ async def test_admin_unload_waits_for_in_flight_requests(tmp_path: Path) -> None
         in_flight = asyncio.create_task(ask(manager, "gone"))
         await wait_until(lambda: manager.describe("gone").in_flight == 1, "gone is in use")
         unloading = asyncio.create_task(manager.unload("gone"))
+        # Proving a negative: the unload had time to finish had it not waited for the lease.
         await asyncio.sleep(0.05)
         assert not unloading.done() and manager.describe("gone").state == "loaded"
         fake.open_gate("gone")
