@@ -18,6 +18,7 @@ from registry.errors import (
     ConfigError,
     LoadQueueFull,
     ModelFailed,
+    QueueFull,
     UnknownModel,
 )
 from registry.loaders import fake
@@ -249,22 +250,35 @@ async def test_admin_unload_waits_for_in_flight_requests(tmp_path: Path) -> None
         assert (await unloading).state == "unloaded"
 
 
-async def test_the_queue_limit_answers_503_with_retry_after(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("gate", "waiting", "full", "kind"),
+    [
+        ("gate", "queued", LoadQueueFull, "loading"),
+        ("predict_gate", "in_flight", BusyQueueFull, "busy"),
+    ],
+    ids=["for-a-load", "for-a-loaded-model"],
+)
+async def test_the_queue_limit_answers_503_with_retry_after(
+    tmp_path: Path, gate: str, waiting: str, full: type[QueueFull], kind: str
+) -> None:
+    """max_queue bounds the requests waiting for a load, and those holding a loaded model."""
     path = tmp_path / "models.yaml"
     path.write_text(
         "server: {watch: false}\n"
-        "models:\n  small: {loader: fake, max_queue: 2, options: {gate: g, size: 10MB}}\n"
+        f"models:\n  m: {{loader: fake, max_queue: 2, options: {{{gate}: g, size: 10MB}}}}\n"
     )
     async with manager_for(path) as manager:
-        waiting = [asyncio.create_task(ask(manager, "small")) for _ in range(2)]
-        await wait_until(lambda: manager.describe("small").queued == 2, "the queue fills")
-        with pytest.raises(LoadQueueFull) as excinfo:
-            await ask(manager, "small")
-        assert excinfo.value.kind == "loading"
+        asked = [asyncio.create_task(ask(manager, "m")) for _ in range(2)]
+        await wait_until(lambda: getattr(manager.describe("m"), waiting) == 2, "the queue fills")
+        with pytest.raises(full) as excinfo:
+            await ask(manager, "m")
+        assert type(excinfo.value) is full and excinfo.value.kind == kind
         assert excinfo.value.retry_after >= 1
-        assert "2 requests already wait for it (max_queue 2)" in excinfo.value.message
+        assert f"model 'm' is {kind}: 2 requests already wait for it (max_queue 2)" in (
+            excinfo.value.message
+        )
         fake.open_gate("g")
-        await asyncio.gather(*waiting)
+        await asyncio.gather(*asked)
 
 
 async def test_admin_unload_with_no_drain_time_unloads_an_idle_model(tmp_path: Path) -> None:
@@ -316,19 +330,3 @@ async def test_a_loader_that_calls_sys_exit_fails_alone(tmp_path: Path) -> None:
         assert "SystemExit(2) raised in a worker thread" in excinfo.value.message
         assert manager.describe("exits").state == "failed"
         assert await ask(manager, "fine") is not None
-
-
-async def test_the_queue_limit_also_bounds_requests_to_a_loaded_model(tmp_path: Path) -> None:
-    path = tmp_path / "models.yaml"
-    path.write_text(
-        "server: {watch: false}\n"
-        "models:\n  m: {loader: fake, max_queue: 2, options: {predict_gate: g}}\n"
-    )
-    async with manager_for(path) as manager:
-        running = [asyncio.create_task(ask(manager, "m")) for _ in range(2)]
-        await wait_until(lambda: manager.describe("m").in_flight == 2, "two in flight")
-        with pytest.raises(BusyQueueFull) as excinfo:
-            await ask(manager, "m")
-        assert excinfo.value.kind == "busy"
-        fake.open_gate("g")
-        await asyncio.gather(*running)
