@@ -21,8 +21,20 @@ from registry.config_file import load_config
 from registry.errors import ConfigError
 from registry.loaders import fake
 from registry.manager import ModelManager
+from registry.payload import TextRequest
 
 ROOT = REPO
+MB = 1000**2
+
+
+def ask(manager: ModelManager, name: str, text: str = "x") -> asyncio.Task[object]:
+    """A predict request as a task, started now (await it for the answer)."""
+    return asyncio.get_running_loop().create_task(manager.predict(name, TextRequest(text)))
+
+
+def states(manager: ModelManager) -> dict[str, str]:
+    """Every model's state, by name."""
+    return {m.name: m.state for m in manager.snapshot().models}
 
 
 @asynccontextmanager

@@ -7,21 +7,13 @@ import logging
 import random
 
 import pytest
-from support import running, wait_until
+from support import ask, running, states, wait_until
 
 from registry.loaders import fake
 from registry.manager import ModelManager
 from registry.payload import TextRequest
 
 pytestmark = pytest.mark.anyio
-
-
-def states(manager: ModelManager) -> dict[str, str]:
-    return {m.name: m.state for m in manager.snapshot().models}
-
-
-def ask(manager: ModelManager, name: str) -> asyncio.Task[object]:
-    return asyncio.get_running_loop().create_task(manager.predict(name, TextRequest("x")))
 
 
 async def test_a_big_load_evicts_only_what_it_needs(write_config, caplog) -> None:

@@ -7,7 +7,7 @@ import random
 import threading
 
 import pytest
-from support import BLOCKED_LOOP_FAILSAFE, loop_lag, running, wait_until
+from support import BLOCKED_LOOP_FAILSAFE, MB, ask, loop_lag, running, wait_until
 
 from registry.errors import (
     CapacityExceeded,
@@ -23,15 +23,10 @@ from registry.payload import TextRequest
 from registry.views import Readiness
 
 pytestmark = pytest.mark.anyio
-MB = 1000**2
 
 
 def state(manager: ModelManager, name: str) -> str:
     return str(manager.describe(name).state)
-
-
-def ask(manager: ModelManager, name: str, text: str = "x") -> asyncio.Task[object]:
-    return asyncio.get_running_loop().create_task(manager.predict(name, TextRequest(text)))
 
 
 async def test_64_concurrent_first_requests_cause_one_load(write_config) -> None:

@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
-from support import running, wait_until
+from support import MB, ask, running, states, wait_until
 
 from registry import reaper
 from registry.config import ModelSpec
@@ -23,10 +23,8 @@ from registry.errors import (
 )
 from registry.loaders import fake
 from registry.manager import ModelManager
-from registry.payload import TextRequest
 
 pytestmark = pytest.mark.anyio
-MB = 1000**2
 BASE = """\
 server: {memory_budget: 100MB, watch: false, idle_ttl: 0}
 models:
@@ -39,14 +37,6 @@ models:
 
 def manager_for(path: Path) -> AbstractAsyncContextManager[ModelManager]:
     return running(load_config(path))
-
-
-def states(manager: ModelManager) -> dict[str, str]:
-    return {m.name: m.state for m in manager.snapshot().models}
-
-
-async def ask(manager: ModelManager, name: str) -> object:
-    return await manager.predict(name, TextRequest("x"))
 
 
 async def test_an_edit_applies_only_the_difference(tmp_path: Path) -> None:
@@ -136,7 +126,7 @@ async def test_a_removed_model_finishes_its_in_flight_request(tmp_path: Path) ->
     path = tmp_path / "models.yaml"
     path.write_text(BASE)
     async with manager_for(path) as manager:
-        in_flight = asyncio.create_task(ask(manager, "gone"))
+        in_flight = ask(manager, "gone")
         await wait_until(lambda: manager.describe("gone").in_flight == 1, "gone is in use")
         path.write_text(
             BASE.replace("  gone: {loader: fake, options: {size: 10MB, predict_gate: gone}}\n", "")
@@ -239,7 +229,7 @@ async def test_admin_unload_waits_for_in_flight_requests(tmp_path: Path) -> None
     path = tmp_path / "models.yaml"
     path.write_text(BASE)
     async with manager_for(path) as manager:
-        in_flight = asyncio.create_task(ask(manager, "gone"))
+        in_flight = ask(manager, "gone")
         await wait_until(lambda: manager.describe("gone").in_flight == 1, "gone is in use")
         unloading = asyncio.create_task(manager.unload("gone"))
         # Proving a negative: the unload had time to finish had it not waited for the lease.
@@ -268,7 +258,7 @@ async def test_the_queue_limit_answers_503_with_retry_after(
         f"models:\n  m: {{loader: fake, max_queue: 2, options: {{{gate}: g, size: 10MB}}}}\n"
     )
     async with manager_for(path) as manager:
-        asked = [asyncio.create_task(ask(manager, "m")) for _ in range(2)]
+        asked = [ask(manager, "m") for _ in range(2)]
         await wait_until(lambda: getattr(manager.describe("m"), waiting) == 2, "the queue fills")
         with pytest.raises(full) as excinfo:
             await ask(manager, "m")
@@ -301,7 +291,7 @@ async def test_a_hot_model_that_found_no_room_is_retried_until_ready(tmp_path: P
     path.write_text(text)
     async with manager_for(path) as manager:
         await manager.wait_hot()
-        in_flight = asyncio.create_task(ask(manager, "h"))
+        in_flight = ask(manager, "h")
         await wait_until(lambda: manager.describe("h").in_flight == 1, "v1 is in use")
         path.write_text(text.replace("v: 1", "v: 2"))
         assert (await manager.reload()).replaced == ["h"]
