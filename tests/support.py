@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import io
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
 
 from devkit.demo import REPO, builders
+from devkit.server import Process, serve
 from registry.config import Config
 from registry.config_file import load_config
 from registry.errors import ConfigError
@@ -71,6 +72,28 @@ def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {limit:g}s waiting until {what}")
         time.sleep(poll)
+
+
+@contextmanager
+def served(
+    tmp_path: Path,
+    text: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    host: str | None = "127.0.0.1",
+) -> Iterator[Process]:
+    """`text` as tmp_path/models.yaml, served by a real process (devkit.server.serve, with
+    `args`, `env` and `host`) and live; stopped by its PID at the end."""
+    config = tmp_path / "models.yaml"
+    config.write_text(text)
+    with serve(config, *args, env=env, host=host) as process:
+        process.wait_live()
+        yield process
+
+
+def anything(key: str) -> bool:
+    """An `evictable` that lets every model go."""
+    return True
 
 
 BLOCKED_LOOP_FAILSAFE = 5.0  # seconds: how long a test lets a blocked loop stall

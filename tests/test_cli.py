@@ -11,8 +11,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support import served
 
-from devkit.server import CLI, Process, environ, free_port, serve
+from devkit.server import CLI, Process, environ, free_port
 
 pytestmark = pytest.mark.slow
 TOKEN = "cli-token"
@@ -26,11 +27,8 @@ models:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    config = tmp_path_factory.mktemp("cli") / "models.yaml"
-    config.write_text(CONFIG)
     env = environ(MODEL_REGISTRY_ADMIN_TOKEN=TOKEN)
-    with serve(config, "--log-format", "json", env=env) as process:
-        process.wait_live()
+    with served(tmp_path_factory.mktemp("cli"), CONFIG, "--log-format", "json", env=env) as process:
         yield process
 
 
@@ -154,10 +152,7 @@ def test_json_logs_carry_the_model_and_the_event(server: Process) -> None:
 
 def test_an_open_event_stream_does_not_hold_up_shutdown(tmp_path: Path) -> None:
     """Shutdown ends open /events streams, so the drain finishes and the process exits 0."""
-    config = tmp_path / "models.yaml"
-    config.write_text("server: {drain_timeout: 60}\nmodels:\n  a: {loader: fake}\n")
-    with serve(config) as process:
-        process.wait_live()
+    with served(tmp_path, "server: {drain_timeout: 60}\nmodels:\n  a: {loader: fake}\n") as process:
         with httpx.stream("GET", f"{process.url}/events", timeout=30) as response:
             lines = response.iter_lines()
             assert next(lines) == "retry: 1000"

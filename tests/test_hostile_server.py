@@ -8,23 +8,21 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import wait_for
+from support import served, wait_for
 
-from devkit.server import Process, serve
+from devkit.server import Process
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Process]:
-    config = tmp_path / "models.yaml"
-    config.write_text(
+    text = (
         "server: {memory_budget: 100MB, max_header_size: 16KiB, max_headers: 50}\n"
         "models:\n"
         "  picture: {loader: fake, input: image, options: {size: 1kB}}\n"
     )
-    with serve(config) as process:
-        process.wait_live()
+    with served(tmp_path, text) as process:
         yield process
 
 

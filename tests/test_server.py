@@ -11,28 +11,26 @@ from pathlib import Path
 
 import httpx
 import pytest
-from support import wait_for
+from support import served, wait_for
 
-from devkit.server import CLI, Process, free_port, serve
+from devkit.server import CLI, Process, free_port
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Process]:
-    config = tmp_path / "models.yaml"
-    config.write_text(
+    text = (
         "server: {memory_budget: 100MB, drain_timeout: 20}\n"
         "models:\n"
         "  quick: {loader: fake, hot: true, options: {size: 1MB}}\n"
         "  slow: {loader: fake, options: {size: 1MB, predict_seconds: 1.5}}\n"
     )
-    with serve(config, host=None) as process:  # the CLI's default address: loopback
+    with served(tmp_path, text, host=None) as process:  # the CLI's default address: loopback
         yield process
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_0(server: Process) -> None:
-    server.wait_live()
     httpx.post(f"{server.url}/models/slow/predict", json={"inputs": "warm"}, timeout=30)
     result: dict[str, httpx.Response] = {}
 
@@ -55,7 +53,6 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(server: Process) -> None:
 
 
 def test_the_server_binds_loopback_by_default(server: Process) -> None:
-    server.wait_live()
     assert f"Uvicorn running on http://127.0.0.1:{server.port}" in server.log
     assert server.stop() == 0
 
@@ -119,9 +116,7 @@ def test_validate_reports_ok_or_the_problem(tmp_path: Path) -> None:
 
 def test_sighup_reloads_models_yaml(tmp_path: Path) -> None:
     config = tmp_path / "models.yaml"
-    config.write_text("server: {watch: false}\nmodels:\n  one: {loader: fake}\n")
-    with serve(config) as process:
-        process.wait_live()
+    with served(tmp_path, "server: {watch: false}\nmodels:\n  one: {loader: fake}\n") as process:
         config.write_text(
             "server: {watch: false}\nmodels:\n  one: {loader: fake}\n  two: {loader: fake}\n"
         )

@@ -9,9 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
-from support import wait_for
+from support import served, wait_for
 
-from devkit.server import Process, serve
+from devkit.server import Process
 
 pytestmark = pytest.mark.slow
 EXIT_ABANDONED = 3
@@ -24,14 +24,12 @@ def sigterm_while_waited_on(
     """Serve one fake model `name`, post to it from a thread, SIGTERM once its entry's `key`
     is 1; the stopped server, its exit code (within the drain timeout + BOUND) and the answer.
     """
-    config = tmp_path / "models.yaml"
-    config.write_text(
+    text = (
         f"server: {{drain_timeout: {drain}}}\n"
         f"models:\n  {name}: {{loader: fake, options: {{{options}}}}}\n"
     )
     result: dict[str, httpx.Response] = {}
-    with serve(config) as server:
-        server.wait_live()
+    with served(tmp_path, text) as server:
 
         def post() -> None:
             url = f"{server.url}/models/{name}/predict"
