@@ -1,8 +1,9 @@
 """A server process on 127.0.0.1 and a free port, its output in a log file, stopped by its PID.
 
 `serve(config)` starts `model-registry serve --config <config>`; `Process` wraps any server
-command (the benchmarks' bare FastAPI baseline too). Stopping sends SIGTERM, waits, then
-SIGKILL, also when the `with` block ends on an error.
+command (the benchmarks' bare FastAPI baseline, the tests' `serve --ray`). It waits for a
+status, or for any condition (`wait_until`), sends signals and reads its log. Stopping sends
+SIGTERM, waits, then SIGKILL, also when the `with` block ends on an error.
 """
 
 from __future__ import annotations
