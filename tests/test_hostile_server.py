@@ -47,8 +47,8 @@ def queued_bytes(server_port: int, client_port: int) -> int | None:
     """Bytes of the loopback connection between the two ports not yet read by either side
     (the send and receive queues of both ends, from /proc/net/tcp); None until both are seen.
     """
-    ends = {f"0100007F:{server_port:04X} 0100007F:{client_port:04X}"}
-    ends.add(f"0100007F:{client_port:04X} 0100007F:{server_port:04X}")
+    server, client = f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}"
+    ends = {f"{server} {client}", f"{client} {server}"}  # local and remote address of each
     queued = []
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
