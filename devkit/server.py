@@ -1,8 +1,9 @@
 """A server process on 127.0.0.1 and a free port, its output in a log file, stopped by its PID.
 
 `serve(config)` starts `model-registry serve --config <config>`; `Process` wraps any server
-command (the benchmarks' bare FastAPI baseline too). Stopping sends SIGTERM, waits, then
-SIGKILL, also when the `with` block ends on an error.
+command (the benchmarks' bare FastAPI baseline, the tests' `serve --ray`). It waits for a
+status, or for any condition (`wait_until`), sends signals and reads its log. Stopping sends
+SIGTERM, waits, then SIGKILL, also when the `with` block ends on an error.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -71,19 +72,26 @@ class Process:
         )
         self.pid = self.proc.pid
 
-    def wait_status(self, path: str, want: int = 200, timeout: float = 120.0) -> float:
-        """Poll `path` until it answers `want`; seconds since the process started.
+    def wait_until(self, done: Callable[[], bool], what: str, timeout: float) -> float:
+        """Poll `done` until it holds; seconds since the process started.
 
-        The timeout only turns a hang into an error.
+        An error with the log's tail if the process exits first; the timeout only turns a
+        hang into an error.
         """
         deadline = time.perf_counter() + timeout
         while time.perf_counter() < deadline:
-            if get_status(self.port, path) == want:
+            if done():
                 return time.perf_counter() - self.started
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited ({self.proc.returncode}):\n{self.tail()}")
             time.sleep(POLL)
-        raise RuntimeError(f"{path} never answered {want} in {timeout:g}s:\n{self.tail()}")
+        raise RuntimeError(f"not in {timeout:g}s: {what}:\n{self.tail()}")
+
+    def wait_status(self, path: str, want: int = 200, timeout: float = 120.0) -> float:
+        """Poll `path` until it answers `want`; seconds since the process started."""
+        return self.wait_until(
+            lambda: get_status(self.port, path) == want, f"{path} answers {want}", timeout
+        )
 
     def wait_live(self, timeout: float = 60.0) -> float:
         """Wait for /health/live 200 (the server accepts requests)."""
@@ -92,6 +100,14 @@ class Process:
     def wait_ready(self, timeout: float = 180.0) -> float:
         """Wait for /health/ready 200 (every hot model loaded)."""
         return self.wait_status("/health/ready", 200, timeout)
+
+    def send(self, sig: signal.Signals) -> None:
+        """Send `sig` to the process (by its PID)."""
+        os.kill(self.pid, sig)
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit; its exit code (subprocess.TimeoutExpired on a hang)."""
+        return self.proc.wait(timeout)
 
     def rss_bytes(self) -> int:
         """VmRSS of the process, from /proc/<pid>/status."""
@@ -139,11 +155,23 @@ def serve(
     env: Mapping[str, str] | None = None,
     cli: Sequence[str] = CLI,
     label: str = "server",
+    host: str | None = "127.0.0.1",
+    log_dir: Path | None = None,
 ) -> Process:
-    """`<cli> serve --config <config>` on 127.0.0.1 and a free port; its log beside the config.
+    """`<cli> serve --config <config> [args]` on a free port; its log beside the config.
 
-    `env`: the whole environment of the process (None: this one's).
+    `env`: the whole environment of the process (None: this one's; `environ` adds to it).
+    `host`: None leaves the address to the CLI's default (loopback; a test checks it).
+    `log_dir`: where the log goes, if not beside the config.
     """
     port = free_port()
-    argv = [*cli, "serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
-    return Process([*argv, *args], config.parent / f"{label}-{port}.log", port, env)
+    argv = [*cli, "serve", "--config", str(config), "--port", str(port)]
+    if host is not None:
+        argv += ["--host", host]
+    log = (log_dir or config.parent) / f"{label}-{port}.log"
+    return Process([*argv, *args], log, port, env)
+
+
+def environ(**extra: str) -> dict[str, str]:
+    """This process's environment with `extra` added (for `env=`)."""
+    return {**os.environ, **extra}

@@ -8,20 +8,34 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import pytest
 
 from devkit.demo import REPO, builders
+from devkit.server import Process, serve
 from registry.config import Config
 from registry.config_file import load_config
 from registry.errors import ConfigError
 from registry.loaders import fake
 from registry.manager import ModelManager
+from registry.payload import TextRequest
 
 ROOT = REPO
+MB = 1000**2
+
+
+def ask(manager: ModelManager, name: str, text: str = "x") -> asyncio.Task[object]:
+    """A predict request as a task, started now (await it for the answer)."""
+    return asyncio.get_running_loop().create_task(manager.predict(name, TextRequest(text)))
+
+
+def states(manager: ModelManager) -> dict[str, str]:
+    """Every model's state, by name."""
+    return {m.name: m.state for m in manager.snapshot().models}
 
 
 @asynccontextmanager
@@ -44,6 +58,42 @@ async def wait_until(predicate: Callable[[], bool], what: str, limit: float = 20
         if loop.time() > deadline:
             raise AssertionError(f"timed out waiting until {what}")
         await asyncio.sleep(0.005)
+
+
+def wait_for(
+    predicate: Callable[[], object], what: str, limit: float = 30.0, poll: float = 0.02
+) -> None:
+    """Poll (in this thread) until `predicate` holds; the limit only turns a hang into a failure.
+
+    For tests outside an event loop: a real server process, its log, its children.
+    """
+    deadline = time.monotonic() + limit
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {limit:g}s waiting until {what}")
+        time.sleep(poll)
+
+
+@contextmanager
+def served(
+    tmp_path: Path,
+    text: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    host: str | None = "127.0.0.1",
+) -> Iterator[Process]:
+    """`text` as tmp_path/models.yaml, served by a real process (devkit.server.serve, with
+    `args`, `env` and `host`) and live; stopped by its PID at the end."""
+    config = tmp_path / "models.yaml"
+    config.write_text(text)
+    with serve(config, *args, env=env, host=host) as process:
+        process.wait_live()
+        yield process
+
+
+def anything(key: str) -> bool:
+    """An `evictable` that lets every model go."""
+    return True
 
 
 BLOCKED_LOOP_FAILSAFE = 5.0  # seconds: how long a test lets a blocked loop stall

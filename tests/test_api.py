@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -11,7 +10,7 @@ from types import ModuleType
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from support import builders, digit_png
+from support import builders, digit_png, wait_for
 
 from app.main import create_app
 from registry.config_file import load_config
@@ -286,9 +285,8 @@ def test_readiness_waits_for_hot_models(config_path: Path) -> None:
         assert "gated" in first.json()["pending"]
         assert set(first.json()["pending"]) <= {"digits", "gated"}
         fake.open_gate("hot-load")
-        deadline = time.monotonic() + 60  # a bound on a hang, not a speed target
-        while client.get("/health/ready").status_code != 200 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        # The limit is a bound on a hang, not a speed target.
+        wait_for(lambda: client.get("/health/ready").status_code == 200, "ready", limit=60)
         assert client.get("/health/ready").json() == {
             "status": "ready",
             "pending": [],

@@ -5,12 +5,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from support import anything
 
 from registry.budget import ByteBudget
-
-
-def anything(key: str) -> bool:
-    return True
 
 
 def budget_abc(limit: int = 100) -> ByteBudget[str]:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from test_server import ServerProcess, free_port
+from support import served
+
+from devkit.server import CLI, Process, environ, free_port
 
 pytestmark = pytest.mark.slow
 TOKEN = "cli-token"
@@ -25,17 +26,10 @@ models:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    config = tmp_path_factory.mktemp("cli") / "models.yaml"
-    config.write_text(CONFIG)
-    process = ServerProcess(
-        config, "--log-format", "json", env={"MODEL_REGISTRY_ADMIN_TOKEN": TOKEN}
-    )
-    try:
-        process.wait_live()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    env = environ(MODEL_REGISTRY_ADMIN_TOKEN=TOKEN)
+    with served(tmp_path_factory.mktemp("cli"), CONFIG, "--log-format", "json", env=env) as process:
         yield process
-    finally:
-        process.close()
 
 
 def cli(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[str]:
@@ -45,7 +39,7 @@ def cli(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[st
     if token is not None:
         env["MODEL_REGISTRY_ADMIN_TOKEN"] = token
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [*CLI, *args],
         capture_output=True,
         text=True,
         env=env,
@@ -54,7 +48,7 @@ def cli(*args: str, token: str | None = TOKEN) -> subprocess.CompletedProcess[st
     )
 
 
-def test_load_shows_progress_ends_with_its_time_and_ls_shows_it(server: ServerProcess) -> None:
+def test_load_shows_progress_ends_with_its_time_and_ls_shows_it(server: Process) -> None:
     result = cli("load", "big", "--url", server.url)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("loaded big (60.0 MB, load ")
@@ -94,7 +88,7 @@ def test_load_shows_progress_ends_with_its_time_and_ls_shows_it(server: ServerPr
         (("reload",), None, "missing or wrong admin token"),
     ],
 )
-def test_errors_are_one_line_and_exit_1(server: ServerProcess, args, token, message) -> None:
+def test_errors_are_one_line_and_exit_1(server: Process, args, token, message) -> None:
     result = cli(*args, "--url", server.url, token=token)
     assert result.returncode == 1
     assert result.stdout == ""
@@ -127,7 +121,7 @@ def read_events(response: httpx.Response, count: int) -> list[dict[str, object]]
     raise AssertionError(f"the stream ended after {events}")
 
 
-def test_events_stream_and_resume_by_last_event_id(server: ServerProcess) -> None:
+def test_events_stream_and_resume_by_last_event_id(server: Process) -> None:
     start = httpx.get(f"{server.url}/models").json()["last_event_id"]
     timeout = httpx.Timeout(30.0)
     with httpx.stream("GET", f"{server.url}/events", timeout=timeout) as response:
@@ -144,30 +138,25 @@ def test_events_stream_and_resume_by_last_event_id(server: ServerProcess) -> Non
     assert replayed["id"] == loaded["id"] and replayed["data"] == loaded["data"]
 
 
-def test_json_logs_carry_the_model_and_the_event(server: ServerProcess) -> None:
+def test_json_logs_carry_the_model_and_the_event(server: Process) -> None:
     assert httpx.post(f"{server.url}/models/small/predict", json={"inputs": "x"}).is_success
-    records = [json.loads(line) for line in server.output if line.startswith("{")]
+    lines = server.log.splitlines()
+    records = [json.loads(line) for line in lines if line.startswith("{")]
     assert records, server.log
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
     assert not [r for r in records if "color_message" in r]  # uvicorn's ANSI copy stays out
     loaded = [r for r in records if r.get("event") == "loaded" and r.get("model") == "small"]
     assert loaded and loaded[0]["bytes"] == 1_000_000 and loaded[0]["logger"] == "registry.events"
-    assert not [line for line in server.output if line.strip() and not line.startswith("{")]
+    assert not [line for line in lines if line.strip() and not line.startswith("{")]
 
 
 def test_an_open_event_stream_does_not_hold_up_shutdown(tmp_path: Path) -> None:
     """Shutdown ends open /events streams, so the drain finishes and the process exits 0."""
-    config = tmp_path / "models.yaml"
-    config.write_text("server: {drain_timeout: 60}\nmodels:\n  a: {loader: fake}\n")
-    process = ServerProcess(config)
-    try:
-        process.wait_live()
+    with served(tmp_path, "server: {drain_timeout: 60}\nmodels:\n  a: {loader: fake}\n") as process:
         with httpx.stream("GET", f"{process.url}/events", timeout=30) as response:
             lines = response.iter_lines()
             assert next(lines) == "retry: 1000"
-            code = process.stop()  # SIGTERM; waits at most 30 s, half the drain timeout
+            code = process.stop(timeout=30)  # SIGTERM; at most half the drain timeout
             assert code == 0, process.log
             assert list(lines) == [""]  # the stream ended instead of waiting for the drain
         assert "shutdown complete" in process.log
-    finally:
-        process.close()

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from support import builders, digit_png
+from support import ROOT, builders, digit_png
 
 from app.main import create_app
 from registry.config_file import load_config
 
-ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 

@@ -6,7 +6,7 @@ import asyncio
 import random
 
 import pytest
-from support import running, wait_until
+from support import MB, ask, running, wait_until
 
 from registry.errors import ShuttingDown, Unavailable
 from registry.loaders import fake
@@ -14,11 +14,6 @@ from registry.manager import ModelManager
 from registry.payload import TextRequest
 
 pytestmark = pytest.mark.anyio
-MB = 1000**2
-
-
-def ask(manager: ModelManager, name: str, text: str = "x") -> asyncio.Task[object]:
-    return asyncio.get_running_loop().create_task(manager.predict(name, TextRequest(text)))
 
 
 async def test_shutdown_serves_requests_that_wait_for_a_load(write_config) -> None:
@@ -91,7 +86,7 @@ async def test_a_lowered_budget_is_restored_while_traffic_continues(write_config
                     await manager.predict(name, TextRequest("x"))
                     served += 1
                 except Unavailable:
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.01)  # a client's pause before it retries (pacing)
 
         clients = [asyncio.create_task(client(name)) for name in ["a", "b"] * 4]
         await wait_until(lambda: served > 20, "traffic flows")

@@ -70,7 +70,8 @@ async def test_close_ends_every_subscription_and_later_ones_at_once() -> None:
     bus = EventBus()
     subscription = bus.subscribe()
     waiter = asyncio.create_task(subscription.next(within=30))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # one loop turn: the waiter runs up to its wait (FIFO, not timing)
+    assert not waiter.done()
     bus.close()
     assert await asyncio.wait_for(waiter, 5) is None
     assert subscription.closed and bus.subscribers == 0

@@ -7,7 +7,7 @@ import logging
 import random
 
 import pytest
-from support import running, wait_until
+from support import ask, running, states, wait_until
 
 from registry.loaders import fake
 from registry.manager import ModelManager
@@ -16,12 +16,10 @@ from registry.payload import TextRequest
 pytestmark = pytest.mark.anyio
 
 
-def states(manager: ModelManager) -> dict[str, str]:
-    return {m.name: m.state for m in manager.snapshot().models}
-
-
-def ask(manager: ModelManager, name: str) -> asyncio.Task[object]:
-    return asyncio.get_running_loop().create_task(manager.predict(name, TextRequest("x")))
+def eviction_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The registry's own "evicted ..." lines (registry.events logs each event once more)."""
+    lines = (r.getMessage() for r in caplog.records if r.name == "registry")
+    return [line for line in lines if line.startswith("evicted")]
 
 
 async def test_a_big_load_evicts_only_what_it_needs(write_config, caplog) -> None:
@@ -45,11 +43,7 @@ async def test_a_big_load_evicts_only_what_it_needs(write_config, caplog) -> Non
             "minilm": "unloaded",
             "big": "loaded",
         }
-    evictions = [  # the registry's own lines (registry.events logs each event once more)
-        r.getMessage()
-        for r in caplog.records
-        if r.name == "registry" and r.getMessage().startswith("evicted")
-    ]
+    evictions = eviction_lines(caplog)
     assert len(evictions) == 1
     assert evictions[0].startswith("evicted minilm (")
     assert evictions[0].endswith("LRU, 3rd oldest of 3 idle) to fit big")
@@ -139,10 +133,6 @@ async def test_the_policy_chooses_the_victim(
         await manager.predict("new", TextRequest("x"))
         assert states(manager)[victim] == "unloaded"
         assert manager.describe(victim).holding.eviction_priority is None
-    line = next(
-        r.getMessage()
-        for r in caplog.records
-        if r.name == "registry" and r.getMessage().startswith("evicted")
-    )
+    line, *_ = eviction_lines(caplog)
     why = "cost priority " if policy == "cost" else "LRU, oldest of 2 idle"
     assert line.startswith(f"evicted {victim} (") and why in line and line.endswith("to fit new")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from support import running, wait_until
+from support import MB, ask, running, wait_until
 
 from registry.errors import (
     CapacityExceeded,
@@ -16,15 +16,9 @@ from registry.errors import (
     UnknownModel,
 )
 from registry.loaders import fake
-from registry.manager import ModelManager
 from registry.payload import TextRequest
 
 pytestmark = pytest.mark.anyio
-MB = 1000**2
-
-
-def ask(manager: ModelManager, name: str, text: str = "x") -> asyncio.Task[object]:
-    return asyncio.get_running_loop().create_task(manager.predict(name, TextRequest(text)))
 
 
 async def test_stop_iteration_from_predict_is_the_requests_error(write_config) -> None:

@@ -7,7 +7,7 @@ import random
 import threading
 
 import pytest
-from support import BLOCKED_LOOP_FAILSAFE, loop_lag, running, wait_until
+from support import BLOCKED_LOOP_FAILSAFE, MB, ask, loop_lag, running, wait_until
 
 from registry.errors import (
     CapacityExceeded,
@@ -23,15 +23,10 @@ from registry.payload import TextRequest
 from registry.views import Readiness
 
 pytestmark = pytest.mark.anyio
-MB = 1000**2
 
 
 def state(manager: ModelManager, name: str) -> str:
     return str(manager.describe(name).state)
-
-
-def ask(manager: ModelManager, name: str, text: str = "x") -> asyncio.Task[object]:
-    return asyncio.get_running_loop().create_task(manager.predict(name, TextRequest(text)))
 
 
 async def test_64_concurrent_first_requests_cause_one_load(write_config) -> None:
@@ -248,7 +243,7 @@ async def test_a_failed_load_is_retried_only_after_its_backoff(write_config) -> 
             await manager.predict("flaky", TextRequest("x"))
         assert fake.attempts("flaky") == 1  # no new attempt inside the backoff
         assert await manager.predict("other", TextRequest("x")) is not None
-        await asyncio.sleep(0.35)
+        await asyncio.sleep(0.35)  # time must pass: past the 0.3 s backoff
         assert await manager.predict("flaky", TextRequest("x")) is not None
         assert fake.attempts("flaky") == 2
         assert manager.describe("flaky").error is None

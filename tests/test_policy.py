@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from support import anything
 
 from registry.budget import ByteBudget
 from registry.policy import CostOrder, describe
 
 MIB = 1024 * 1024
-
-
-def anything(key: str) -> bool:
-    return True
 
 
 def test_victims_give_back_picks_the_room_does_not_need() -> None:

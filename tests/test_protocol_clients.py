@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,11 +17,11 @@ import numpy as np
 import openai
 import pytest
 import tritonclient.http as triton
-from support import builders, digit_png
-from test_server import ServerProcess
+from support import ROOT, builders, digit_png
 from tritonclient.utils import InferenceServerException
 
-ROOT = Path(__file__).resolve().parent.parent
+from devkit.server import Process, environ, serve
+
 TOKEN = "protocol-test-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 TEXTS = ["Der Hund ist sehr gut und schläft.", "The weather is lovely today."]
@@ -31,34 +29,25 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def server(model_store: Path) -> Iterator[ServerProcess]:
-    previous = os.environ.get("MODEL_REGISTRY_ADMIN_TOKEN")
-    os.environ["MODEL_REGISTRY_ADMIN_TOKEN"] = TOKEN  # inherited by the server process
+def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    env = environ(MODEL_REGISTRY_ADMIN_TOKEN=TOKEN)
+    logs = tmp_path_factory.mktemp("protocol")
+    process = serve(ROOT / "models.yaml", env=env, log_dir=logs)
     try:
-        process = ServerProcess(ROOT / "models.yaml")
-    finally:
-        if previous is None:
-            del os.environ["MODEL_REGISTRY_ADMIN_TOKEN"]
-        else:
-            os.environ["MODEL_REGISTRY_ADMIN_TOKEN"] = previous
-    try:
-        process.wait_live(limit=60)
-        deadline = time.monotonic() + 120  # the hot models (digits, langid) preload
-        while httpx.get(f"{process.url}/health/ready", timeout=5).status_code != 200:
-            assert time.monotonic() < deadline, "hot models never loaded:\n" + process.log
-            time.sleep(0.1)
+        process.wait_live(timeout=60)
+        process.wait_ready(timeout=120)  # the hot models (digits, langid) preload
         yield process
     finally:
         assert process.stop() == 0, process.log
 
 
 @pytest.fixture
-def client(server: ServerProcess) -> Iterator[triton.InferenceServerClient]:
+def client(server: Process) -> Iterator[triton.InferenceServerClient]:
     with triton.InferenceServerClient(f"127.0.0.1:{server.port}", network_timeout=120) as c:
         yield c
 
 
-def native(server: ServerProcess, name: str, inputs: Any) -> Any:
+def native(server: Process, name: str, inputs: Any) -> Any:
     response = httpx.post(
         f"{server.url}/models/{name}/predict", json={"inputs": inputs}, timeout=60
     )
@@ -66,7 +55,7 @@ def native(server: ServerProcess, name: str, inputs: Any) -> Any:
     return response.json()["predictions"]
 
 
-def native_image(server: ServerProcess, png: bytes) -> Any:
+def native_image(server: Process, png: bytes) -> Any:
     files = {"file": ("digit.png", png, "image/png")}
     response = httpx.post(f"{server.url}/models/digits/predict", files=files, timeout=60)
     assert response.status_code == 200, response.text
@@ -104,7 +93,7 @@ def test_server_and_model_metadata(client: triton.InferenceServerClient) -> None
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_langid_infer_equals_native_predict(
-    server: ServerProcess, client: triton.InferenceServerClient, binary: bool
+    server: Process, client: triton.InferenceServerClient, binary: bool
 ) -> None:
     """Binary tensors (tritonclient's default) and JSON tensors give the native predictions."""
     result = client.infer(
@@ -121,7 +110,7 @@ def test_langid_infer_equals_native_predict(
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_digits_infer_equals_native_predict(
-    server: ServerProcess, client: triton.InferenceServerClient, binary: bool
+    server: Process, client: triton.InferenceServerClient, binary: bool
 ) -> None:
     """Encoded images: raw bytes in binary, base64 strings in JSON.
 
@@ -148,7 +137,7 @@ def test_digits_infer_equals_native_predict(
 
 @pytest.mark.parametrize("binary", [True, False])
 def test_iris_fp32_infer_equals_native_predict(
-    server: ServerProcess, client: triton.InferenceServerClient, binary: bool
+    server: Process, client: triton.InferenceServerClient, binary: bool
 ) -> None:
     rows = [[5.1, 3.5, 1.4, 0.2], [5.9, 3.0, 5.1, 1.8]]
     tensor = triton.InferInput("input", [2, 4], "FP32")
@@ -163,7 +152,7 @@ def test_iris_fp32_infer_equals_native_predict(
 
 
 def test_a_cold_model_loads_on_infer_and_the_repository_extension(
-    server: ServerProcess, client: triton.InferenceServerClient
+    server: Process, client: triton.InferenceServerClient
 ) -> None:
     client.unload_model("minilm", headers=AUTH)
     assert not client.is_model_ready("minilm")
@@ -204,13 +193,13 @@ def test_unknown_model_and_bad_tensor_errors(client: triton.InferenceServerClien
 
 
 @pytest.fixture
-def oai(server: ServerProcess) -> Iterator[openai.OpenAI]:
+def oai(server: Process) -> Iterator[openai.OpenAI]:
     with openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0) as c:
         yield c
 
 
 def test_openai_embeddings_float_and_base64_equal_native(
-    server: ServerProcess, oai: openai.OpenAI
+    server: Process, oai: openai.OpenAI
 ) -> None:
     expected = native(server, "minilm", TEXTS)
     floats = oai.embeddings.create(model="minilm", input=TEXTS, encoding_format="float")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,7 +21,9 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from support import ROOT, digit_png
+from support import ROOT, digit_png, wait_for
+
+from devkit.server import CLI, Process, free_port
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("ray.serve", reason="needs the [ray] extra (scripts/setup.sh installs it)")
@@ -42,13 +43,6 @@ models:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def _can_unshare() -> bool:
     if shutil.which("unshare") is None:
         return False
@@ -56,53 +50,31 @@ def _can_unshare() -> bool:
     return subprocess.run(["unshare", *flags, "true"], capture_output=True).returncode == 0
 
 
-class RayServer:
-    """`model-registry serve --ray --replicas 2`, stopped by its PID."""
+class RayServer(Process):
+    """`model-registry serve --ray --replicas 2` (devkit's `Process`), stopped by its PID.
+
+    Ready when serve --ray writes its ready file: the PID of the process inside the namespace.
+    """
 
     def __init__(self, config: Path, tmp: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
         self.ready_file = tmp / "ready"
-        self.log_path = tmp / "serve.log"
-        self._log = self.log_path.open("w")
-        self.process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "app.cli", "serve", "--ray", "--replicas", "2"),
-                *("--config", str(config), "--port", str(self.port)),
-                *("--ready-file", str(self.ready_file), "--no-access-log"),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            # Not measured by coverage: tracing every Ray process slows the cluster enough
-            # that its routing reports go stale and the routing assertions turn flaky.
-            env={k: v for k, v in os.environ.items() if k != "COVERAGE_PROCESS_CONFIG"},
-        )
+        port = free_port()
+        argv = [
+            *(*CLI, "serve", "--ray", "--replicas", "2"),
+            *("--config", str(config), "--port", str(port)),
+            *("--ready-file", str(self.ready_file), "--no-access-log"),
+        ]
+        # Not measured by coverage: tracing every Ray process slows the cluster enough
+        # that its routing reports go stale and the routing assertions turn flaky.
+        env = {k: v for k, v in os.environ.items() if k != "COVERAGE_PROCESS_CONFIG"}
+        super().__init__(argv, tmp / "serve.log", port, env)
 
-    def wait_ready(self, limit: float = 240.0) -> None:
-        deadline = time.monotonic() + limit
-        while not self.ready_file.exists():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"serve --ray did not come up:\n{self.log}")
-            time.sleep(0.2)
+    def wait_ready(self, timeout: float = 240.0) -> float:
+        return self.wait_until(self.ready_file.exists, "serve --ray wrote its ready file", timeout)
 
     @property
     def inner_pid(self) -> int:
         return int(self.ready_file.read_text())
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=90)
-        finally:
-            if self.process.poll() is None:
-                self.process.kill()
-                self.process.wait()
-            self._log.close()
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +97,7 @@ def ray_server(config_path: Path) -> Iterator[RayServer]:
         server.wait_ready()
         yield server
     finally:
-        assert server.stop() == 0, server.log
+        assert server.stop(timeout=90) == 0, server.log
     # Stopped by its PID, the cluster went with it: nothing of the namespace is left.
     with pytest.raises(ProcessLookupError):
         os.kill(server.inner_pid, 0)
@@ -283,14 +255,10 @@ def test_a_replica_killed_mid_traffic(client: httpx.Client, ray_server: RayServe
     for thread in threads:
         thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while sum(statuses.values()) < 40 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: sum(statuses.values()) >= 40, "40 answers before the kill")
         os.kill(victim["pid"], signal.SIGKILL)
         served = sum(statuses.values())
-        deadline = time.monotonic() + 60
-        while sum(statuses.values()) < served + 100 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: sum(statuses.values()) >= served + 100, "100 answers after", limit=60)
     finally:
         stop.set()
         for thread in threads:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support import ROOT
 
 serve_schema = pytest.importorskip("ray.serve.schema", reason="needs the [ray] extra")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_serve_deploy_file_builds_the_registry_application(tmp_path: Path) -> None:

@@ -8,8 +8,9 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import pytest
-from support import running, wait_until
+from support import MB, ask, running, states, wait_until
 
+from registry import reaper
 from registry.config import ModelSpec
 from registry.config_file import load_config
 from registry.errors import (
@@ -17,14 +18,13 @@ from registry.errors import (
     ConfigError,
     LoadQueueFull,
     ModelFailed,
+    QueueFull,
     UnknownModel,
 )
 from registry.loaders import fake
 from registry.manager import ModelManager
-from registry.payload import TextRequest
 
 pytestmark = pytest.mark.anyio
-MB = 1000**2
 BASE = """\
 server: {memory_budget: 100MB, watch: false, idle_ttl: 0}
 models:
@@ -37,14 +37,6 @@ models:
 
 def manager_for(path: Path) -> AbstractAsyncContextManager[ModelManager]:
     return running(load_config(path))
-
-
-def states(manager: ModelManager) -> dict[str, str]:
-    return {m.name: m.state for m in manager.snapshot().models}
-
-
-async def ask(manager: ModelManager, name: str) -> object:
-    return await manager.predict(name, TextRequest("x"))
 
 
 async def test_an_edit_applies_only_the_difference(tmp_path: Path) -> None:
@@ -134,7 +126,7 @@ async def test_a_removed_model_finishes_its_in_flight_request(tmp_path: Path) ->
     path = tmp_path / "models.yaml"
     path.write_text(BASE)
     async with manager_for(path) as manager:
-        in_flight = asyncio.create_task(ask(manager, "gone"))
+        in_flight = ask(manager, "gone")
         await wait_until(lambda: manager.describe("gone").in_flight == 1, "gone is in use")
         path.write_text(
             BASE.replace("  gone: {loader: fake, options: {size: 10MB, predict_gate: gone}}\n", "")
@@ -193,7 +185,8 @@ async def test_an_idle_model_is_unloaded_after_its_ttl_unless_pinned(tmp_path: P
         for name in ("short", "pinned", "forever"):
             await ask(manager, name)
         await wait_until(lambda: states(manager)["short"] == "unloaded", "the TTL passes")
-        await asyncio.sleep(0.6)  # two more reaper rounds
+        # Time must pass: pinned's TTL too, and two more reaper rounds (it keeps no count).
+        await asyncio.sleep(0.3 + 2 * reaper.TICK)
         assert states(manager) == {"forever": "loaded", "pinned": "loaded", "short": "unloaded"}
 
 
@@ -236,9 +229,10 @@ async def test_admin_unload_waits_for_in_flight_requests(tmp_path: Path) -> None
     path = tmp_path / "models.yaml"
     path.write_text(BASE)
     async with manager_for(path) as manager:
-        in_flight = asyncio.create_task(ask(manager, "gone"))
+        in_flight = ask(manager, "gone")
         await wait_until(lambda: manager.describe("gone").in_flight == 1, "gone is in use")
         unloading = asyncio.create_task(manager.unload("gone"))
+        # Proving a negative: the unload had time to finish had it not waited for the lease.
         await asyncio.sleep(0.05)
         assert not unloading.done() and manager.describe("gone").state == "loaded"
         fake.open_gate("gone")
@@ -246,22 +240,35 @@ async def test_admin_unload_waits_for_in_flight_requests(tmp_path: Path) -> None
         assert (await unloading).state == "unloaded"
 
 
-async def test_the_queue_limit_answers_503_with_retry_after(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("gate", "waiting", "full", "kind"),
+    [
+        ("gate", "queued", LoadQueueFull, "loading"),
+        ("predict_gate", "in_flight", BusyQueueFull, "busy"),
+    ],
+    ids=["for-a-load", "for-a-loaded-model"],
+)
+async def test_the_queue_limit_answers_503_with_retry_after(
+    tmp_path: Path, gate: str, waiting: str, full: type[QueueFull], kind: str
+) -> None:
+    """max_queue bounds the requests waiting for a load, and those holding a loaded model."""
     path = tmp_path / "models.yaml"
     path.write_text(
         "server: {watch: false}\n"
-        "models:\n  small: {loader: fake, max_queue: 2, options: {gate: g, size: 10MB}}\n"
+        f"models:\n  m: {{loader: fake, max_queue: 2, options: {{{gate}: g, size: 10MB}}}}\n"
     )
     async with manager_for(path) as manager:
-        waiting = [asyncio.create_task(ask(manager, "small")) for _ in range(2)]
-        await wait_until(lambda: manager.describe("small").queued == 2, "the queue fills")
-        with pytest.raises(LoadQueueFull) as excinfo:
-            await ask(manager, "small")
-        assert excinfo.value.kind == "loading"
+        asked = [ask(manager, "m") for _ in range(2)]
+        await wait_until(lambda: getattr(manager.describe("m"), waiting) == 2, "the queue fills")
+        with pytest.raises(full) as excinfo:
+            await ask(manager, "m")
+        assert type(excinfo.value) is full and excinfo.value.kind == kind
         assert excinfo.value.retry_after >= 1
-        assert "2 requests already wait for it (max_queue 2)" in excinfo.value.message
+        assert f"model 'm' is {kind}: 2 requests already wait for it (max_queue 2)" in (
+            excinfo.value.message
+        )
         fake.open_gate("g")
-        await asyncio.gather(*waiting)
+        await asyncio.gather(*asked)
 
 
 async def test_admin_unload_with_no_drain_time_unloads_an_idle_model(tmp_path: Path) -> None:
@@ -284,7 +291,7 @@ async def test_a_hot_model_that_found_no_room_is_retried_until_ready(tmp_path: P
     path.write_text(text)
     async with manager_for(path) as manager:
         await manager.wait_hot()
-        in_flight = asyncio.create_task(ask(manager, "h"))
+        in_flight = ask(manager, "h")
         await wait_until(lambda: manager.describe("h").in_flight == 1, "v1 is in use")
         path.write_text(text.replace("v: 1", "v: 2"))
         assert (await manager.reload()).replaced == ["h"]
@@ -313,19 +320,3 @@ async def test_a_loader_that_calls_sys_exit_fails_alone(tmp_path: Path) -> None:
         assert "SystemExit(2) raised in a worker thread" in excinfo.value.message
         assert manager.describe("exits").state == "failed"
         assert await ask(manager, "fine") is not None
-
-
-async def test_the_queue_limit_also_bounds_requests_to_a_loaded_model(tmp_path: Path) -> None:
-    path = tmp_path / "models.yaml"
-    path.write_text(
-        "server: {watch: false}\n"
-        "models:\n  m: {loader: fake, max_queue: 2, options: {predict_gate: g}}\n"
-    )
-    async with manager_for(path) as manager:
-        running = [asyncio.create_task(ask(manager, "m")) for _ in range(2)]
-        await wait_until(lambda: manager.describe("m").in_flight == 2, "two in flight")
-        with pytest.raises(BusyQueueFull) as excinfo:
-            await ask(manager, "m")
-        assert excinfo.value.kind == "busy"
-        fake.open_gate("g")
-        await asyncio.gather(*running)

@@ -2,103 +2,35 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from support import served, wait_for
+
+from devkit.server import CLI, Process, free_port
 
 pytestmark = pytest.mark.slow
-CLI = [sys.executable, "-m", "app.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class ServerProcess:
-    """A server started on loopback and stopped by its PID."""
-
-    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process = subprocess.Popen(
-            [*CLI, "serve", "--config", str(config), "--port", str(self.port), *args],
-            env=None if env is None else {**os.environ, **env},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.output: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.output.append(line)
-
-    def wait_live(self, limit: float = 30.0) -> None:
-        deadline = time.monotonic() + limit
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError("server exited:\n" + "".join(self.output))
-            try:
-                if httpx.get(f"{self.url}/health/live", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.05)
-        raise AssertionError("server never became live:\n" + "".join(self.output))
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-        code = self.process.wait(timeout=30)
-        self._reader.join(timeout=5)
-        self.close()
-        return code
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self._reader.join(timeout=5)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-
-    @property
-    def log(self) -> str:
-        return "".join(self.output)
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[ServerProcess]:
-    config = tmp_path / "models.yaml"
-    config.write_text(
+def server(tmp_path: Path) -> Iterator[Process]:
+    text = (
         "server: {memory_budget: 100MB, drain_timeout: 20}\n"
         "models:\n"
         "  quick: {loader: fake, hot: true, options: {size: 1MB}}\n"
         "  slow: {loader: fake, options: {size: 1MB, predict_seconds: 1.5}}\n"
     )
-    process = ServerProcess(config)
-    try:
+    with served(tmp_path, text, host=None) as process:  # the CLI's default address: loopback
         yield process
-    finally:
-        process.close()
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_0(server: ServerProcess) -> None:
-    server.wait_live()
+def test_sigterm_drains_in_flight_requests_and_exits_0(server: Process) -> None:
     httpx.post(f"{server.url}/models/slow/predict", json={"inputs": "warm"}, timeout=30)
     result: dict[str, httpx.Response] = {}
 
@@ -109,13 +41,8 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(server: ServerProcess) ->
 
     worker = threading.Thread(target=slow_request)
     worker.start()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        entry = httpx.get(f"{server.url}/models/slow", timeout=5).json()
-        if entry["in_flight"] == 1:
-            break
-        time.sleep(0.02)
-    os.kill(server.process.pid, signal.SIGTERM)
+    wait_for(lambda: httpx.get(f"{server.url}/models/slow").json()["in_flight"] == 1, "in flight")
+    server.send(signal.SIGTERM)
     worker.join(timeout=30)
     assert result["r"].status_code == 200
     assert result["r"].json()["model"] == "slow"
@@ -125,8 +52,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(server: ServerProcess) ->
     assert "shutdown complete: drained 1 in-flight request(s), unloaded 2 model(s)" in server.log
 
 
-def test_the_server_binds_loopback_by_default(server: ServerProcess) -> None:
-    server.wait_live()
+def test_the_server_binds_loopback_by_default(server: Process) -> None:
     assert f"Uvicorn running on http://127.0.0.1:{server.port}" in server.log
     assert server.stop() == 0
 
@@ -190,21 +116,16 @@ def test_validate_reports_ok_or_the_problem(tmp_path: Path) -> None:
 
 def test_sighup_reloads_models_yaml(tmp_path: Path) -> None:
     config = tmp_path / "models.yaml"
-    config.write_text("server: {watch: false}\nmodels:\n  one: {loader: fake}\n")
-    process = ServerProcess(config)
-    try:
-        process.wait_live()
+    with served(tmp_path, "server: {watch: false}\nmodels:\n  one: {loader: fake}\n") as process:
         config.write_text(
             "server: {watch: false}\nmodels:\n  one: {loader: fake}\n  two: {loader: fake}\n"
         )
-        os.kill(process.process.pid, signal.SIGHUP)
-        deadline = time.monotonic() + 20
-        names: list[str] = []
-        while time.monotonic() < deadline and "two" not in names:
-            names = [m["name"] for m in httpx.get(f"{process.url}/models").json()["models"]]
-            time.sleep(0.05)
-        assert names == ["one", "two"]
+        process.send(signal.SIGHUP)
+
+        def names() -> list[str]:
+            return [m["name"] for m in httpx.get(f"{process.url}/models").json()["models"]]
+
+        wait_for(lambda: "two" in names(), "the reload added two")
+        assert names() == ["one", "two"]
         assert "applied models.yaml: added two" in process.log
         assert process.stop() == 0
-    finally:
-        process.close()

@@ -2,84 +2,70 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
-import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
-from test_server import ServerProcess
+from support import served, wait_for
+
+from devkit.server import Process
 
 pytestmark = pytest.mark.slow
 EXIT_ABANDONED = 3
 BOUND = 15.0  # seconds past drain_timeout the process may take: a hang fails the test
 
 
-def _post_in_thread(url: str, result: dict[str, httpx.Response]) -> threading.Thread:
-    def post() -> None:
-        result["r"] = httpx.post(url, json={"inputs": "x"}, timeout=120)
+def sigterm_while_waited_on(
+    tmp_path: Path, drain: int, name: str, options: str, key: str
+) -> tuple[Process, int, httpx.Response]:
+    """Serve one fake model `name`, post to it from a thread, SIGTERM once its entry's `key`
+    is 1; the stopped server, its exit code (within the drain timeout + BOUND) and the answer.
+    """
+    text = (
+        f"server: {{drain_timeout: {drain}}}\n"
+        f"models:\n  {name}: {{loader: fake, options: {{{options}}}}}\n"
+    )
+    result: dict[str, httpx.Response] = {}
+    with served(tmp_path, text) as server:
 
-    worker = threading.Thread(target=post)
-    worker.start()
-    return worker
+        def post() -> None:
+            url = f"{server.url}/models/{name}/predict"
+            result["r"] = httpx.post(url, json={"inputs": "x"}, timeout=120)
 
+        def entry() -> Any:
+            return httpx.get(f"{server.url}/models/{name}", timeout=5).json()
 
-def _wait_entry(server: ServerProcess, name: str, key: str, value: object) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if httpx.get(f"{server.url}/models/{name}", timeout=5).json()[key] == value:
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"{name}.{key} never became {value!r}:\n{server.log}")
+        worker = threading.Thread(target=post)
+        worker.start()
+        wait_for(lambda: entry()[key] == 1, f"{name}.{key} is 1")
+        server.send(signal.SIGTERM)
+        code = server.wait(timeout=drain + BOUND)
+        worker.join(timeout=30)
+    return server, code, result["r"]
 
 
 def test_sigterm_exits_after_the_drain_although_a_predict_is_stuck(tmp_path: Path) -> None:
     """Issue 7 item 2: a model stuck in predict does not keep the process alive."""
-    config = tmp_path / "models.yaml"
-    config.write_text(
-        "server: {drain_timeout: 1}\n"
-        "models:\n  stuck: {loader: fake, options: {predict_seconds: 3600}}\n"
+    server, code, response = sigterm_while_waited_on(
+        tmp_path, 1, "stuck", "predict_seconds: 3600", "in_flight"
     )
-    server = ServerProcess(config)
-    try:
-        server.wait_live()
-        result: dict[str, httpx.Response] = {}
-        worker = _post_in_thread(f"{server.url}/models/stuck/predict", result)
-        _wait_entry(server, "stuck", "in_flight", 1)
-        os.kill(server.process.pid, signal.SIGTERM)
-        code = server.process.wait(timeout=1 + BOUND)
-        worker.join(timeout=30)
-        assert code == EXIT_ABANDONED, server.log
-        assert result["r"].status_code == 503
-        assert result["r"].json()["error"]["type"] == "shutting_down"
-        assert "abandoned 1 after the 1s drain timeout" in server.log
-    finally:
-        server.close()
+    assert code == EXIT_ABANDONED, server.log
+    assert response.status_code == 503
+    assert response.json()["error"]["type"] == "shutting_down"
+    assert "abandoned 1 after the 1s drain timeout" in server.log
 
 
 def test_a_request_waiting_on_a_long_load_at_sigterm_gets_a_json_503(tmp_path: Path) -> None:
     """Issue 7 item 16: JSON 503 shutting_down with Retry-After, never a plain-text 500."""
-    config = tmp_path / "models.yaml"
-    config.write_text(
-        "server: {drain_timeout: 2}\nmodels:\n  slow: {loader: fake, options: {load_seconds: 60}}\n"
+    server, code, response = sigterm_while_waited_on(
+        tmp_path, 2, "slow", "load_seconds: 60", "queued"
     )
-    server = ServerProcess(config)
-    try:
-        server.wait_live()
-        result: dict[str, httpx.Response] = {}
-        worker = _post_in_thread(f"{server.url}/models/slow/predict", result)
-        _wait_entry(server, "slow", "queued", 1)
-        os.kill(server.process.pid, signal.SIGTERM)
-        code = server.process.wait(timeout=2 + BOUND)
-        worker.join(timeout=30)
-        response = result["r"]
-        assert response.status_code == 503, response.text
-        assert response.headers["content-type"] == "application/json"
-        assert response.json()["error"]["type"] == "shutting_down"
-        assert int(response.headers["retry-after"]) >= 1
-        assert code == EXIT_ABANDONED
-        assert "Traceback" not in server.log
-    finally:
-        server.close()
+    assert response.status_code == 503, response.text
+    assert response.headers["content-type"] == "application/json"
+    assert response.json()["error"]["type"] == "shutting_down"
+    assert int(response.headers["retry-after"]) >= 1
+    assert code == EXIT_ABANDONED
+    assert "Traceback" not in server.log

@@ -143,7 +143,7 @@ async def test_hung_inference_is_killed_at_predict_timeout(
         # Released once the killed worker is reaped and its call's thread has ended.
         await wait_until(lambda: manager.snapshot().used_bytes == 0, "the bytes are released")
         assert worker_children() == []
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.1)  # past the 0.05 s backoff
         assert await manager.predict("slow", request("ok"))
         assert worker_children() == [worker_pid(manager, "slow")]
 
@@ -194,7 +194,7 @@ async def test_many_failures_leave_one_worker_per_loaded_model(
     )
     async with running(config) as manager:
         for text in ("boom", "zzz", "ok", "boom", "ok"):
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)  # past the 0.05 s backoff of the last failure
             with contextlib.suppress(WorkerDied, InferenceTimeout, ModelFailed):  # in backoff
                 await manager.predict("a", request(text))
             await manager.predict("b", request("ok"))

@@ -5,16 +5,15 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
-from support import builders, digit_png, running
-from test_server import ServerProcess
+from support import builders, digit_png, running, wait_for
 from worker_support import children_of
 
+from devkit.server import serve
 from registry.config import Config
 from registry.payload import ImageRequest, TextRequest
 
@@ -78,32 +77,20 @@ def test_workers_exit_when_the_server_is_sigkilled(tmp_path: Path) -> None:
         "  w2:\n    loader: fake\n    isolation: process\n    hot: true\n"
         "    options: {hang_on: '*'}\n"
     )
-    server = ServerProcess(config)
-    try:
-        server.wait_live(limit=60)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            ready = httpx.get(f"{server.url}/health/ready", timeout=5)
-            if ready.status_code == 200:
-                break
-            time.sleep(0.1)
+    with serve(config) as server:
+        server.wait_ready(timeout=120)
         pids = [httpx.get(f"{server.url}/models/{n}").json()["worker_pid"] for n in ("w1", "w2")]
         # w2 is busy in a call that never returns: only the parent-death signal can end it.
         with httpx.Client(timeout=0.5) as client, contextlib.suppress(httpx.TimeoutException):
             client.post(f"{server.url}/models/w2/predict", json={"inputs": "x"})
         forkserver = parent_of(pids[0])
         assert sorted(children_of(forkserver)) == sorted(pids)
-        os.kill(server.process.pid, signal.SIGKILL)
-        server.process.wait(timeout=10)
-        deadline = time.monotonic() + 10
-        while any(alive(pid) for pid in (*pids, forkserver)) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        left = [pid for pid in (*pids, forkserver) if alive(pid)]
-        for pid in left:  # do not leak them into the rest of the run, then fail
-            os.kill(pid, signal.SIGKILL)
-        assert left == [], f"still running after the server was SIGKILLed: {left}"
-    finally:
-        if server.process.poll() is None:
-            os.kill(server.process.pid, signal.SIGKILL)
-            server.process.wait(timeout=10)
-        server.close()
+        server.send(signal.SIGKILL)
+        server.wait(timeout=10)
+    everyone = (*pids, forkserver)
+    with contextlib.suppress(AssertionError):  # the assertion below names those left
+        wait_for(lambda: not any(alive(pid) for pid in everyone), "the workers exit", limit=10)
+    left = [pid for pid in everyone if alive(pid)]
+    for pid in left:  # do not leak them into the rest of the run, then fail
+        os.kill(pid, signal.SIGKILL)
+    assert left == [], f"still running after the server was SIGKILLed: {left}"
