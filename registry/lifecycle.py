@@ -303,21 +303,11 @@ class Lifecycle(Room):
             slot.use_batcher(None)
             return
         batcher = Batcher(
-            functools.partial(self._run_batch, slot, slot.model, slot.thread),
+            functools.partial(self.run_predict, slot, slot.model, slot.thread),
             max_size=batch.max_size,
             max_wait=batch.max_wait_ms / 1000,
         )
         slot.use_batcher(batcher)
-
-    async def _run_batch(
-        self,
-        slot: Slot,
-        model: Model,
-        thread: ModelThread | None,
-        inputs: list[Any],
-        parameters: Mapping[str, Any],
-    ) -> list[Any]:
-        return await self.run_predict(slot, model, thread, inputs, parameters)
 
     def run_predict(
         self,
