@@ -7,10 +7,12 @@ free budget (`ray_app.RegistryReplica.record_routing_stats`). Ray's controller p
 
 - the router remembers where it sent each model itself (`_placed`), so a burst of requests for
   a cold model all follow the first one to the same replica instead of loading it everywhere;
-- the bytes it has just sent towards a replica count against that replica's free budget until
-  a report of that replica lists the model, so a burst of cold models spreads instead of piling
-  onto the replica that looked emptiest a second ago. A report taken after the send but before
-  the request arrived does not list the model yet, so it does not cancel them.
+- a model it has just sent towards a replica counts against that replica's free budget (once,
+  at its best known size) until a report of that replica lists the model, so a burst of cold
+  models spreads instead of piling onto the replica that looked emptiest a second ago. A report
+  taken after the send but before the request arrived does not list the model yet, so it does
+  not cancel it. A model a report lists as loading counts at its size even while the replica
+  has not reserved its bytes yet (it may be waiting for a load permit).
 
 Ranks: replicas holding (or loading) the model first, then the rest by free budget, most
 first. Ray picks the least-loaded replica of the first rank that answers its queue-length probe
