@@ -1,6 +1,6 @@
 """Scenario `throughput`: 16 clients (wrk -c16), batching on and off, vs. the sequential pipeline.
 
-A second server with torch_threads = every core (README: for a compute-bound model) runs
+A second server with torch_threads = every core (docs/behaviour.md: for a compute-bound model) runs
 against an in-process baseline with as many threads; langid rides along to show what the
 event loop loses to torch's threads, and a few langid reloads show the first-inference cost.
 """
