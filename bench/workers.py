@@ -1,4 +1,4 @@
-"""Scenario `workers`: process models against thread models (issue 10).
+"""Scenario `workers`: process models against thread models.
 
 - isolation: langid p99 (wrk -c1) while bert-memory-demo loads again and again as a process
   model, vs. langid p99 with no load;

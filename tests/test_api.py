@@ -337,7 +337,7 @@ def test_metrics_expose_the_budget_and_model_states(client: TestClient) -> None:
 
 
 def test_models_and_metrics_show_the_eviction_policy_and_priorities(client: TestClient) -> None:
-    """Issue 8: GET /models and /metrics show the policy and each held model's priority."""
+    """GET /models and /metrics show the policy and each held model's priority."""
     assert client.post("/models/echo/predict", json={"inputs": "x"}).status_code == 200
     view = client.get("/models").json()
     assert view["eviction"] == "cost"  # the default

@@ -1,5 +1,5 @@
 """Against a real server process: the CLI (ls, load, unload, reload), GET /events as SSE
-(resume, shutdown), and JSON log lines (issue 13)."""
+(resume, shutdown), and JSON log lines."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Config edges a careless edit produces: deep nesting, a typo in a source (issue 7 items 9, 14)."""
+"""Config edges a careless edit produces: deep nesting, a typo in a source."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ NESTED = "models:\n  a:\n    loader: fake\n    options: {x: " + "[" * 5000 + "]"
 
 
 def test_deeply_nested_yaml_is_a_config_error(tmp_path: Path) -> None:
-    """Item 9: 5,000 nested lists are a config error naming the place, not a RecursionError."""
+    """5,000 nested lists are a config error naming the place, not a RecursionError."""
     problems = problems_of(tmp_path, NESTED)
     assert problems == [
         f"YAML syntax, line 4, column {14 + MAX_DEPTH}: lists or mappings nest deeper than "
@@ -30,7 +30,7 @@ def test_deeply_nested_yaml_is_a_config_error(tmp_path: Path) -> None:
 
 
 def test_validate_prints_the_nesting_error_without_a_traceback(tmp_path: Path) -> None:
-    """Item 9: `model-registry validate` on a deeply nested file: one problem line, exit 2."""
+    """`model-registry validate` on a deeply nested file: one problem line, exit 2."""
     path = tmp_path / "models.yaml"
     path.write_text(NESTED)
     done = subprocess.run(
@@ -48,7 +48,7 @@ def test_validate_prints_the_nesting_error_without_a_traceback(tmp_path: Path) -
 def test_reload_of_a_deeply_nested_file_is_422_and_keeps_the_registry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Item 9: POST /admin/reload answers 422 like any config error; the old models serve."""
+    """POST /admin/reload answers 422 like any config error; the old models serve."""
     monkeypatch.setenv("MODEL_REGISTRY_ADMIN_TOKEN", TOKEN)
     path = tmp_path / "models.yaml"
     path.write_text("server: {watch: false}\nmodels:\n  a: {loader: fake, options: {size: 1kB}}\n")
@@ -62,7 +62,7 @@ def test_reload_of_a_deeply_nested_file_is_422_and_keeps_the_registry(
 
 @pytest.mark.anyio
 async def test_the_watcher_reports_a_deeply_nested_edit_as_config_error(tmp_path: Path) -> None:
-    """Item 9: the file watcher sets config_error (it used to swallow the RecursionError)."""
+    """The file watcher sets config_error (it used to swallow the RecursionError)."""
     path = tmp_path / "models.yaml"
     path.write_text(
         "server: {watch_interval: 0.05}\nmodels:\n  a: {loader: fake, options: {size: 1kB}}\n"
@@ -80,7 +80,7 @@ def error_text(error: object) -> str:
 
 
 def test_a_missing_local_source_is_a_config_error_with_a_hint(tmp_path: Path) -> None:
-    """Item 14: a typo in `source:` is refused by validation, with the close name as a hint."""
+    """A typo in `source:` is refused by validation, with the close name as a hint."""
     (tmp_path / "store" / "langid-bert").mkdir(parents=True)
     text = "models:\n  langid:\n    task: text-classification\n    source: ./store/langid-bret\n"
     assert problems_of(tmp_path, text) == [
@@ -92,7 +92,7 @@ def test_a_missing_local_source_is_a_config_error_with_a_hint(tmp_path: Path) ->
 def test_a_reload_with_a_missing_source_keeps_the_old_model_serving(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Item 14: the bad edit is refused (422) and the model keeps answering."""
+    """The bad edit is refused (422) and the model keeps answering."""
     monkeypatch.setenv("MODEL_REGISTRY_ADMIN_TOKEN", TOKEN)
     store = tmp_path / "store"
     store.mkdir()

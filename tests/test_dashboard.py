@@ -1,4 +1,4 @@
-"""The dashboard in a real browser: Debian's Chromium, headless, driven by Selenium (issue 13).
+"""The dashboard in a real browser: Debian's Chromium, headless, driven by Selenium.
 
 scripts/setup.sh installs `chromium` and `chromium-driver`; Selenium is pointed at them, so
 nothing is downloaded (SE_OFFLINE also keeps Selenium Manager from trying). The browser and

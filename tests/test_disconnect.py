@@ -1,4 +1,4 @@
-"""The HTTP side of issue 7: clients that go away, and the 504 of a stuck model."""
+"""Over HTTP: clients that go away, and the 504 of a stuck model."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ async def _post(app: Any, path: str, body: bytes, gone: asyncio.Event, sent: lis
 
 
 async def test_clients_that_disconnect_while_their_model_loads_are_dropped(write_config) -> None:
-    """Issue 7 item 7: gone clients leave the queue at once and are never run."""
+    """Gone clients leave the queue at once and are never run."""
     config = write_config("models:\n  m: {loader: fake, options: {gate: gm}}\n")
     app = create_app(config)
     async with app.router.lifespan_context(app):
@@ -77,7 +77,7 @@ async def test_clients_that_disconnect_while_their_model_loads_are_dropped(write
 
 
 def test_a_stuck_model_answers_504_inference_timeout(write_config) -> None:
-    """Issue 7 item 3: predict_timeout maps to a JSON 504 naming the setting."""
+    """`predict_timeout` maps to a JSON 504 naming the setting."""
     config = write_config(
         "models:\n  m: {loader: fake, predict_timeout: 0.1, options: {predict_hang: true}}\n"
     )

@@ -1,4 +1,4 @@
-"""Shutdown drains, lowered budgets, eviction under load and clients that go away (issue 7)."""
+"""Shutdown drains, lowered budgets, eviction under load and clients that go away."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_shutdown_serves_requests_that_wait_for_a_load(write_config) -> None:
-    """Issue 7 item 5: a request admitted before shutdown is served when its load ends."""
+    """A request admitted before shutdown is served when its load ends."""
     config = write_config("models:\n  m: {loader: fake, options: {gate: gm}}\n")
     manager = ModelManager(config)
     await manager.start()
@@ -34,7 +34,7 @@ async def test_shutdown_serves_requests_that_wait_for_a_load(write_config) -> No
 
 
 async def test_a_load_that_outlasts_the_drain_answers_shutting_down(write_config) -> None:
-    """Issue 7 item 16: when the drain ends, a request still waiting for its load gets 503."""
+    """When the drain ends, a request still waiting for its load gets 503."""
     config = write_config("models:\n  m: {loader: fake, options: {gate: gm}}\n")
     manager = ModelManager(config)
     await manager.start()
@@ -50,7 +50,7 @@ async def test_a_load_that_outlasts_the_drain_answers_shutting_down(write_config
 
 
 async def test_a_client_that_goes_away_is_dropped_from_a_models_queue(write_config) -> None:
-    """Issue 7 item 7: a cancelled request queued behind a busy model never runs."""
+    """A cancelled request queued behind a busy model never runs."""
     config = write_config("models:\n  m: {loader: fake, options: {predict_gate: hold}}\n")
     async with running(config) as manager:
         await manager.load("m")
@@ -65,7 +65,7 @@ async def test_a_client_that_goes_away_is_dropped_from_a_models_queue(write_conf
 
 
 async def test_a_lowered_budget_is_restored_while_traffic_continues(write_config) -> None:
-    """Issue 7 item 11: busy models over a lowered budget take no new lease and unload."""
+    """Busy models over a lowered budget take no new lease and unload."""
     text = (
         "server: {memory_budget: 100MB, capacity_wait: 0.2, watch: false}\n"
         "models:\n"
@@ -105,7 +105,7 @@ async def test_a_lowered_budget_is_restored_while_traffic_continues(write_config
 
 
 async def test_every_load_serves_a_request_under_skewed_traffic(write_config) -> None:
-    """Issue 7 item 15: a model loaded for waiting requests is not evicted before they run.
+    """A model loaded for waiting requests is not evicted before they run.
 
     A small soak: 10 models, a budget for 3, 8 clients, Zipf-skewed picks, 400 requests.
     """

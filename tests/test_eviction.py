@@ -1,4 +1,4 @@
-"""Issue 8: which models the real manager evicts, and when (fake loader, hand-built cases)."""
+"""Which models the real manager evicts, and when (fake loader, hand-built cases)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def eviction_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 async def test_a_big_load_evicts_only_what_it_needs(write_config, caplog) -> None:
-    """Issue 8, minimal victim set: like bert-memory-demo after digits, langid and minilm."""
+    """Minimal victim set: like bert-memory-demo after digits, langid and minilm."""
     config = write_config(
         "server: {memory_budget: 300MB, eviction: lru}\n"
         "models:\n"
@@ -52,7 +52,7 @@ async def test_a_big_load_evicts_only_what_it_needs(write_config, caplog) -> Non
 async def test_a_model_loaded_for_waiting_requests_serves_them_before_eviction(
     write_config,
 ) -> None:
-    """Issue 8 (and issue 7 item 15): waiting requests protect their model like leases."""
+    """Waiting requests protect their model like leases."""
     config = write_config(
         "server: {memory_budget: 100MB, capacity_wait: 10s}\n"
         "models:\n"
@@ -89,7 +89,7 @@ async def _replay(manager: ModelManager, trace: list[str], clients: int) -> int:
 
 @pytest.mark.parametrize("policy", ["lru", "cost"])
 async def test_eight_clients_cause_no_more_loads_than_one(write_config, policy: str) -> None:
-    """Issue 8, concurrency must not cost hits: the same trace, 1 client then 8 clients."""
+    """Concurrency must not cost hits: the same trace, 1 client then 8 clients."""
     eviction = "" if policy == "lru" else f", eviction: {policy}"  # today's code: no key
     text = f"server: {{memory_budget: 100MB{eviction}}}\nmodels:\n" + "".join(
         f"  m{i}: {{loader: fake, options: {{size: {size}MB, load_seconds: 0.02, "
@@ -111,7 +111,7 @@ async def test_eight_clients_cause_no_more_loads_than_one(write_config, policy: 
 async def test_the_policy_chooses_the_victim(
     write_config, caplog, policy: str, victim: str
 ) -> None:
-    """Issue 8: cost keeps a frequently used, slow-to-load model over a rarely used cheap one."""
+    """`cost` keeps a frequently used, slow-to-load model over a rarely used cheap one."""
     config = write_config(
         f"server: {{memory_budget: 100MB, eviction: {policy}}}\n"
         "models:\n"

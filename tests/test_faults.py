@@ -1,4 +1,4 @@
-"""Model code that misbehaves (issue 7): StopIteration, stuck calls, stuck or replaced loads."""
+"""Model code that misbehaves: StopIteration, stuck calls, stuck or replaced loads."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.anyio
 
 
 async def test_stop_iteration_from_predict_is_the_requests_error(write_config) -> None:
-    """Issue 7 item 1: StopIteration raised by predict fails the request instead of hanging it."""
+    """StopIteration raised by predict fails the request instead of hanging it."""
     config = write_config(
         "models:\n"
         "  m: {loader: fake, options: {stop_iteration: predict}}\n"
@@ -39,7 +39,7 @@ async def test_stop_iteration_from_predict_is_the_requests_error(write_config) -
 
 
 async def test_stop_iteration_from_a_loader_is_a_load_failure(write_config) -> None:
-    """Issue 7 item 1: StopIteration raised by a loader fails the load instead of hanging it."""
+    """StopIteration raised by a loader fails the load instead of hanging it."""
     config = write_config("models:\n  m: {loader: fake, options: {stop_iteration: load}}\n")
     async with running(config) as manager:
         with pytest.raises(ModelFailed) as excinfo:
@@ -49,7 +49,7 @@ async def test_stop_iteration_from_a_loader_is_a_load_failure(write_config) -> N
 
 
 async def test_stop_iteration_from_close_still_unloads(write_config) -> None:
-    """Issue 7 item 1: StopIteration raised by close() does not leave the unload pending."""
+    """StopIteration raised by close() does not leave the unload pending."""
     config = write_config(
         "models:\n  m: {loader: fake, options: {size: 5MB, stop_iteration: close}}\n"
     )
@@ -61,7 +61,7 @@ async def test_stop_iteration_from_close_still_unloads(write_config) -> None:
 
 
 async def test_a_backlog_on_one_model_holds_no_worker_another_model_needs(write_config) -> None:
-    """Issue 7 item 3: requests queued for a busy model do not take the global worker slots."""
+    """Requests queued for a busy model do not take the global worker slots."""
     config = write_config(
         "server: {inference_workers: 2}\n"
         "models:\n"
@@ -78,7 +78,7 @@ async def test_a_backlog_on_one_model_holds_no_worker_another_model_needs(write_
 
 
 async def test_a_call_past_predict_timeout_fails_and_marks_the_model_failed(write_config) -> None:
-    """Issue 7 item 3: predict_timeout answers 504-style, fails the queue, keeps the bytes."""
+    """`predict_timeout` answers 504-style, fails the queue, keeps the bytes."""
     config = write_config(
         "server: {memory_budget: 100MB, retry_backoff: {initial: 0.05, max: 0.05}}\n"
         "models:\n"
@@ -116,7 +116,7 @@ async def test_a_call_past_predict_timeout_fails_and_marks_the_model_failed(writ
 
 
 async def test_a_stuck_call_is_aborted_when_the_model_can_abort(write_config) -> None:
-    """Issue 7 item 3: after predict_timeout the registry calls the model's abort() hook."""
+    """After predict_timeout the registry calls the model's abort() hook."""
     config = write_config(
         "models:\n  m: {loader: fake, predict_timeout: 0.1, options: {predict_hang: true}}\n"
     )
@@ -129,7 +129,7 @@ async def test_a_stuck_call_is_aborted_when_the_model_can_abort(write_config) ->
 
 
 async def test_a_timed_out_load_keeps_its_bytes_until_its_thread_ends(write_config) -> None:
-    """Issue 7 item 10: no retry and no released bytes while the timed-out loader runs."""
+    """No retry and no released bytes while the timed-out loader runs."""
     config = write_config(
         "server: {memory_budget: 100MB, retry_backoff: {initial: 0.05, max: 0.05}}\n"
         "models:\n  m: {loader: fake, load_timeout: 0.2, options: {size: 30MB, gate: gm}}\n"
@@ -157,7 +157,7 @@ async def test_a_timed_out_load_keeps_its_bytes_until_its_thread_ends(write_conf
 
 
 async def test_replacing_a_model_whose_load_hangs_moves_its_waiters(write_config) -> None:
-    """Issue 7 item 6: the retired load frees its permit; waiters go to the replacement."""
+    """The retired load frees its permit; waiters go to the replacement."""
     text = (
         "server: {memory_budget: 100MB, max_parallel_loads: 1, watch: false}\n"
         "models:\n  m: {loader: fake, options: {size: 30MB, gate: stuck}}\n"
@@ -181,7 +181,7 @@ async def test_replacing_a_model_whose_load_hangs_moves_its_waiters(write_config
 
 
 async def test_a_model_measured_too_big_for_the_budget_is_not_loaded_again(write_config) -> None:
-    """Issue 7 item 12: the measured size is kept; a model that can never fit is too large."""
+    """The measured size is kept; a model that can never fit is too large."""
     config = write_config(
         "server: {memory_budget: 100MB}\n"
         "models:\n  big: {loader: fake, size_hint: 10MB, options: {size: 150MB}}\n"
@@ -197,7 +197,7 @@ async def test_a_model_measured_too_big_for_the_budget_is_not_loaded_again(write
 
 
 async def test_a_model_measured_bigger_than_the_room_honours_its_backoff(write_config) -> None:
-    """Issue 7 item 12: no full load per request when the measured size finds no room."""
+    """No full load per request when the measured size finds no room."""
     config = write_config(
         "server: {memory_budget: 100MB, capacity_wait: 0.1}\n"
         "models:\n"
@@ -220,7 +220,7 @@ async def test_a_model_measured_bigger_than_the_room_honours_its_backoff(write_c
 
 
 async def test_removing_a_model_whose_load_hangs_answers_its_waiters(write_config) -> None:
-    """Issue 7 item 6: waiters of a removed model's load get a clear error at once."""
+    """Waiters of a removed model's load get a clear error at once."""
     text = (
         "server: {memory_budget: 100MB, watch: false}\n"
         "models:\n  m: {loader: fake, options: {size: 30MB, gate: stuck}}\n  keep: {loader: fake}\n"

@@ -1,4 +1,4 @@
-"""What a hostile client sends: crafted images, odd numbers (issue 7 items 4, 8, 17)."""
+"""What a hostile client sends: crafted images, odd numbers."""
 
 from __future__ import annotations
 
@@ -79,7 +79,7 @@ def client(config_path: Path) -> Iterator[TestClient]:
 
 @pytest.mark.anyio
 async def test_a_png_of_800k_tiny_chunks_is_refused_off_the_event_loop(config_path: Path) -> None:
-    """Item 4: the crafted PNG is decoded in a thread, and refused by a bound on PIL's work.
+    """The crafted PNG is decoded in a thread, and refused by a bound on PIL's work.
 
     The loop's lag while it is being refused is compared with what parsing that file costs
     PIL in this process: on the loop, the lag was at least that.
@@ -116,7 +116,7 @@ async def test_a_png_of_800k_tiny_chunks_is_refused_off_the_event_loop(config_pa
 
 @pytest.mark.anyio
 async def test_a_normal_png_still_decodes(config_path: Path) -> None:
-    """Item 4: the bound leaves ordinary images alone (a few chunks, a big one too)."""
+    """The bound leaves ordinary images alone (a few chunks, a big one too)."""
     buffer = io.BytesIO()
     Image.effect_noise((1500, 1500), 64).convert("RGB").save(buffer, format="PNG")
     async with running(load_config(config_path)) as manager:
@@ -126,7 +126,7 @@ async def test_a_normal_png_still_decodes(config_path: Path) -> None:
 
 
 def test_a_broken_dds_image_is_422(client: TestClient) -> None:
-    """Item 8: PIL's NotImplementedError on a malformed DDS file is the client's error."""
+    """PIL's NotImplementedError on a malformed DDS file is the client's error."""
     response = client.post(
         "/models/picture/predict", files={"file": ("x.dds", broken_dds(), "image/x-dds")}
     )
@@ -137,7 +137,7 @@ def test_a_broken_dds_image_is_422(client: TestClient) -> None:
 def test_a_bug_in_model_code_is_a_500_with_a_traceback_in_the_log(
     client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Item 8: a KeyError from model code is no longer called the client's fault (was 422)."""
+    """A KeyError from model code is no longer called the client's fault (was 422)."""
     with caplog.at_level(logging.ERROR, logger="registry"):
         response = client.post("/models/custom/predict", json={"inputs": ["key"]})
     assert response.status_code == 500, response.text
@@ -148,7 +148,7 @@ def test_a_bug_in_model_code_is_a_500_with_a_traceback_in_the_log(
 
 
 def test_a_value_error_naming_a_parameter_is_a_422_naming_it(client: TestClient) -> None:
-    """Item 8: the 4xx names the request parameter that the model's message is about."""
+    """The 4xx names the request parameter that the model's message is about."""
     body = {"inputs": ["value"], "parameters": {"temperature": 5}}
     response = client.post("/models/custom/predict", json=body)
     assert response.status_code == 422, response.text
@@ -171,7 +171,7 @@ def test_a_value_error_naming_a_parameter_is_a_422_naming_it(client: TestClient)
 def test_non_finite_numbers_are_422_naming_the_position(
     client: TestClient, body: bytes, position: str, shown: str
 ) -> None:
-    """Item 17: NaN, Infinity and 1e999 never reach a model."""
+    """NaN, Infinity and 1e999 never reach a model."""
     response = client.post(
         "/models/numbers/predict", content=body, headers={"content-type": "application/json"}
     )
@@ -210,7 +210,7 @@ def test_an_integer_beyond_float_range_is_422(client: TestClient) -> None:
 def test_bad_pipeline_parameters_are_422_naming_them(
     tmp_path: Path, model_store: Path, parameters: dict[str, object], named: str
 ) -> None:
-    """Item 8: parameters that made langid's tokenizer or model raise (500) are checked first."""
+    """Parameters that made langid's tokenizer or model raise (500) are checked first."""
     path = tmp_path / "models.yaml"
     path.write_text(
         "server: {watch: false}\nmodels:\n"

@@ -1,4 +1,4 @@
-"""A real server against hostile clients: huge headers, hang-ups (issue 7 items 18, 20)."""
+"""A real server against hostile clients: huge headers, hang-ups."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def queued_bytes(server_port: int, client_port: int) -> int | None:
 
 
 def test_a_20_mb_header_is_refused_with_431(server: Process) -> None:
-    """Item 18: the parser stops at server.max_header_size instead of buffering 20 MB."""
+    """The parser stops at server.max_header_size instead of buffering 20 MB."""
     head = b"GET /health/live HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000_000 + b"\r\n\r\n"
     answer = send_head(server.port, head)
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
@@ -68,7 +68,7 @@ def test_a_20_mb_header_is_refused_with_431(server: Process) -> None:
 
 
 def test_too_many_headers_are_refused_with_431(server: Process) -> None:
-    """Item 18: more than server.max_headers fields is a 431, however short they are."""
+    """More than server.max_headers fields is a 431, however short they are."""
     fields = b"".join(b"X-%d: 1\r\n" % i for i in range(60))
     answer = send_head(server.port, b"GET /health/live HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n")
     assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
@@ -77,7 +77,7 @@ def test_too_many_headers_are_refused_with_431(server: Process) -> None:
 
 
 def test_a_client_hanging_up_mid_upload_is_one_info_line(server: Process) -> None:
-    """Item 20: no ERROR and no traceback: the client went away, the server says so once."""
+    """No ERROR and no traceback: the client went away, the server says so once."""
     boundary = b"xyz"
     head = (
         b"POST /models/picture/predict HTTP/1.1\r\nHost: x\r\n"

@@ -1,5 +1,5 @@
 """GET /metrics, parsed with prometheus_client's parser: the values move as requests, loads and
-evictions happen (issue 13, metrics)."""
+evictions happen."""
 
 from __future__ import annotations
 

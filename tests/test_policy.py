@@ -12,7 +12,7 @@ MIB = 1024 * 1024
 
 
 def test_victims_give_back_picks_the_room_does_not_need() -> None:
-    """Issue 8: evict only what is needed (the bert-memory-demo case: minilm alone is enough)."""
+    """Evict only what is needed (the bert-memory-demo case: minilm alone is enough)."""
     budget: ByteBudget[str] = ByteBudget(300)
     budget.reserve("digits", 1)
     budget.reserve("langid", 2)
@@ -49,7 +49,7 @@ def cost_budget(seconds: dict[str, float], limit: int = 100 * MIB) -> ByteBudget
 
 
 def test_cost_keeps_a_frequently_used_expensive_model_over_a_rarely_used_cheap_one() -> None:
-    """Issue 8: the victim is the one whose eviction costs least to undo per byte freed."""
+    """The victim is the one whose eviction costs least to undo per byte freed."""
     seconds = {"dear": 2.0, "cheap": 0.05, "new": 0.5}
     budget = cost_budget(seconds)
     budget.reserve("dear", 40 * MIB)
@@ -117,7 +117,7 @@ def test_describe_says_why_the_victim(policy: str, rank: int, text: str) -> None
 
 
 def test_a_model_with_waiting_requests_is_not_evictable() -> None:
-    """Issue 8 / issue 7 item 15: a request waiting for a model protects it like a lease."""
+    """A request waiting for a model protects it like a lease."""
     from registry.config import ModelSpec
     from registry.slot import Slot, State
 

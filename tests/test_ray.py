@@ -1,4 +1,4 @@
-"""Issue 12: the registry on a real local Ray Serve with 2 replicas (`serve --ray`).
+"""The registry on a real local Ray Serve with 2 replicas (`serve --ray`).
 
 One cluster serves the whole module (starting Ray costs ~30 s). It runs in a loopback-only
 network namespace; the tests reach it through the host relay on 127.0.0.1, like a user.

@@ -1,4 +1,4 @@
-"""Issue 12: deploy/ray-serve.yaml is a valid Serve config that builds our application."""
+"""`deploy/ray-serve.yaml` is a valid Serve config that builds our application."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue 12: the request router's choices, on replica reports like the ones Ray hands it."""
+"""The request router's choices, on replica reports like the ones Ray hands it."""
 
 from __future__ import annotations
 

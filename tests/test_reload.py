@@ -201,7 +201,7 @@ async def test_a_hung_load_times_out_and_its_late_finish_is_discarded(tmp_path: 
         with pytest.raises(ModelFailed) as excinfo:
             await ask(manager, "stuck")
         assert "load timed out after 0.2s (load_timeout)" in excinfo.value.message
-        # Issue 7 item 10: the loader still runs, so its memory stays reserved.
+        # The loader still runs, so its memory stays reserved.
         assert manager.snapshot().used_bytes == 40 * 1000**2
         fake.open_gate("g")  # the stuck thread now finishes: its model is thrown away
         await wait_until(lambda: manager.snapshot().abandoned_threads == 0, "it ends")

@@ -1,4 +1,4 @@
-"""The real process at SIGTERM (issue 7 items 2 and 16): bounded exit, JSON 503s, exit code."""
+"""The real process at SIGTERM: bounded exit, JSON 503s, exit code."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def sigterm_while_waited_on(
 
 
 def test_sigterm_exits_after_the_drain_although_a_predict_is_stuck(tmp_path: Path) -> None:
-    """Issue 7 item 2: a model stuck in predict does not keep the process alive."""
+    """A model stuck in predict does not keep the process alive."""
     server, code, response = sigterm_while_waited_on(
         tmp_path, 1, "stuck", "predict_seconds: 3600", "in_flight"
     )
@@ -59,7 +59,7 @@ def test_sigterm_exits_after_the_drain_although_a_predict_is_stuck(tmp_path: Pat
 
 
 def test_a_request_waiting_on_a_long_load_at_sigterm_gets_a_json_503(tmp_path: Path) -> None:
-    """Issue 7 item 16: JSON 503 shutting_down with Retry-After, never a plain-text 500."""
+    """JSON 503 shutting_down with Retry-After, never a plain-text 500."""
     server, code, response = sigterm_while_waited_on(
         tmp_path, 2, "slow", "load_seconds: 60", "queued"
     )

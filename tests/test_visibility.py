@@ -1,4 +1,4 @@
-"""What anonymous callers and admins see (issue 7 item 19), and hf: sources (item 13)."""
+"""What anonymous callers and admins see, and hf: sources."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClie
 
 
 def test_a_failed_models_503_names_no_server_path(client: TestClient, tmp_path: Path) -> None:
-    """Item 19: the public error names the model and the reason, not the absolute path."""
+    """The public error names the model and the reason, not the absolute path."""
     first = client.post("/models/broken/predict", json={"inputs": "x"})
     again = client.post("/models/broken/predict", json={"inputs": "x"})
     for response in (first, again):
@@ -48,7 +48,7 @@ def test_a_failed_models_503_names_no_server_path(client: TestClient, tmp_path: 
 
 
 def test_get_models_shows_paths_only_to_the_admin(client: TestClient, tmp_path: Path) -> None:
-    """Item 19: `source`, `config_path` and paths in errors are for the admin token only."""
+    """`source`, `config_path` and paths in errors are for the admin token only."""
     client.post("/models/broken/predict", json={"inputs": "x"})
     for url in ("/models", "/models/broken", "/health/ready"):
         anonymous = client.get(url)
@@ -99,7 +99,7 @@ def hf_cache(tmp_path: Path, model_store: Path) -> Path:
 def test_an_hf_source_loads_from_the_local_cache_with_a_size(
     tmp_path: Path, model_store: Path
 ) -> None:
-    """Item 13: hf: models load (no 'multiple values for local_files_only') and have a size."""
+    """`hf:` models load (no 'multiple values for local_files_only') and have a size."""
     env = {**os.environ, "HF_HUB_CACHE": str(hf_cache(tmp_path, model_store))}
     env["HF_HUB_OFFLINE"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), str(Path.cwd())])

@@ -1,4 +1,4 @@
-"""Process models (issue 10): real worker processes, driven through the real ModelManager."""
+"""Process models: real worker processes, driven through the real ModelManager."""
 
 from __future__ import annotations
 

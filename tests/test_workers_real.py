@@ -1,4 +1,4 @@
-"""Process models with real models and a real server process (issue 10)."""
+"""Process models with real models and a real server process."""
 
 from __future__ import annotations
 
