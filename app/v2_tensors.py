@@ -174,16 +174,19 @@ def json_data(data: Any, datatype: str, shape: list[int], where: str) -> list[An
     the datatype's kind and within its range.
     """
     values = data if isinstance(data, list) else [data]
-    nested = list in set(map(type, values))
+    kinds = set(map(type, values))
+    nested = list in kinds
     if nested:
         values = _unnest(values, shape, where)
+        kinds = set(map(type, values))
     elif len(values) != math.prod(shape):
         raise TensorError(
             f"{where}: shape {shape} holds {math.prod(shape)} elements but 'data' has {len(values)}"
         )
-    if datatype in INTEGER and float in set(map(type, values)):  # 3.0 is the integer 3
+    if datatype in INTEGER and float in kinds:  # 3.0 is the integer 3
         values = [int(v) if type(v) is float and v.is_integer() else v for v in values]
-    if not _all_valid(values, datatype):
+        kinds = set(map(type, values))
+    if not _all_valid(values, kinds, datatype):
         for index, value in enumerate(values):
             problem = _value_problem(value, datatype)
             if problem is not None:
@@ -212,9 +215,8 @@ def _unnest(data: list[Any], shape: list[int], where: str) -> list[Any]:
     return level  # elements that are still lists are refused by the datatype check
 
 
-def _all_valid(values: list[Any], datatype: str) -> bool:
-    """Whether every element fits the datatype, checked in bulk (the common case)."""
-    kinds = set(map(type, values))
+def _all_valid(values: list[Any], kinds: set[type], datatype: str) -> bool:
+    """Whether every element (of these types) fits the datatype, checked in bulk."""
     if datatype == "BYTES":
         return kinds <= {str}
     if datatype == "BOOL":

@@ -143,6 +143,17 @@ def test_every_json_route_takes_the_same_nesting_and_refuses_one_level_more(
         assert TOO_DEEP in error_text(response), (path, response.text)
 
 
+def test_brackets_inside_strings_are_text_not_nesting(client: TestClient) -> None:
+    """Brackets in a string (an escaped quote before them too) are not counted as nesting:
+    a text of 1,000 `[` is predicted on the native and V2 routes, as any other text."""
+    text = '\\"' + "[" * 1000 + '"{'
+    response = client.post("/models/echo/predict", json={"inputs": [text]})
+    assert response.status_code == 200, response.text
+    request = v2_tensor("BYTES", [1], [text], name="text")
+    response = client.post("/v2/models/echo/infer", json=request)
+    assert response.status_code == 200, response.text
+
+
 def test_tritonclient_gets_a_400_for_a_deep_binary_json_document(server: Process) -> None:
     """A BYTES tensor of JSON documents sent by tritonclient in binary: a document nested
     too deep is the client's error (InferenceServerException with the nesting message),
