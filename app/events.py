@@ -18,15 +18,26 @@ KEEPALIVE = 15.0  # seconds between comment lines, so proxies keep an idle strea
 
 @router.get("/events")
 async def events(request: Request, manager: Manager, after: int | None = None) -> StreamingResponse:
-    """Model events as `text/event-stream`; `?after=ID` or Last-Event-ID replays what was missed."""
+    """Model events as `text/event-stream`; `?after=ID` or Last-Event-ID replays what was missed.
+
+    Ids start at 1 (0: before the first event), so a negative one is refused with a 400 rather
+    than taken as a point before the history began (which would report events as missed).
+    """
     resume = request.headers.get("last-event-id")
+    source = "?after"
     if resume is not None:
+        source = "Last-Event-ID"
         try:
             after = int(resume)
         except ValueError:
-            raise HTTPError(
-                400, "bad_request", "Last-Event-ID must be the integer id of an event"
-            ) from None
+            after = -1
+    if after is not None and after < 0:
+        raise HTTPError(
+            400,
+            "bad_request",
+            f"{source} must be the id of an event, an integer from 0 (0 replays every event "
+            f"kept); got {resume if resume is not None else after!r}",
+        )
     subscription = manager.events.subscribe(after=after)
     return StreamingResponse(
         _stream(subscription),

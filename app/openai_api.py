@@ -9,13 +9,13 @@ Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}`.
 from __future__ import annotations
 
 import base64
-import json
 from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from app import json_body
 from app.protocol_errors import Failure, shaped_route
 from app.routes import Manager
 from registry.config import ModelSpec
@@ -140,9 +140,9 @@ def _encode(vector: np.ndarray[Any, Any], encoding: str) -> Any:
 
 def _body(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError):
-        body = None
+        body = json_body.parse(raw, "the body") if raw.strip() else None
+    except json_body.MalformedJSON as exc:
+        raise RequestError(exc.message, None) from None
     if not isinstance(body, dict):
         raise RequestError('send a JSON object: {"model": "...", "input": "text" | [...]}', None)
     unknown = sorted(set(body) - FIELDS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from collections.abc import Awaitable
@@ -14,6 +13,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.datastructures import UploadFile
 
+from app import json_body
 from app.errors import ClientGone
 from app.views_json import model_json, readiness_json, registry_json
 from app.visibility import is_admin, public
@@ -143,8 +143,8 @@ def _form_parameters(raw: object) -> dict[str, Any]:
     if raw is None:
         return {}
     try:
-        value = json.loads(str(raw))
-    except (json.JSONDecodeError, RecursionError):
+        value = json_body.parse(str(raw), "form field 'parameters'")
+    except json_body.MalformedJSON:
         value = None
     if not isinstance(value, dict):
         raise BadInput("form field 'parameters' must be a JSON object, e.g. {\"top_k\": 3}")
@@ -157,7 +157,9 @@ async def _read_json(request: Request) -> TextRequest:
     if not raw.strip():
         raise BadInput(f"the request body is empty; send JSON {TEXT_SHAPE}")
     try:
-        body = PredictBody.model_validate_json(raw)
+        body = PredictBody.model_validate(json_body.parse(raw))
+    except json_body.MalformedJSON as exc:
+        raise BadInput(f"expected JSON {TEXT_SHAPE}: {exc.message}") from None
     except ValidationError as exc:
         problems = "; ".join(_problem(e) for e in exc.errors())
         raise BadInput(f"expected JSON {TEXT_SHAPE}: {problems}") from None
@@ -169,10 +171,10 @@ async def _read_json(request: Request) -> TextRequest:
 
 def _problem(error: Any) -> str:
     where = ".".join(str(p) for p in error["loc"])
-    if error["type"] == "json_invalid":
-        return f"the body is not valid JSON ({error['ctx'].get('error', 'syntax error')})"
     if error["type"] == "model_type":
         return "the body must be a JSON object"
+    if error["type"] == "dict_type":
+        return f"{where}: Input should be an object"
     if error["type"] == "extra_forbidden":
         return f"unknown key {where!r}"
     return f"{where}: {error['msg']}" if where else str(error["msg"])

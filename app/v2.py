@@ -21,7 +21,7 @@ from app.errors import HTTPError
 from app.protocol_errors import Failure, shaped_route
 from app.routes import Manager
 from app.v2_models import model_inputs, model_outputs, platform, signature
-from app.v2_tensors import HEADER_LENGTH, TensorError, encode_response, parse_request
+from app.v2_tensors import HEADER_LENGTH, TensorError, encode_response, parse_json, parse_request
 from app.views_json import model_json, readiness_json
 from registry.payload import ImageRequest, TextRequest
 from registry.slot import State
@@ -216,10 +216,7 @@ async def _json_object(request: Request) -> dict[str, Any]:
     raw = await request.body()
     if not raw.strip():
         return {}
-    try:
-        value = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise TensorError("the body must be a JSON object (or empty)") from None
+    value = parse_json(raw, "the body")
     if not isinstance(value, dict):
         raise TensorError("the body must be a JSON object (or empty)")
     return value

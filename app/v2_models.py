@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from app.v2_tensors import Tensor, TensorError
+from app.v2_tensors import Tensor, TensorError, parse_json
 from registry.config import ModelSpec
 from registry.payload import to_jsonable
 
@@ -102,13 +102,11 @@ def _image(name: str, item: Any) -> bytes:
 
 
 def _rows(name: str, tensor: Tensor) -> list[Any]:
-    if tensor.datatype == "BYTES":
-        try:
-            return [json.loads(item) for item in tensor.data]
-        except (ValueError, UnicodeDecodeError):
-            raise TensorError(
-                f"input 'input' of model {name!r}: BYTES elements must be JSON documents"
-            ) from None
+    if tensor.datatype == "BYTES":  # each element a JSON document (str in JSON, else bytes)
+        return [
+            parse_json(item, f"element {i} of input 'input' of model {name!r} (a JSON document)")
+            for i, item in enumerate(tensor.data)
+        ]
     if tensor.datatype == "BOOL":
         raise TensorError(f"input 'input' of model {name!r} takes numbers (FP32), not BOOL")
     if len(tensor.shape) <= 1:

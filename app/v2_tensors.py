@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from app import json_body
 from registry.errors import BadInput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -36,6 +37,9 @@ NUMERIC = {
     "FP64": "<f8",
 }
 DATATYPES = ("BYTES", *NUMERIC)
+_KIND = {name: np.dtype(code).kind for name, code in NUMERIC.items()}
+INTEGER = {name: np.iinfo(NUMERIC[name]) for name, kind in _KIND.items() if kind in "iu"}
+FLOATING = {name: float(np.finfo(NUMERIC[name]).max) for name, kind in _KIND.items() if kind == "f"}
 # Request parameters that belong to the protocol, not to the model.
 PROTOCOL_PARAMETERS = frozenset(
     {"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
@@ -87,10 +91,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
                 f"{HEADER_LENGTH} is {header_length!r} but the body has {len(body)} bytes"
             )
         head, rest = body[:size], body[size:]
-    try:
-        request = json.loads(head)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TensorError(f"the inference header is not valid JSON ({exc})") from None
+    request = parse_json(head, "the inference header")
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise TensorError('expected {"inputs": [{"name", "datatype", "shape", "data"}, ...]}')
     parameters = _mapping(request.get("parameters"), "parameters")
@@ -115,6 +116,14 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
         binary_output=bool(parameters.get("binary_data_output", False)),
         parameters={k: v for k, v in parameters.items() if k not in PROTOCOL_PARAMETERS},
     )
+
+
+def parse_json(raw: bytes | str, what: str) -> Any:
+    """JSON by the one rule every route follows (app/json_body.py), refused with a 400."""
+    try:
+        return json_body.parse(raw, what)
+    except json_body.MalformedJSON as exc:
+        raise TensorError(exc.message) from None
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -153,28 +162,125 @@ def _input(raw: Any, index: int, rest: bytes, offset: int) -> tuple[Tensor, int]
         return Tensor(name, datatype, shape, data), size
     if "data" not in raw:
         raise TensorError(f"{where} has neither 'data' nor parameters.binary_data_size")
-    data = _flatten(raw["data"])
-    if len(data) != count:
-        raise TensorError(
-            f"{where}: shape {shape} holds {count} elements but 'data' has {len(data)}"
-        )
-    if datatype == "BYTES":
-        if not all(isinstance(item, str) for item in data):
-            raise TensorError(f"{where}: BYTES data in JSON must be strings")
-    elif not all(isinstance(item, int | float) for item in data):
-        raise TensorError(f"{where}: {datatype} data must be numbers")
+    data = json_data(raw["data"], datatype, shape, where)
     return Tensor(name, datatype, shape, data), 0
 
 
-def _flatten(data: Any) -> list[Any]:
-    if not isinstance(data, list):
-        return [data]
-    if not any(isinstance(item, list) for item in data):
-        return data
-    flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item))
-    return flat
+def json_data(data: Any, datatype: str, shape: list[int], where: str) -> list[Any]:
+    """JSON tensor data as a flat, row-major list, checked against its shape and datatype.
+
+    Data may be flat (the shape's element count, row-major, as tritonclient sends it) or
+    nested exactly as the shape (`[[1, 2], [3, 4]]` for `[2, 2]`); every element must be of
+    the datatype's kind and within its range.
+    """
+    values = data if isinstance(data, list) else [data]
+    kinds = set(map(type, values))
+    nested = list in kinds
+    if nested:
+        values = _unnest(values, shape, where)
+        kinds = set(map(type, values))
+    elif len(values) != math.prod(shape):
+        raise TensorError(
+            f"{where}: shape {shape} holds {math.prod(shape)} elements but 'data' has {len(values)}"
+        )
+    if datatype in INTEGER and float in kinds:  # 3.0 is the integer 3
+        values = [int(v) if type(v) is float and v.is_integer() else v for v in values]
+        kinds = set(map(type, values))
+    if not _all_valid(values, kinds, datatype):
+        for index, value in enumerate(values):
+            problem = _value_problem(value, datatype)
+            if problem is not None:
+                at = _position(index, shape if nested else [len(values)])
+                raise TensorError(f"{where}: {at} {problem}")
+    return values
+
+
+def _unnest(data: list[Any], shape: list[int], where: str) -> list[Any]:
+    """Nested data, flattened, if it nests exactly as the shape says."""
+    level: list[Any] = [data]
+    for axis, size in enumerate(shape):
+        inner: list[Any] = []
+        for index, item in enumerate(level):
+            if not isinstance(item, list) or len(item) != size:
+                what = "is not a list"
+                if isinstance(item, list):
+                    what = f"has {len(item)} element{'' if len(item) == 1 else 's'}"
+                raise TensorError(
+                    f"{where}: {_position(index, shape[:axis])} {what} where shape {shape} "
+                    f"needs a list of {size}; nested data must match the shape exactly (or "
+                    f"send it flat: {math.prod(shape)} elements, row-major)"
+                )
+            inner.extend(item)
+        level = inner
+    return level  # elements that are still lists are refused by the datatype check
+
+
+def _all_valid(values: list[Any], kinds: set[type], datatype: str) -> bool:
+    """Whether every element (of these types) fits the datatype, checked in bulk."""
+    if datatype == "BYTES":
+        return kinds <= {str}
+    if datatype == "BOOL":
+        return kinds <= {bool}
+    if datatype in INTEGER:
+        limits = INTEGER[datatype]
+        return kinds <= {int} and (
+            not values or (limits.min <= min(values) and max(values) <= limits.max)
+        )
+    if not kinds <= {int, float}:
+        return False
+    try:
+        array = np.asarray(values, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        return False
+    return bool(np.isfinite(array).all()) and (
+        not len(array) or float(np.abs(array).max()) <= FLOATING[datatype]
+    )
+
+
+def _value_problem(value: Any, datatype: str) -> str | None:
+    """Why one element does not fit the datatype; None if it does."""
+    shown = _show(value)
+    if datatype == "BYTES":
+        return None if type(value) is str else f"is {shown}; BYTES data in JSON must be strings"
+    if datatype == "BOOL":
+        return None if type(value) is bool else f"is {shown}; BOOL takes only true or false"
+    if datatype in INTEGER:
+        limits = INTEGER[datatype]
+        if type(value) is not int:
+            return f"is {shown}; {datatype} takes integers"
+        if not limits.min <= value <= limits.max:
+            return f"is {shown}, outside {datatype}'s range {limits.min} to {limits.max}"
+        return None
+    if type(value) not in (int, float):
+        return f"is {shown}; {datatype} takes numbers"
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"is {shown}; {datatype} takes finite numbers (no NaN or Infinity)"
+    if abs(value) > FLOATING[datatype]:
+        top = FLOATING[datatype]
+        return f"is {shown}, outside {datatype}'s range -{top:.4g} to {top:.4g}"
+    return None
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) and abs(value) >= 10**20:
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    if isinstance(value, list):
+        return f"a list of {len(value)} (nested deeper than the shape)"
+    if isinstance(value, dict):
+        return "an object"
+    if value is None:
+        return "null"
+    text = json.dumps(value, allow_nan=True)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _position(index: int, dims: list[int]) -> str:
+    """`data[i][j]` for flat `index` in an array of `dims` (`data` for none)."""
+    if not dims:
+        return "data"
+    return "data" + "".join(f"[{i}]" for i in np.unravel_index(index, dims))
 
 
 def _from_binary(raw: bytes, datatype: str, count: int, where: str) -> list[Any]:
