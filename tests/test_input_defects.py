@@ -7,10 +7,13 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from support import served
 
 from app.main import create_app
+from devkit.server import Process
 
 GERMAN = "Der Hund schläft heute im warmen Garten hinter dem alten Haus."
 
@@ -65,3 +68,66 @@ def test_a_text_too_long_with_truncation_off_is_422_with_its_token_count(
     )
     assert short.status_code == 200, short.text
     assert short.json()["predictions"][0]["label"] == "de"
+
+
+HEAD_LIMIT = 64 * 1024  # server.max_header_size in the fixture below
+
+
+@pytest.fixture(scope="module")
+def head_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    """A real server process with max_header_size 64 KiB (the default, stated)."""
+    text = (
+        "server: {memory_budget: 10MB, max_header_size: 64KiB, max_headers: 100, watch: false}\n"
+        "models:\n  echo: {loader: fake, options: {size: 1kB}}\n"
+    )
+    with served(tmp_path_factory.mktemp("heads"), text) as process:
+        yield process
+
+
+def head_of(size: int) -> bytes:
+    """A GET whose request line and headers are exactly `size` bytes, most of it one header."""
+    start = b"GET /health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Big: "
+    end = b"\r\n\r\n"
+    return start + b"a" * (size - len(start) - len(end)) + end
+
+
+def answer_to(port: int, head: bytes, pieces: int) -> bytes:
+    """Send `head` over a raw socket in `pieces` sends (1: one write); the server's answer."""
+    step = -(-len(head) // pieces)
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for start in range(0, len(head), step):
+                sock.sendall(head[start : start + step])
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused before it was all sent
+        answer = b""
+        try:
+            while chunk := sock.recv(65536):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+        return answer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pieces", [1, 2, 7, 40])
+@pytest.mark.parametrize("size", [HEAD_LIMIT + 1, 100_000, 250_000])
+def test_a_head_over_max_header_size_is_431_however_it_is_chunked(
+    head_server: Process, size: int, pieces: int
+) -> None:
+    """A request head over server.max_header_size (64 KiB here) is refused with 431 whether it
+    arrives in one write or in several: a 100 kB header in one piece used to get 200, because
+    only the reads that left the head unfinished were counted."""
+    answer = answer_to(head_server.port, head_of(size), pieces)
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:300]
+    assert b'"type": "headers_too_large"' in answer
+    assert httpx.get(f"{head_server.url}/health/live", timeout=10).status_code == 200
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pieces", [1, 3])
+def test_a_head_at_max_header_size_is_served(head_server: Process, pieces: int) -> None:
+    """A head of exactly server.max_header_size bytes is within the limit and answered 200."""
+    answer = answer_to(head_server.port, head_of(HEAD_LIMIT), pieces)
+    assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
