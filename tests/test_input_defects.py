@@ -3,17 +3,22 @@ sent in any chunking, and predict_timeout with requests queued behind a stuck ca
 
 from __future__ import annotations
 
+import asyncio
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from support import served
+from support import ask, running, served, wait_until
 
 from app.main import create_app
 from devkit.server import Process
+from registry.config import Config
+from registry.errors import BusyQueueFull
+from registry.loaders import fake
+from registry.payload import TextRequest
 
 GERMAN = "Der Hund schläft heute im warmen Garten hinter dem alten Haus."
 
@@ -131,3 +136,64 @@ def test_a_head_at_max_header_size_is_served(head_server: Process, pieces: int) 
     """A head of exactly server.max_header_size bytes is within the limit and answered 200."""
     answer = answer_to(head_server.port, head_of(HEAD_LIMIT), pieces)
     assert answer.startswith(b"HTTP/1.1 200 "), answer[:300]
+
+
+@pytest.mark.anyio
+async def test_a_request_queued_behind_another_models_long_call_is_answered_at_its_timeout(
+    write_config: Callable[[str], Config],
+) -> None:
+    """With one inference worker held by a call that lasts far longer than `quick`'s
+    predict_timeout (1 s), a request to `quick` is answered 503 busy once its timeout has
+    passed, while that call still runs, instead of after it; `quick` is not marked failed."""
+    config = write_config(
+        "server: {inference_workers: 1}\n"
+        "models:\n"
+        "  hog: {loader: fake, options: {predict_gate: hog}}\n"
+        "  quick: {loader: fake, predict_timeout: 1s}\n"
+    )
+    async with running(config) as manager:
+        await manager.load("hog")
+        await manager.load("quick")
+        loop = asyncio.get_running_loop()
+        hog = ask(manager, "hog", "long")
+        await wait_until(lambda: manager.describe("hog").in_flight == 1, "hog's call is in")
+        await asyncio.sleep(0.05)  # its call holds the one worker
+        sent = loop.time()
+        quick = ask(manager, "quick", "short")
+        done, _ = await asyncio.wait({quick}, timeout=15)  # the old code waited for the gate
+        waited = loop.time() - sent
+        assert quick in done and not hog.done(), "quick waited for hog's call to end"
+        error = quick.exception()
+        assert isinstance(error, BusyQueueFull), repr(error)
+        assert error.kind == "busy" and "predict_timeout" in error.message
+        assert waited >= 0.9, waited  # not before its timeout
+        fake.open_gate("hog")
+        assert await asyncio.wait_for(hog, 10) is not None
+        assert manager.describe("quick").state == "loaded"
+        assert await asyncio.wait_for(manager.predict("quick", TextRequest("x")), 10)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("batch", ["", ", batch: {max_size: 1, max_wait_ms: 1}"])
+async def test_a_request_queued_past_predict_timeout_does_not_wait_for_the_calls_ahead(
+    write_config: Callable[[str], Config], batch: str
+) -> None:
+    """Three requests at once on a model whose calls take 2 s, under predict_timeout 3 s:
+    the first two start within their timeout and are served; the third is still queued when
+    its timeout passes and is answered 503 busy then, before the second call ends, instead of
+    being served after both calls ahead of it (at about twice its timeout)."""
+    config = write_config(
+        "models:\n"
+        f"  m: {{loader: fake, predict_timeout: 3s, options: {{predict_seconds: 2}}{batch}}}\n"
+    )
+    async with running(config) as manager:
+        await manager.load("m")
+        first, second, third = (ask(manager, "m", text) for text in ("a", "b", "c"))
+        done, _ = await asyncio.wait({second, third}, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {third}, "the third request waited for the second call to end"
+        error = third.exception()
+        assert isinstance(error, BusyQueueFull), repr(error)
+        assert "waited 3s (predict_timeout) behind" in error.message
+        assert await asyncio.wait_for(first, 10) is not None
+        assert await asyncio.wait_for(second, 10) is not None
+        assert manager.describe("m").state == "loaded"
