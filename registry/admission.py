@@ -38,7 +38,7 @@ from registry.payload import ImageRequest, PredictRequest, decode_image
 from registry.roster import Roster
 from registry.slot import Slot, State
 from registry.stats import Timing
-from registry.threads import InferencePool
+from registry.threads import InferencePool, ModelThread
 from registry.worker_slots import after_request, worker_lost
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class Admission:
         self, slot: Slot, inputs: list[Any], request: PredictRequest, timing: Timing
     ) -> Any:
         started = time.monotonic()
-        batcher = slot.batcher
+        batcher, thread = slot.batcher, slot.thread
         try:
             future = self._infer(slot, inputs, request.parameters, timing)
         except BaseException:
@@ -131,7 +131,7 @@ class Admission:
             raise
         future.add_done_callback(lambda done: self._release(slot, served=not done.cancelled()))
         answer = self._life.drain.answer(future)
-        expiry = self._answer_if_late(slot, batcher, future, answer)
+        expiry = self._answer_if_late(slot, batcher, thread, future, answer)
         try:
             outputs = await answer
         except asyncio.CancelledError:
@@ -183,24 +183,27 @@ class Admission:
         self,
         slot: Slot,
         batcher: Batcher | None,
+        thread: ModelThread | None,
         future: asyncio.Future[list[Any]],
         answer: asyncio.Future[list[Any]],
     ) -> asyncio.TimerHandle:
         """At predict_timeout after queueing, answer 503 busy if the call has not started.
 
         Its call is dropped from the queue (the batcher's, or its model's turn in the pool);
-        a call that has started runs on under predict_timeout counted from its own start.
+        a request already in a batch whose call waits for a worker is answered, and its
+        inputs stay in that batch. A call that has started runs on under predict_timeout
+        counted from its own start.
         """
         timeout = self._life.predict_timeout(slot)
 
         def expire() -> None:
-            if answer.done():
-                return
-            if batcher is not None:
-                dropped = batcher.withdraw(future)  # False once it is in a batch that runs
-            else:
-                dropped = self._pool.cancel_queued(future)
-            if dropped:
+            if answer.done() or future.done():
+                return  # answered, or its outcome is on its way
+            if batcher is None:
+                late = self._pool.cancel_queued(future)
+            else:  # one batch at a time: the thread's call is this request's batch's, if any
+                late = batcher.withdraw(future) or (thread is not None and not thread.calling)
+            if late:
                 answer.set_exception(self._life.health.late(slot, timeout))
 
         return asyncio.get_running_loop().call_later(timeout, expire)

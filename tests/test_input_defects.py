@@ -139,17 +139,19 @@ def test_a_head_at_max_header_size_is_served(head_server: Process, pieces: int) 
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("batch", ["", ", batch: {max_size: 4, max_wait_ms: 1}"])
 async def test_a_request_queued_behind_another_models_long_call_is_answered_at_its_timeout(
-    write_config: Callable[[str], Config],
+    write_config: Callable[[str], Config], batch: str
 ) -> None:
     """With one inference worker held by a call that lasts far longer than `quick`'s
-    predict_timeout (1 s), a request to `quick` is answered 503 busy once its timeout has
-    passed, while that call still runs, instead of after it; `quick` is not marked failed."""
+    predict_timeout (1 s), a request to `quick` (batched or not) is answered 503 busy once its
+    timeout has passed, while that call still runs, instead of after it; `quick` is not
+    marked failed and serves again once the worker is free."""
     config = write_config(
         "server: {inference_workers: 1}\n"
         "models:\n"
         "  hog: {loader: fake, options: {predict_gate: hog}}\n"
-        "  quick: {loader: fake, predict_timeout: 1s}\n"
+        f"  quick: {{loader: fake, predict_timeout: 1s{batch}}}\n"
     )
     async with running(config) as manager:
         await manager.load("hog")
