@@ -38,10 +38,11 @@ from registry.payload import ImageRequest, PredictRequest, decode_image
 from registry.roster import Roster
 from registry.slot import Slot, State
 from registry.stats import Timing
-from registry.threads import InferencePool
+from registry.threads import InferencePool, ModelThread
 from registry.worker_slots import after_request, worker_lost
 
 if TYPE_CHECKING:
+    from registry.batching import Batcher
     from registry.config import ModelSpec
 
 log = logging.getLogger("registry")
@@ -122,14 +123,17 @@ class Admission:
         self, slot: Slot, inputs: list[Any], request: PredictRequest, timing: Timing
     ) -> Any:
         started = time.monotonic()
+        batcher, thread = slot.batcher, slot.thread
         try:
             future = self._infer(slot, inputs, request.parameters, timing)
         except BaseException:
             self._release(slot)
             raise
         future.add_done_callback(lambda done: self._release(slot, served=not done.cancelled()))
+        answer = self._life.drain.answer(future)
+        expiry = self._answer_if_late(slot, batcher, thread, future, answer)
         try:
-            outputs = await self._life.drain.answer(future)
+            outputs = await answer
         except asyncio.CancelledError:
             self._withdraw(slot, future)
             raise
@@ -140,6 +144,8 @@ class Admission:
             raise
         except Exception as exc:  # the input's fault (4xx) or the model's (5xx, logged)
             raise model_error(slot.name, exc, request.parameters) from exc
+        finally:
+            expiry.cancel()
         slot.stats.record_call(time.monotonic() - started)
         return outputs if request.is_batch else outputs[0]
 
@@ -172,6 +178,35 @@ class Admission:
         return self._life.run_predict(
             slot, slot.model, slot.thread, inputs, parameters, timing=timing
         )
+
+    def _answer_if_late(
+        self,
+        slot: Slot,
+        batcher: Batcher | None,
+        thread: ModelThread | None,
+        future: asyncio.Future[list[Any]],
+        answer: asyncio.Future[list[Any]],
+    ) -> asyncio.TimerHandle:
+        """At predict_timeout after queueing, answer 503 busy if the call has not started.
+
+        Its call is dropped from the queue (the batcher's, or its model's turn in the pool);
+        a request already in a batch whose call waits for a worker is answered, and its
+        inputs stay in that batch. A call that has started runs on under predict_timeout
+        counted from its own start.
+        """
+        timeout = self._life.predict_timeout(slot)
+
+        def expire() -> None:
+            if answer.done() or future.done():
+                return  # answered, or its outcome is on its way
+            if batcher is None:
+                late = self._pool.cancel_queued(future)
+            else:  # one batch at a time: the thread's call is this request's batch's, if any
+                late = batcher.withdraw(future) or (thread is not None and not thread.calling)
+            if late:
+                answer.set_exception(self._life.health.late(slot, timeout))
+
+        return asyncio.get_running_loop().call_later(timeout, expire)
 
     def _withdraw(self, slot: Slot, future: asyncio.Future[list[Any]]) -> None:
         """The caller went away: drop its call if it has not started (else it finishes)."""

@@ -1,5 +1,9 @@
 """A predict call past `predict_timeout`: the request gets 504, the model is marked failed.
 
+The timeout counts from when the call started on the model's thread. A request whose call
+has not started when predict_timeout has passed since it was queued is answered then, 503
+`busy` (`late`), and its call never runs: it does not wait for the calls ahead of it.
+
 Python cannot stop a thread, so the stuck call is left to finish on its own (a model with
 an `abort()` method is asked to stop it). Until it does, the model's bytes stay reserved,
 calls queued behind it get 503 instead of waiting, and no new load of the model starts.
@@ -18,7 +22,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from registry.errors import InferenceTimeout, ModelFailed
+from registry.errors import BusyQueueFull, InferenceTimeout, ModelFailed
 from registry.memory import release_memory
 from registry.payload import to_jsonable
 from registry.slot import Slot
@@ -86,6 +90,15 @@ class Health:
         retry_after = max(1.0, slot.retry_at - time.monotonic())
         return ModelFailed(
             slot.name, slot.error or "a call got stuck", retry_after=retry_after, what="is failed"
+        )
+
+    def late(self, slot: Slot, timeout: float) -> BusyQueueFull:
+        """What a request gets whose call had not started `timeout` seconds after it queued."""
+        ahead = max(0, slot.leases - 1)  # the leases include this request's own
+        return BusyQueueFull(
+            f"model {slot.name!r} is busy: this request waited {timeout:g}s (predict_timeout) "
+            f"behind {ahead} other request(s) without starting; retry later",
+            retry_after=self._life.busy_eta(slot),
         )
 
     def _call_ended(self, record: AbandonedThread, model: Model, thread: ModelThread) -> None:

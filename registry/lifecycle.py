@@ -126,6 +126,10 @@ class Lifecycle(Room):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
 
+    def predict_timeout(self, slot: Slot) -> float:
+        """The model's predict_timeout, else the server's."""
+        return slot.spec.predict_timeout or self.settings.predict_timeout
+
     def busy_eta(self, slot: Slot) -> float:
         """Seconds until a busy model probably has room for one more request."""
         per_call = slot.stats.infer_seconds or 0.05
@@ -320,7 +324,7 @@ class Lifecycle(Room):
         timing: Timing | None = None,
     ) -> asyncio.Task[list[Any]]:
         """One predict call on the model's thread, bounded by its predict_timeout."""
-        timeout = slot.spec.predict_timeout or self.settings.predict_timeout
+        timeout = self.predict_timeout(slot)
         call = (predict_json,) if timing is None else (timing.run, predict_json)
         return self.pool.submit(
             *call,

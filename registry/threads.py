@@ -181,6 +181,7 @@ class ModelThread(DaemonExecutor):
         super().__init__(1, f"model-{name}")
         self.turn = asyncio.Lock()  # one call at a time; the queue waits here, not in the pool
         self.broken: Callable[[], BaseException] | None = None  # set when a call got stuck
+        self.calling = False  # a call holds a worker slot (it has started, or is stuck)
 
     def mark_broken(self, error: Callable[[], BaseException]) -> None:
         """A call got stuck: calls queued behind it raise `error()` instead of waiting."""
@@ -277,6 +278,8 @@ class InferencePool:
         async with self._limit:
             if job is not None:
                 self._started.add(job)
+            if isinstance(executor, ModelThread):
+                executor.calling = True
             try:
                 future = executor.submit(_guarded, fn, *args)
                 waiter = asyncio.wrap_future(future)
@@ -290,6 +293,8 @@ class InferencePool:
             finally:
                 if job is not None:
                     self._started.discard(job)
+                if isinstance(executor, ModelThread):
+                    executor.calling = False
 
     def shutdown(self) -> None:
         """Cancel queued jobs; running ones finish in their (daemon) threads."""

@@ -88,6 +88,9 @@ async def test_a_call_past_predict_timeout_fails_and_marks_the_model_failed(writ
     async with running(config) as manager:
         await manager.load("m")
         stuck = ask(manager, "m", "stuck")
+        # `behind` queues while the stuck call runs: sent at the same instant, its own
+        # predict_timeout (counted from its arrival) would end first, and it would get 503 busy.
+        await asyncio.sleep(0.05)
         behind = ask(manager, "m", "behind")
         with pytest.raises(InferenceTimeout) as excinfo:
             await asyncio.wait_for(stuck, 10)

@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Any
 from registry.errors import BadInput
 from registry.hfcache import snapshot_dir
 from registry.loaders.interface import LoadContext
-from registry.loaders.pipeline_params import check_parameters, checks_for, model_limits
+from registry.loaders.pipeline_params import (
+    check_lengths,
+    check_parameters,
+    checks_for,
+    model_limits,
+    truncates,
+)
 from registry.loaders.torch_setup import prepare_torch, resolve_device
 from registry.memory import weight_files_bytes
 
@@ -28,6 +34,9 @@ _SINGLE_FAST = frozenset(
 _TRUNCATING = frozenset(
     {"text-classification", "sentiment-analysis", "feature-extraction", "zero-shot-classification"}
 )
+# Those whose texts go to the model as they are, so that with truncation off their token count
+# is checked first (zero-shot adds a hypothesis and always cuts the text to fit).
+_LENGTH_CHECKED = _TRUNCATING - {"zero-shot-classification"}
 
 
 class PipelineModel:
@@ -38,7 +47,11 @@ class PipelineModel:
         self._defaults = {"truncation": True} if task in _TRUNCATING else {}
         self._single_fast = task in _SINGLE_FAST and hasattr(pipe, "run_single")
         self.module = pipe.model  # what memory.measure_bytes counts
-        self._checks = checks_for(model_limits(pipe))
+        limits = model_limits(pipe)
+        self._checks = checks_for(limits)
+        # Texts are counted before a call with truncation off (a too long one fails in the model).
+        checked = task in _LENGTH_CHECKED and getattr(pipe, "tokenizer", None) is not None
+        self._max_tokens = limits.get("max_length") if checked else None
         self._lock = threading.Lock()
 
     def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
@@ -51,6 +64,8 @@ class PipelineModel:
             if self._pipe is None:
                 raise RuntimeError("the model was unloaded")
             kwargs = {**self._defaults, **parameters}
+            if self._max_tokens is not None and not truncates(kwargs):
+                check_lengths(self._pipe.tokenizer, inputs, self._max_tokens)
             if len(inputs) == 1 and self._single_fast:
                 return [self._run_single(inputs[0], kwargs)]
             outputs = self._pipe(list(inputs), batch_size=len(inputs), **kwargs)

@@ -3,13 +3,15 @@
 transformers passes most of them straight to the tokenizer and the model, where a bad value
 fails deep inside (`max_length: 1e20` is an OverflowError, `padding: max_length` past the
 position embeddings an IndexError): each is checked here and answered with BadInput naming
-the parameter. Parameters not listed here are left to the pipeline.
+the parameter. Parameters not listed here are left to the pipeline. With truncation off, a text
+longer than the model takes fails inside the model too (a tensor size mismatch): `check_lengths`
+counts its tokens first.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from registry.errors import BadInput
@@ -126,3 +128,33 @@ def check_parameters(parameters: Mapping[str, Any], checks: Mapping[str, Check])
     stride, max_length = parameters.get("stride"), parameters.get("max_length")
     if isinstance(stride, int) and isinstance(max_length, int) and stride >= max_length > 0:
         raise BadInput(f"parameter 'stride' ({stride}) must be less than max_length ({max_length})")
+
+
+def truncates(kwargs: Mapping[str, Any]) -> bool:
+    """Whether the tokenizer will cut a text to the model's length under these call arguments."""
+    value = kwargs.get("truncation", False)
+    return value is not False and value != "do_not_truncate"
+
+
+def check_lengths(tokenizer: Any, inputs: Sequence[Any], max_length: int) -> None:
+    """Raise BadInput for the first text with more tokens than the model takes (truncation off).
+
+    Texts and `{"text", "text_pair"}` items are counted as the pipeline tokenizes them, special
+    tokens included; other inputs are left to the pipeline's own checks.
+    """
+    for index, item in enumerate(inputs):
+        if isinstance(item, str):
+            encoded = tokenizer(item, truncation=False)
+        elif isinstance(item, Mapping) and isinstance(item.get("text"), str):
+            pair = item.get("text_pair")
+            encoded = tokenizer(item["text"], pair if isinstance(pair, str) else None)
+        else:
+            continue
+        tokens = len(encoded["input_ids"])
+        if tokens > max_length:
+            which = "the text" if len(inputs) == 1 else f"text {index}"
+            raise BadInput(
+                f"{which} has {tokens} tokens and the model takes at most {max_length} "
+                "(parameter 'truncation' is off); send a shorter text, or leave 'truncation' "
+                "on to have it cut to fit"
+            )
