@@ -2,7 +2,8 @@
 
 - Each loaded worker is watched (its process sentinel, on the event loop): a worker that
   dies while idle is noticed at once: its model is unloaded, its bytes released, its death
-  counted and logged, and the next request loads it again as a normal cold load.
+  counted and logged, and the next request loads it again as a normal cold load (a hot
+  model loads again at once).
 - A worker that dies during a call (or is killed by a timeout) leaves its model `failed`
   with the usual backoff; its bytes are released (the worker is already reaped). Requests
   queued behind it (in its batcher or for its thread) get 503 `model_failed` with the
@@ -82,6 +83,8 @@ def worker_gone(life: Lifecycle, slot: Slot, model: ProcessModel) -> None:
     life.events.emit(EventKind.UNLOADED, slot.name, reason=reason.value, freed_bytes=freed)
     life.notify()
     life.spawn(_log_idle_death(slot.name, model, freed), name=f"reap {slot.name}")
+    if slot.spec.hot:  # a hot model is kept loaded: load it again now
+        life.start_load(slot)
 
 
 async def _log_idle_death(name: str, model: ProcessModel, freed: int) -> None:

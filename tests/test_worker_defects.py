@@ -131,6 +131,22 @@ async def test_a_worker_that_dies_while_idle_is_unloaded_at_once(
         assert worker_children() == [worker_pid(manager, "idle")]
 
 
+async def test_a_hot_worker_that_dies_while_idle_loads_again_at_once(
+    write_config: Callable[[str], Config],
+) -> None:
+    """A hot model's worker killed while idle: the model loads again without waiting for a
+    request (hot means kept loaded), in a new worker."""
+    config = write_config(server() + entry("kept", size="5MB") + "    hot: true\n")
+    async with running(config) as manager:
+        await manager.wait_hot()
+        pid = worker_pid(manager, "kept")
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(lambda: manager.describe("kept").load_count == 2, "it loads again")
+        await wait_until(lambda: manager.describe("kept").state == "loaded", "it is loaded")
+        assert manager.describe("kept").worker_deaths == 1
+        assert worker_children() == [worker_pid(manager, "kept")] != [pid]
+
+
 async def test_a_growing_worker_is_tracked_by_its_replys_measurement_and_makes_room(
     write_config: Callable[[str], Config],
 ) -> None:
