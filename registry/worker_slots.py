@@ -70,7 +70,8 @@ def worker_gone(life: Lifecycle, slot: Slot, model: ProcessModel) -> None:
     if slot.model is not model or slot.state is not State.LOADED:
         return
     if model.lost_in_call:
-        _fail(life, slot, model, f"model {slot.name!r}: its worker died: {model.how}")
+        how = model.how or "its process ended"
+        _fail(life, slot, model, f"model {slot.name!r}: its worker died during a call: {how}")
         return
     _, thread = slot.drop_model()
     life.pool.retire(thread)
