@@ -1,10 +1,12 @@
 """Threads the registry stopped waiting for, and the bytes they still hold.
 
 A load past `load_timeout`, the load of a model removed from models.yaml, or a predict call
-past `predict_timeout` cannot be stopped from outside: Python has no way to kill a thread.
-The registry stops waiting, records the thread here, and keeps the model's bytes reserved
-until the thread really ends (that memory is real), and starts no new load of that model
-until then. A model that can be stopped (an `abort()` method) is asked to stop.
+past `predict_timeout` cannot be stopped from outside when it runs in a thread: Python has
+no way to kill a thread. The registry stops waiting, records the thread here, and keeps the
+model's bytes reserved until the thread really ends (that memory is real), and starts no new
+load of that model until then. A model that can be stopped (an `abort()` method) is asked to
+stop. A load or a call in a worker process can be stopped: its worker is killed, and its
+record here lasts only until the worker is reaped (milliseconds).
 """
 
 from __future__ import annotations

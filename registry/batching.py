@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from registry.errors import InferenceTimeout, Unavailable
+from registry.errors import InferenceTimeout, Unavailable, WorkerDied
 from registry.stats import Timing
 from registry.views import BatchStats
 
@@ -119,8 +119,8 @@ class Batcher:
         try:
             outputs = await self._run(inputs, batch[0].parameters)
         except Exception as exc:
-            if len(batch) == 1 or isinstance(exc, InferenceTimeout | Unavailable):
-                for entry in batch:  # one request, or the model is stuck: no retry one by one
+            if len(batch) == 1 or isinstance(exc, InferenceTimeout | Unavailable | WorkerDied):
+                for entry in batch:  # one request, or the model is stuck or gone: no retry
                     _settle(entry, error=exc)
                 return
             for entry in batch:  # isolate the input that broke the batch

@@ -4,7 +4,8 @@ A cachetools cache sized by bytes (registry/policy.py: LRU, or cost-aware) keeps
 and the total. The budget never evicts on its own: `victims()` asks which idle models an
 insert would push out, by letting the cache's `popitem()` pick them on a copy, then gives
 back every pick the room does not need; the manager unloads them before it reserves. So the
-tracked total only counts memory that is really held or promised, and never exceeds the limit.
+tracked total only counts memory that is really held or promised, and a reservation never
+exceeds the limit; only a worker's measured growth (`follow`) may, until room is made.
 """
 
 from __future__ import annotations
@@ -73,6 +74,11 @@ class ByteBudget(Generic[K]):
             raise ValueError("value too large")
         if not self.fits(nbytes, replacing=key):
             raise ValueError(f"reserving {nbytes} bytes would exceed the budget of {self.limit}")
+        self._lru[key] = nbytes
+
+    def follow(self, key: K, nbytes: int) -> None:
+        """Hold what `key` was measured to hold, even past the limit: a worker's memory
+        grew, and the total tells the truth while the caller makes room (or recycles it)."""
         self._lru[key] = nbytes
 
     def release(self, key: K) -> int:

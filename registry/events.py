@@ -39,6 +39,7 @@ class UnloadReason(enum.StrEnum):
     BUDGET = "budget"  # the memory budget was lowered below what is held
     SHUTDOWN = "shutdown"
     RECYCLE = "recycle"  # a process model's worker outgrew its reservation: a fresh one loads
+    WORKER_DIED = "worker_died"  # a process model's worker died while idle (next request reloads)
 
     @property
     def eviction(self) -> bool:

@@ -12,8 +12,10 @@
   (concurrent clients must not cost more loads than one client would).
 - An unload runs in a thread and releases the bytes when the model is really gone.
 - Reserving, choosing victims and unloading live in registry/room.py (a base class).
-- A load the registry stops waiting for (timeout, model replaced, shutdown) keeps its bytes
-  reserved until its thread really ends, and the model is not loaded again before that.
+- A load the registry stops waiting for (timeout, model replaced, shutdown): in a worker
+  process it is killed, and its bytes are released once the worker is reaped; in a thread
+  (which cannot be killed) it keeps its bytes reserved until the thread really ends, and the
+  model is not loaded again before that.
 """
 
 from __future__ import annotations
@@ -44,7 +46,8 @@ from registry.slot import Slot, State
 from registry.stats import Stats, Timing
 from registry.threads import InferencePool, ModelThread, run_in_thread
 from registry.units import format_bytes, format_duration
-from registry.workers import KILL_GRACE, isolation_of, load_in_worker
+from registry.worker_slots import watch as watch_worker
+from registry.workers import KILL_GRACE, ProcessModel, WorkerLoad, isolation_of, load_in_worker
 
 log = logging.getLogger("registry")
 
@@ -214,10 +217,12 @@ class Lifecycle(Room):
             self.notify()
 
     async def _run_loader(self, slot: Slot, seconds: float) -> tuple[Model, int | None]:
-        """Run the loader in its thread; if we stop waiting, its bytes stay until it ends."""
+        """Run the loader in its thread. If we stop waiting, a worker's load is killed (its
+        bytes go once it is reaped); a thread's load keeps its bytes until the thread ends."""
         records: list[AbandonedThread] = []
+        handle = WorkerLoad() if slot.isolation == "process" else None
         job = run_in_thread(
-            functools.partial(self._load_blocking, slot),
+            functools.partial(self._load_blocking, slot, handle),
             name=f"load-{slot.name}",
             on_orphan=dispose,
             on_exit=lambda: self.reclaim(records[0]) if records else None,
@@ -237,13 +242,24 @@ class Lifecycle(Room):
             else:
                 why = "shutdown"
             records.append(self.abandoned.add(slot, "load", why))
-            log.warning(
-                "stopped waiting for the load of %s (%s); its %s stay reserved until the "
-                "loader thread ends",
-                slot.name,
-                why,
-                format_bytes(self.budget.size_of(slot)),
-            )
+            held = format_bytes(self.budget.size_of(slot))
+            if handle is not None:
+                handle.end(why)  # its loader thread reaps the worker and ends: reclaim()
+                log.warning(
+                    "stopped the load of %s (%s): its worker is killed; its %s are released "
+                    "once it is reaped",
+                    slot.name,
+                    why,
+                    held,
+                )
+            else:
+                log.warning(
+                    "stopped waiting for the load of %s (%s); its %s stay reserved until the "
+                    "loader thread ends",
+                    slot.name,
+                    why,
+                    held,
+                )
             raise
 
     def reclaim(self, record: AbandonedThread) -> None:
@@ -261,11 +277,11 @@ class Lifecycle(Room):
             )
         self.notify()
 
-    def _load_blocking(self, slot: Slot) -> tuple[Model, int | None]:
+    def _load_blocking(self, slot: Slot, handle: WorkerLoad | None) -> tuple[Model, int | None]:
         ctx = LoadContext(slot.name, slot.spec, slot.source, self.base_dir)
         if slot.isolation == "process":
             limit = slot.spec.load_timeout or self.settings.load_timeout
-            worker = load_in_worker(ctx, self.settings, load_timeout=limit)
+            worker = load_in_worker(ctx, self.settings, load_timeout=limit, handle=handle)
             return worker, worker.size_bytes
         model = load_model(ctx)
         measured = measure_bytes(model)
@@ -288,6 +304,8 @@ class Lifecycle(Room):
 
     def _loaded(self, slot: Slot, model: Model, seconds: float) -> None:
         slot.loaded(model, self.pool.thread_for(slot.name), seconds)
+        if isinstance(model, ProcessModel):
+            watch_worker(self, slot, model)  # a worker that dies while idle is noticed
         self.budget.touch(slot)
         self.refresh_batcher(slot)
         log.info(
@@ -326,7 +344,7 @@ class Lifecycle(Room):
         """One predict call on the model's thread, bounded by its predict_timeout."""
         timeout = self.predict_timeout(slot)
         call = (predict_json,) if timing is None else (timing.run, predict_json)
-        return self.pool.submit(
+        job = self.pool.submit(
             *call,
             model,
             inputs,
@@ -335,6 +353,10 @@ class Lifecycle(Room):
             timeout=timeout,
             on_stuck=functools.partial(self.health.stuck, slot, model, thread, timeout),
         )
+        # A request cut off by the end of the drain (answered 503) no longer reads its call's
+        # outcome (a worker ended under it raises WorkerDied): it is read here, not logged.
+        job.add_done_callback(_outcome_read)
+        return job
 
     def failed(self, slot: Slot, exc: BaseException, timeout: float) -> None:
         """Mark the model failed after `exc`; the next load waits for the backoff."""
@@ -360,3 +382,8 @@ class Lifecycle(Room):
     def _record_failure(self, slot: Slot, error: str, **data: Any) -> None:
         self.stats.of(slot.name).record_failure()
         self.events.emit(EventKind.FAILED, slot.name, error=error, **data)
+
+
+def _outcome_read(job: asyncio.Future[Any]) -> None:
+    if not job.cancelled():
+        job.exception()

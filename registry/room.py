@@ -29,6 +29,7 @@ from registry.slot import Slot, State
 from registry.stats import Stats
 from registry.threads import InferencePool, run_in_thread
 from registry.units import format_bytes, format_duration
+from registry.workers import ProcessModel
 
 log = logging.getLogger("registry")
 
@@ -71,7 +72,8 @@ class Room:
 
     async def unload_all(self, slots: list[Slot], grace: float) -> tuple[int, int]:
         """Shutdown: cancel running loads (retired slots' too; nobody waits for them now),
-        then unload every loaded model not inside a call, waiting at most `grace` seconds.
+        then unload every loaded model but thread models inside a call (a worker inside
+        one is ended), waiting at most `grace` seconds.
         Returns the models unloaded and the bytes they held."""
         loads = self.load_tasks()
         for task in loads:
@@ -81,7 +83,9 @@ class Room:
         for slot in slots:
             if slot.batcher is not None:
                 slot.batcher.cancel()
-            if slot.state is State.LOADED and slot.leases == 0:  # never close under a call
+            # Never close a thread model under a call; a worker under one can be ended.
+            killable = isinstance(slot.model, ProcessModel)
+            if slot.state is State.LOADED and (slot.leases == 0 or killable):
                 freed += self.budget.size_of(slot)
                 unloaded += 1
                 self.start_unload(slot, "shutdown", reason=UnloadReason.SHUTDOWN, quiet=True)
@@ -135,6 +139,22 @@ class Room:
                 await self.wait_changed(remaining if victims is None else 1.0)
         finally:
             self._reserving.discard(slot)
+
+    def make_room_for(self, slot: Slot, nbytes: int) -> bool:
+        """A loaded model now holds `nbytes` (a worker's measured growth): evict idle models
+        until that fits, counting unloads under way; False if nothing can make the room."""
+        victims = self.budget.victims(
+            nbytes,
+            evictable=lambda s: s is not slot and s.evictable,
+            freeing=self._unloading(),
+            replacing=slot,
+        )
+        if victims is None:
+            return False
+        self._evict(
+            victims, f"to make room for {slot.name}, whose worker grew to {format_bytes(nbytes)}"
+        )
+        return True
 
     def _loads_running(self, slot: Slot) -> bool:
         """Whether another model's loader runs now (its bytes reserved, not waiting for room)."""

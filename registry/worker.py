@@ -6,8 +6,12 @@ The parent side (starting, timing, killing, measuring) is registry/workers.py. M
     worker -> parent   ("loaded", param_bytes, memory) | ("ok", outputs, memory)
                        | ("raise", exception) | ("closed",)
 
-`memory` is the worker's own /proc/self/smaps_rollup figures, measured after the previous
-reply was sent (off the request's path) and at most every MEASURE_EVERY seconds.
+`memory` is the worker's own /proc/self/smaps_rollup figures, or `{}` (the server keeps its
+last ones). A call that grew the process (its peak RSS rose: a cheap getrusage) is measured
+before its reply, so the server checks the growth of the call it has just served; else the
+worker measures itself after a reply (off the request's path, at most every MEASURE_EVERY
+seconds: a read of smaps_rollup costs milliseconds in a process that imported torch) and
+sends the figures with the next reply.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import ctypes
 import gc
 import os
 import pickle
+import resource
 import signal
 import sys
 import time
@@ -117,8 +122,9 @@ def main(conn: Connection, ctx: Any, torch_threads: int | None, parent: int) -> 
         conn.send(("raise", portable(exc)))
         return
     conn.send(("loaded", param_bytes, memory_figures()))
-    memory: dict[str, int] = {}
     measured = time.monotonic()
+    peak = _peak_rss()
+    pending: dict[str, int] = {}  # measured after a reply, sent with the next one
     while True:
         try:
             message = conn.recv()
@@ -134,8 +140,18 @@ def main(conn: Connection, ctx: Any, torch_threads: int | None, parent: int) -> 
         except BaseException as exc:
             conn.send(("raise", portable(exc)))
         else:
+            grown = _peak_rss()
+            if grown > peak:  # this call grew the process: its reply carries its own figures
+                memory, pending = memory_figures(), {}
+                measured, peak = time.monotonic(), grown
+            else:
+                memory, pending = pending, {}
             conn.send(("ok", outputs, memory))
-        now = time.monotonic()
-        if now - measured >= MEASURE_EVERY or not memory:
-            memory = memory_figures()
-            measured = now
+        if time.monotonic() - measured >= MEASURE_EVERY:  # off the path, for the next reply
+            pending = memory_figures()
+            measured = time.monotonic()
+
+
+def _peak_rss() -> int:
+    """The process's peak resident size so far (kB; a system call, no file to read)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss

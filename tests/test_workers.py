@@ -155,7 +155,7 @@ async def test_leaking_worker_is_recycled(write_config: Callable[[str], Config])
         + entry("leaky", size="1MB", leak="40MB")
     )
     async with running(config) as manager:
-        await manager.predict("leaky", request("x"))
+        await manager.load("leaky")
         first = worker_pid(manager, "leaky")
         for i in range(30):
             if manager.describe("leaky").recycles:
