@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from app.v2_tensors import Tensor, TensorError, parse_json
+from app.v2_tensors import Tensor, TensorError, json_document
 from registry.config import ModelSpec
 from registry.payload import to_jsonable
 
@@ -104,7 +104,7 @@ def _image(name: str, item: Any) -> bytes:
 def _rows(name: str, tensor: Tensor) -> list[Any]:
     if tensor.datatype == "BYTES":  # each element a JSON document (str in JSON, else bytes)
         return [
-            parse_json(item, f"element {i} of input 'input' of model {name!r} (a JSON document)")
+            json_document(item, f"element {i} of input 'input' of model {name!r}")
             for i, item in enumerate(tensor.data)
         ]
     if tensor.datatype == "BOOL":

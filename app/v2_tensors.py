@@ -20,6 +20,7 @@ import numpy as np
 
 from app import json_body
 from registry.errors import BadInput
+from registry.payload import check_numbers, may_hold_odd_numbers
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 NUMERIC = {
@@ -95,6 +96,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     if not isinstance(request, dict) or not isinstance(request.get("inputs"), list):
         raise TensorError('expected {"inputs": [{"name", "datatype", "shape", "data"}, ...]}')
     parameters = _mapping(request.get("parameters"), "parameters")
+    if may_hold_odd_numbers(head):
+        finite_numbers(parameters, "parameters")
     inputs, offset = [], 0
     for i, raw in enumerate(request["inputs"]):
         tensor, used = _input(raw, i, rest, offset)
@@ -124,6 +127,26 @@ def parse_json(raw: bytes | str, what: str) -> Any:
         return json_body.parse(raw, what)
     except json_body.MalformedJSON as exc:
         raise TensorError(exc.message) from None
+
+
+def finite_numbers(value: Any, where: str, prefix: str = "") -> None:
+    """The native rule for numbers in JSON (registry.payload.check_numbers) as a 400.
+
+    NaN, Infinity, 1e999 and integers beyond float64 are refused, naming the element:
+    `where` is its name in the message, `prefix` what the message starts with.
+    """
+    try:
+        check_numbers(value, where)
+    except BadInput as exc:
+        raise TensorError(prefix + exc.message) from None
+
+
+def json_document(raw: bytes | str, what: str) -> Any:
+    """One JSON document of a BYTES tensor: parsed, and its numbers checked (400s)."""
+    document = parse_json(raw, f"{what} (a JSON document)")
+    if may_hold_odd_numbers(raw):
+        finite_numbers(document, "document", f"{what}: ")
+    return document
 
 
 def _mapping(value: Any, where: str) -> dict[str, Any]:
@@ -291,7 +314,12 @@ def _from_binary(raw: bytes, datatype: str, count: int, where: str) -> list[Any]
                 f"{where}: {count} {datatype} elements take {count * dtype.itemsize} bytes, "
                 f"binary_data_size is {len(raw)}"
             )
-        values: list[Any] = np.frombuffer(raw, dtype=dtype).tolist()
+        array = np.frombuffer(raw, dtype=dtype)
+        if dtype.kind == "f" and not np.isfinite(array).all():  # as JSON data is checked
+            index = int(np.flatnonzero(~np.isfinite(array))[0])
+            value = float(array[index])
+            raise TensorError(f"{where}: data[{index}] {_value_problem(value, datatype)}")
+        values: list[Any] = array.tolist()
         return values
     items: list[Any] = []
     position = 0

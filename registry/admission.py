@@ -135,7 +135,7 @@ class Admission:
         try:
             outputs = await answer
         except asyncio.CancelledError:
-            self._withdraw(slot, future)
+            self._withdraw(batcher, future)
             raise
         except (WorkerDied, InferenceTimeout) as exc:
             worker_lost(self._life, slot, exc)  # a process model's worker died or was killed
@@ -208,11 +208,21 @@ class Admission:
 
         return asyncio.get_running_loop().call_later(timeout, expire)
 
-    def _withdraw(self, slot: Slot, future: asyncio.Future[list[Any]]) -> None:
-        """The caller went away: drop its call if it has not started (else it finishes)."""
-        if slot.batcher is not None and slot.batcher.withdraw(future):
+    def _withdraw(self, batcher: Batcher | None, future: asyncio.Future[list[Any]]) -> None:
+        """The caller went away: drop its call if it has not started, else let it finish.
+
+        A request still in its batcher's queue (`batcher` is the one it was submitted to) or
+        in its model's turn for the pool is cancelled, which ends its lease at once. One
+        whose call has started, or whose inputs are in a batch being executed (the batch may
+        still wait for a worker), keeps its lease until that call ends: the model must not
+        be unloaded or evicted under it. Its outcome is then dropped.
+        """
+        if batcher is not None:
+            if batcher.withdraw(future):
+                return
+        elif self._pool.cancel_queued(future):
             return
-        self._pool.cancel_queued(future)
+        future.add_done_callback(_drop_outcome)
 
     async def _acquire(self, slot: Slot) -> Slot:
         """Wait until the model is loaded and take a lease on it."""
@@ -325,3 +335,9 @@ class Admission:
         after_request(life, slot)
         life.enforce_limit()
         life.notify()
+
+
+def _drop_outcome(future: asyncio.Future[Any]) -> None:
+    """Read the outcome of a call whose caller went away, so that asyncio logs no error."""
+    if not future.cancelled():
+        future.exception()

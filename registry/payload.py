@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import re
 import struct
 import sys
 import warnings
@@ -150,6 +151,20 @@ def decode_image(data: bytes) -> Image:
             f"the uploaded image cannot be decoded ({type(exc).__name__}: {exc}); "
             "re-save it as PNG or JPEG"
         ) from None
+
+
+# What a non-finite or float-overflowing number needs in JSON text: NaN/Infinity, an
+# exponent of 100 or more, or a run of 100 digits.
+_ODD_NUMBER = re.compile(rb"NaN|Infinity|[eE]\+?0*[1-9][0-9]{2}|[0-9]{100}")
+
+
+def may_hold_odd_numbers(raw: bytes | str) -> bool:
+    """Whether JSON text may hold a number that check_numbers refuses.
+
+    A cheap scan of the text, so that plain JSON is not walked value by value.
+    """
+    text = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    return _ODD_NUMBER.search(text) is not None
 
 
 def check_numbers(value: Any, where: str) -> None:

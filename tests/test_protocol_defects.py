@@ -5,6 +5,8 @@
   Inference Protocol and on OpenAI's routes (their status for a malformed body).
 - V2 JSON tensors are checked against their shape (flat, or nested exactly as the shape)
   and their datatype (kind and range).
+- Numbers in V2 JSON documents (BYTES tensors for a JSON model) and in the request's
+  parameters follow the native rule (no NaN, Infinity, 1e999); binary float tensors too.
 - A negative Last-Event-ID (or ?after) on /events is a 400, never a made-up `gap`.
 
 The real app with its lifespan in process; the real tritonclient and openai clients and
@@ -258,6 +260,95 @@ def test_tritonclient_json_tensors_are_still_accepted(server: Process) -> None:
         served = c.infer("rows", [tensor], outputs=wanted).as_numpy("output")
     native = httpx.post(f"{server.url}/models/rows/predict", json={"inputs": rows.tolist()})
     assert [json.loads(d) for d in served] == native.json()["predictions"]
+
+
+# ------------------------------------------------------------------ numbers in V2 JSON
+
+FINITE = "every number must be finite (no NaN, Infinity or overflowing exponents such as 1e999)"
+
+
+@pytest.mark.parametrize(
+    ("document", "says"),
+    [
+        ("[5.1, 3.5, NaN, 0.2]", f"document[2] is nan: {FINITE}"),
+        ('{"a": [1, Infinity]}', f"document['a'][1] is inf: {FINITE}"),
+        ("-Infinity", f"document is -inf: {FINITE}"),
+        ("[1e999, 1, 1, 1]", f"document[0] is inf: {FINITE}"),
+        (
+            f"[{10**400}]",
+            "document[0] is an integer larger than any 64-bit float (about 1.8e308); "
+            "send smaller numbers",
+        ),
+    ],
+)
+def test_numbers_in_a_bytes_json_document_follow_the_native_rule(
+    client: TestClient, document: str, says: str
+) -> None:
+    """A BYTES tensor of JSON documents for a JSON model: a document holding NaN,
+    Infinity, 1e999 or an integer beyond float64 is refused as the native route refuses
+    it, but as a 400 in the V2 error shape naming the tensor's element and the number's
+    place in it, before the model loads; the native route gives the same message (422)."""
+    response = client.post("/v2/models/rows/infer", json=v2_bytes("[1, 2]", document))
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert isinstance(error, str), error
+    assert error == f"element 1 of input 'input' of model 'rows': {says}", error
+    native = client.post("/models/rows/predict", content=f'{{"inputs": {document}}}'.encode())
+    assert native.status_code == 422, native.text
+    assert says.removeprefix("document") in native.json()["error"]["message"]
+    assert client.get("/models/rows").json()["state"] == "unloaded"  # refused before a load
+
+
+def test_numbers_in_v2_parameters_follow_the_native_rule(client: TestClient) -> None:
+    """NaN in an infer request's parameters (which go to the model) is a 400 naming the
+    parameter, as the native route refuses it; the protocol's own parameters are not
+    the model's."""
+    body = {**v2_bytes("[1, 2]"), "parameters": {"scale": float("nan")}}
+    response = client.post(
+        "/v2/models/rows/infer", content=json.dumps(body, allow_nan=True).encode()
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"] == f"parameters['scale'] is nan: {FINITE}"
+    assert client.get("/models/rows").json()["state"] == "unloaded"
+
+
+def test_plain_numbers_in_bytes_json_documents_are_served(client: TestClient) -> None:
+    """Documents whose numbers are finite (large, small, or the string "NaN") are served
+    with the predictions the native route gives for the same rows."""
+    rows = [[1e300, -2.5e-300, 7], [5, "NaN", 1e-400]]
+    response = client.post("/v2/models/rows/infer", json=v2_bytes(*map(json.dumps, rows)))
+    assert response.status_code == 200, response.text
+    (output,) = response.json()["outputs"]
+    native = client.post("/models/rows/predict", json={"inputs": rows}).json()["predictions"]
+    assert [json.loads(d) for d in output["data"]] == native
+
+
+def test_tritonclient_gets_a_400_for_non_finite_numbers(server: Process) -> None:
+    """tritonclient, sending in binary: a BYTES JSON document holding NaN and an FP32
+    tensor holding Infinity are each the client's error (400, naming the element), as
+    the same values sent as JSON are; the same client's finite rows are served."""
+    with triton.InferenceServerClient(f"127.0.0.1:{server.port}", network_timeout=60) as c:
+        document = triton.InferInput("input", [2], "BYTES")
+        document.set_data_from_numpy(np.array([b"[1, 2]", b"[3, NaN]"], dtype=np.object_))
+        with pytest.raises(InferenceServerException) as info:
+            c.infer("rows", [document])
+        assert info.value.status() == "400"
+        assert "element 1 of input 'input' of model 'rows': document[1] is nan" in (
+            info.value.message()
+        )
+        rows = np.array([[1, 2], [3, np.inf]], dtype=np.float32)
+        numbers = triton.InferInput("input", list(rows.shape), "FP32")
+        numbers.set_data_from_numpy(rows, binary_data=True)
+        with pytest.raises(InferenceServerException) as info:
+            c.infer("rows", [numbers])
+        assert info.value.status() == "400"
+        assert "input 'input': data[3] is Infinity; FP32 takes finite numbers" in (
+            info.value.message()
+        )
+        finite = triton.InferInput("input", [1, 2], "FP32")
+        finite.set_data_from_numpy(rows[:1], binary_data=True)
+        assert c.infer("rows", [finite]).as_numpy("output").shape == (1,)
+        assert c.is_server_live()
 
 
 # ------------------------------------------------------------------ event ids
