@@ -41,17 +41,19 @@ def device_estimate(spec: ModelSpec, source: Source | None) -> int | None:
 def device_problems(config: Config, sources: Mapping[str, Source | None]) -> list[str]:
     """A problem for each model whose GPU charge fits no GPU it may run on.
 
-    Only models that may run on a GPU are checked, against the GPUs present (a model whose
-    devices are all absent fails when it loads, as it always has); the host's check is
-    `registry/config_checks.py`'s. `sources` are the models' resolved sources (those that
-    could not be resolved are left out)."""
+    Only models that run on GPUs alone are checked, against the GPUs present (a model whose
+    devices are all absent fails when it loads, as it always has); a model that may also
+    run on the host (`auto`, a list with `cpu`) is `registry/config_checks.py`'s host check.
+    GPUs are looked for only when such a model exists. `sources` are the models' resolved
+    sources (those that could not be resolved are left out)."""
     problems = []
     gpu_models: dict[str, ModelSpec] = {}
     for name, spec in config.models.items():
         if name not in sources:
             continue
         if spec.device_spec.wants_gpu:
-            gpu_models[name] = spec
+            if not _may_use_host(spec):
+                gpu_models[name] = spec
         elif spec.loader == "fake" and spec.options.get("device_bytes"):
             problems.append(
                 f"model {name!r}, field 'options': device_bytes claims memory on a GPU, but "
@@ -64,8 +66,8 @@ def device_problems(config: Config, sources: Mapping[str, Source | None]) -> lis
     by_name = {device.name: device for device in devices}
     for name, spec in gpu_models.items():
         gpus = [d for d in spec.device_spec.candidates(list(by_name)) if is_gpu(d)]
-        if not gpus or CPU in spec.device_spec.candidates(list(by_name)):
-            continue  # no GPU here to check against, or the host can take it
+        if not gpus:
+            continue  # no GPU here to check against: its load will say so
         try:
             estimate = device_estimate(spec, sources[name])
         except ValueError as exc:
@@ -81,6 +83,11 @@ def device_problems(config: Config, sources: Mapping[str, Source | None]) -> lis
             f"{_key_hint(gpus)} entry or use a smaller model"
         )
     return problems
+
+
+def _may_use_host(spec: ModelSpec) -> bool:
+    """`auto`, or a list with `cpu`: the host's check covers the model."""
+    return any(choice in (CPU, "auto") for choice in spec.device_spec.choices)
 
 
 def _describe(gpu: str, settings: ServerSettings, device: Device) -> str:

@@ -223,6 +223,8 @@ class DeviceBudgets(Generic[K]):
         wanted = {device: nbytes}
         if device != CPU:
             wanted[CPU] = host_bytes
+        elif host_bytes:
+            raise ValueError("host_bytes is a GPU model's host part; a host model has nbytes")
         for where, amount in wanted.items():
             budget = self.budget(where)
             if amount > budget.limit:

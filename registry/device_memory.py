@@ -150,7 +150,8 @@ class Ledger:
         with self._lock:
             number = next(self._ids)
         safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in owner)[:64]
-        return Claim(folder / f"{os.getpid()}-{number}-{safe}", nbytes)
+        pid = os.getpid()
+        return Claim(folder / f"{pid}-{_started(pid)}-{number}-{safe}", nbytes)
 
     def claimed(self, device: str, pid: int | None = None) -> int:
         """Bytes claimed on `device` by `pid` (None: by every live process)."""
@@ -161,10 +162,10 @@ class Ledger:
             return 0
         total = 0
         for name in names:
-            owner_pid = _pid_of(name)
-            if owner_pid is None or (pid is not None and owner_pid != pid):
+            owner = _owner_of(name)
+            if owner is None or (pid is not None and owner[0] != pid):
                 continue
-            if not _alive(owner_pid):
+            if not _alive(*owner):
                 with contextlib.suppress(FileNotFoundError):
                     (folder / name).unlink()
                 continue
@@ -173,21 +174,36 @@ class Ledger:
         return total
 
 
-def _pid_of(name: str) -> int | None:
+def _owner_of(name: str) -> tuple[int, int] | None:
+    """The pid and start time in a claim's file name (None for anything else)."""
     if name.endswith(".tmp"):
         return None
-    head = name.split("-", 1)[0]
-    return int(head) if head.isdigit() else None
+    parts = name.split("-", 2)
+    if len(parts) < 3 or not (parts[0].isdigit() and parts[1].isdigit()):
+        return None
+    return int(parts[0]), int(parts[1])
 
 
-def _alive(pid: int) -> bool:
+def _started(pid: int) -> int:
+    """When process `pid` started (clock ticks since boot, from /proc; 0 where unknown), so
+    a claim left by a dead process is not counted for a new one that reuses its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = stat.rpartition(")")[2].split()
+    return int(fields[19]) if len(fields) > 19 and fields[19].isdigit() else 0
+
+
+def _alive(pid: int, started: int) -> bool:
+    """Whether the process that made a claim still runs (the same pid, started then)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return started == 0 or _started(pid) in (0, started)
 
 
 def ledger_root() -> Path:

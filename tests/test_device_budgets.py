@@ -215,6 +215,8 @@ def test_reserve_takes_the_gpu_and_host_parts_together_or_neither() -> None:
     budgets.reserve("m", "cuda:0", 50, host_bytes=40)
     assert budgets.holdings("m") == {"cpu": 40, "cuda:0": 50}
     assert budgets.home("m") == "cuda:0"
+    with pytest.raises(ValueError, match="host_bytes is a GPU model's host part"):
+        budgets.reserve("h", "cpu", 10, host_bytes=5)
 
 
 def test_a_new_home_gives_back_the_old_one() -> None:

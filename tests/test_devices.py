@@ -159,10 +159,14 @@ def test_no_gpu_asked_for_means_no_gpu_looked_for() -> None:
     assert out.splitlines() == ["['cpu']", "False False"]
 
 
-def test_a_cpu_only_config_imports_no_torch(tmp_path: Path) -> None:
-    """Checking a config whose models all run on the host imports no torch or NVML."""
+def test_a_config_the_host_can_take_imports_no_torch(tmp_path: Path) -> None:
+    """Checking a config whose models all may run on the host (cpu, auto, a list with cpu)
+    looks for no GPU: it imports no torch or NVML."""
     path = tmp_path / "models.yaml"
-    path.write_text("models:\n  a: {loader: fake, device: cpu, options: {size: 1MB}}\n")
+    path.write_text(
+        "models:\n  a: {loader: fake, device: cpu, options: {size: 1MB}}\n"
+        "  b: {loader: fake, device: auto}\n  c: {loader: fake, device: [cuda:1, cpu]}\n"
+    )
     code = (
         "import sys\n"
         "from registry.config_file import load_config\n"
@@ -349,6 +353,20 @@ def test_a_child_process_claim_is_seen_and_its_death_gives_it_back(own_ledger: L
     assert process_bytes(gpu1, pid) == 0
     assert device_used(gpu1) == 0
     assert list((own_ledger.root / "cuda:1").iterdir()) == []  # the stale claim is removed
+
+
+def test_a_claim_of_an_earlier_process_with_the_same_pid_is_not_counted(
+    own_ledger: Ledger,
+) -> None:
+    """A claim left by a dead process whose pid is now another process's (here: ours, with
+    another start time) is not counted for it, and is removed."""
+    stale = own_ledger.root / "cuda:0" / f"{os.getpid()}-1-0-old"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("999")
+    claim = own_ledger.claim("cuda:0", 5, owner="new")
+    assert own_ledger.claimed("cuda:0", os.getpid()) == 5
+    assert not stale.exists()
+    claim.release()
 
 
 # --------------------------------------------------------------------------- placement
