@@ -83,7 +83,8 @@ def nvml_process_bytes(device: Device, pids: Iterable[int]) -> dict[int, int] | 
         if proc.pid in wanted:
             if proc.usedGpuMemory is None:
                 return None
-            found[int(proc.pid)] = found.get(int(proc.pid), 0) + int(proc.usedGpuMemory)
+            # A process with both kinds of context is listed twice with the same figure.
+            found[int(proc.pid)] = max(found.get(int(proc.pid), 0), int(proc.usedGpuMemory))
     return found
 
 

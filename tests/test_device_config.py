@@ -18,6 +18,7 @@ from registry.device_budgets import Share
 from registry.device_memory import LEDGER_ENV, ledger, process_bytes
 from registry.loaders import LoadContext, load_model
 from registry.loaders.fake import FakeModel
+from registry.payload import TextRequest
 from registry.reload import plan
 from registry.units import parse_size
 
@@ -296,8 +297,6 @@ async def test_a_worker_process_claim_is_seen_by_the_server(write_config: WriteC
     config = write_config(SERVER)
     gpu1 = config_devices(config)[2]
     async with running(config) as manager:
-        from registry.payload import TextRequest
-
         await manager.predict("proc", TextRequest("x"))
         pid = manager.describe("proc").worker.pid
         assert isinstance(pid, int) and pid != os.getpid()
@@ -307,3 +306,22 @@ async def test_a_worker_process_claim_is_seen_by_the_server(write_config: WriteC
         assert process_bytes(gpu1, pid) == 320 * 10**6
         await manager.unload("proc")
         await wait_until(lambda: process_bytes(gpu1, pid) == 0, "the worker's claim is gone")
+
+
+@pytest.mark.anyio
+async def test_a_thread_model_claim_is_the_servers_and_ends_with_its_unload(
+    write_config: WriteConfig, own_ledger: Path
+) -> None:
+    """A fake model in the server's process claims its simulated GPU bytes under the
+    server's pid through the real manager, and its unload gives them back."""
+    config = write_config(
+        SERVER.replace("isolation: process", "isolation: thread").replace(
+            "device_leak: 10MB", "device_leak: 0"
+        )
+    )
+    gpu1 = config_devices(config)[2]
+    async with running(config) as manager:
+        await manager.predict("proc", TextRequest("x"))
+        assert process_bytes(gpu1, os.getpid()) == 300 * 10**6
+        await manager.unload("proc")
+        await wait_until(lambda: process_bytes(gpu1, os.getpid()) == 0, "the claim is gone")

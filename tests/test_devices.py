@@ -239,7 +239,9 @@ def _stand_in_nvml(procs: dict[int, list[_Proc]]) -> types.ModuleType:
     module.nvmlDeviceGetName = lambda h: names[h]  # type: ignore[attr-defined]
     module.nvmlDeviceGetMemoryInfo = lambda h: _Mem(totals[h], 3 * GiB)  # type: ignore[attr-defined]
     module.nvmlDeviceGetComputeRunningProcesses = lambda h: procs.get(h, [])  # type: ignore[attr-defined]
-    module.nvmlDeviceGetGraphicsRunningProcesses = lambda h: []  # type: ignore[attr-defined]
+    module.nvmlDeviceGetGraphicsRunningProcesses = lambda h: [  # type: ignore[attr-defined]
+        p for p in procs.get(h, []) if p.pid == 200
+    ]  # pid 200 has a graphics context too: NVML lists it twice
     return module
 
 
@@ -257,7 +259,8 @@ def test_nvml_discovery_and_per_process_memory(
     nvml_procs: dict[int, list[_Proc]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With NVML, GPUs come with their totals and names, each process's used memory is
-    summed per device, and a process NVML does not list holds 0."""
+    read per device (once, though NVML lists a process with a graphics context twice), and
+    a process NVML does not list holds 0."""
     found = discover({}, gpus=True)
     assert [(d.name, d.total, d.kind, d.label) for d in found[1:]] == [
         ("cuda:0", 80 * GiB, "nvml", "NVIDIA H100"),
