@@ -22,8 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from registry.device_budgets import Share, parse_share
-from registry.devices import GPU_NAME, DeviceSpec, parse_device_spec
+from registry.device_budgets import Share, gpu_entries, host_budget, parse_share
+from registry.devices import DeviceSpec, check_simulated, device_value, parse_device_spec
 from registry.sources import Source, resolve_source
 from registry.units import parse_duration, parse_size
 
@@ -55,7 +55,6 @@ InputKind = Literal["image", "text", "json"]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOADER_PATTERN = re.compile(r"^(fake|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
-BUDGET_KEY = re.compile(r"^cuda(:\d+)?$")
 ADMIN_TOKEN_ENV = "MODEL_REGISTRY_ADMIN_TOKEN"
 # Fields filled from another key (device_budgets from memory_budget's mapping form), never
 # written by users, so not offered among the allowed keys.
@@ -80,50 +79,7 @@ class BackoffSpec(_Strict):
     max: Duration = 60.0
 
 
-def _host_budget(value: object) -> object:
-    """memory_budget's host part: the value itself, or a mapping's `cpu` entry (default 50%),
-    after checking every entry of the mapping."""
-    if not isinstance(value, dict):
-        return parse_size(value)
-    problems = []
-    for key, entry in value.items():
-        if key != "cpu" and not BUDGET_KEY.match(str(key)):
-            problems.append(
-                f"{key!r} is not a device; the keys are cpu, cuda (every GPU) or cuda:N"
-            )
-            continue
-        try:
-            parse_size(entry) if key == "cpu" else parse_share(entry)
-        except ValueError as exc:
-            problems.append(f"{key}: {exc}")
-    if problems:
-        raise ValueError("; ".join(problems))
-    return parse_size(value.get("cpu", "50%"))
-
-
-def _gpu_entries(budget: dict[Any, Any]) -> dict[str, Any]:
-    entries = {}
-    for key, value in budget.items():
-        if key == "cpu" or not BUDGET_KEY.match(str(key)):
-            continue
-        try:
-            parse_share(value)
-        except ValueError:
-            continue  # reported once, by memory_budget's own validator
-        entries[str(key)] = value
-    return entries
-
-
-def _gpu_sizes(sizes: dict[str, int]) -> dict[str, int]:
-    for name, size in sizes.items():
-        if not GPU_NAME.match(name):
-            raise ValueError(f"{name!r} is not a GPU name; simulated devices are cuda:0, cuda:1...")
-        if size <= 0:
-            raise ValueError(f"{name}: a simulated GPU needs more than 0 bytes of memory")
-    return sizes
-
-
-HostBudget = Annotated[int, BeforeValidator(_host_budget)]
+HostBudget = Annotated[int, BeforeValidator(host_budget)]
 
 
 class ServerSettings(_Strict):
@@ -136,7 +92,7 @@ class ServerSettings(_Strict):
     memory_budget: HostBudget = Field(default_factory=lambda: parse_size("50%"), gt=0)
     device_budgets: dict[str, BudgetShare] = Field(default_factory=dict)
     # GPUs that exist only on paper, for tests on a CPU: {cuda:0: 8GiB, cuda:1: 4GiB}.
-    simulated_devices: Annotated[dict[str, ByteSize], AfterValidator(_gpu_sizes)] = Field(
+    simulated_devices: Annotated[dict[str, ByteSize], AfterValidator(check_simulated)] = Field(
         default_factory=dict
     )
     preload: Literal["background", "wait"] = "background"
@@ -181,19 +137,8 @@ class ServerSettings(_Strict):
         budget = data.get("memory_budget")
         if isinstance(budget, dict):
             data = dict(data)
-            data["device_budgets"] = _gpu_entries(budget)
+            data["device_budgets"] = gpu_entries(budget)
         return data
-
-
-def _device_value(value: object) -> object:
-    """A device name or a list of names (their spelling is checked with the model)."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return list(value)
-    raise ValueError(
-        "device must be cpu, cuda, cuda:N, mps or auto, or a list such as [cuda:0, cuda:1]"
-    )
 
 
 class ModelSpec(_Strict):
@@ -214,7 +159,7 @@ class ModelSpec(_Strict):
     max_queue: int | None = Field(default=None, ge=1)
     batch: BatchSpec | None = None
     # cpu, cuda (any GPU), cuda:N (pinned), mps, auto, or a list such as [cuda:0, cuda:1]
-    device: Annotated[str | list[str], BeforeValidator(_device_value)] = "cpu"
+    device: Annotated[str | list[str], BeforeValidator(device_value)] = "cpu"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False

@@ -16,9 +16,10 @@ server's own CUDA context, measured once) is taken off the bytes models may hold
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from registry.budget import ByteBudget
 from registry.devices import CPU, Device, DeviceRoom, Placement, is_gpu, place
@@ -26,6 +27,7 @@ from registry.policy import Policy
 from registry.units import format_bytes, parse_size
 
 K = TypeVar("K", bound=Hashable)
+BUDGET_KEY = re.compile(r"^cuda(:\d+)?$")  # a GPU key of memory_budget's mapping
 
 # 90% of a GPU's memory by default. The charge of each model already includes its worker's
 # whole footprint there (CUDA context, allocator cache) and the server's context is a fixed
@@ -75,6 +77,41 @@ def parse_share(value: object) -> Share:
     if nbytes <= 0:
         raise ValueError("a memory budget must be more than 0 bytes")
     return Share(nbytes=nbytes)
+
+
+def host_budget(value: object) -> int:
+    """memory_budget's host part: the value itself, or a mapping's `cpu` entry (default 50%),
+    after checking every entry of the mapping."""
+    if not isinstance(value, dict):
+        return parse_size(value)
+    problems = []
+    for key, entry in value.items():
+        if key != "cpu" and not BUDGET_KEY.match(str(key)):
+            problems.append(
+                f"{key!r} is not a device; the keys are cpu, cuda (every GPU) or cuda:N"
+            )
+            continue
+        try:
+            parse_size(entry) if key == "cpu" else parse_share(entry)
+        except ValueError as exc:
+            problems.append(f"{key}: {exc}")
+    if problems:
+        raise ValueError("; ".join(problems))
+    return parse_size(value.get("cpu", "50%"))
+
+
+def gpu_entries(budget: dict[Any, Any]) -> dict[str, Any]:
+    """A budget mapping's valid GPU entries, as written (for the schema's device_budgets)."""
+    entries = {}
+    for key, value in budget.items():
+        if key == "cpu" or not BUDGET_KEY.match(str(key)):
+            continue
+        try:
+            parse_share(value)
+        except ValueError:
+            continue  # reported once, by memory_budget's own validator
+        entries[str(key)] = value
+    return entries
 
 
 def gpu_share(device: str, shares: Mapping[str, Share]) -> tuple[Share, str]:

@@ -121,6 +121,17 @@ def parse_device_spec(value: str | Sequence[str]) -> DeviceSpec:
     return DeviceSpec(tuple(entries))
 
 
+def device_value(value: object) -> str | list[str]:
+    """A device name or a list of names (their spelling is checked with the model)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ValueError(
+        "device must be cpu, cuda, cuda:N, mps or auto, or a list such as [cuda:0, cuda:1]"
+    )
+
+
 # --------------------------------------------------------------------------- discovery
 
 
@@ -150,6 +161,16 @@ def simulated_gpus(sizes: Mapping[str, int]) -> list[Device]:
         Device(name, int(sizes[name]), "simulated", "simulated GPU")
         for name in sorted(sizes, key=gpu_index)
     ]
+
+
+def check_simulated(sizes: dict[str, int]) -> dict[str, int]:
+    """`server.simulated_devices` checked: GPU names with more than 0 bytes each."""
+    for name, size in sizes.items():
+        if not GPU_NAME.match(name):
+            raise ValueError(f"{name!r} is not a GPU name; simulated devices are cuda:0, cuda:1...")
+        if size <= 0:
+            raise ValueError(f"{name}: a simulated GPU needs more than 0 bytes of memory")
+    return sizes
 
 
 def discover(simulated: Mapping[str, int], *, gpus: bool) -> list[Device]:
