@@ -10,13 +10,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    SecretStr,
+    model_validator,
+)
 
+from registry.device_budgets import Share, gpu_entries, host_budget, parse_share
+from registry.devices import DeviceSpec, check_simulated, device_value, parse_device_spec
 from registry.sources import Source, resolve_source
 from registry.units import parse_duration, parse_size
 
 ByteSize = Annotated[int, BeforeValidator(parse_size)]
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+BudgetShare = Annotated[
+    Share,
+    PlainValidator(lambda v: v if isinstance(v, Share) else parse_share(v)),
+    PlainSerializer(lambda s: s.nbytes if s.percent is None else f"{s.percent:g}%"),
+]
 
 # Pipeline tasks whose input is one image (multipart upload); every other task takes text.
 IMAGE_TASKS = frozenset(
@@ -38,8 +55,10 @@ InputKind = Literal["image", "text", "json"]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 LOADER_PATTERN = re.compile(r"^(fake|[A-Za-z_][\w.]*:[A-Za-z_]\w*)$")
-DEVICE_PATTERN = re.compile(r"^(cpu|auto|mps|cuda(:\d+)?)$")
 ADMIN_TOKEN_ENV = "MODEL_REGISTRY_ADMIN_TOKEN"
+# Fields filled from another key (device_budgets from memory_budget's mapping form), never
+# written by users, so not offered among the allowed keys.
+DERIVED_KEYS = frozenset({"device_budgets"})
 
 
 class _Strict(BaseModel):
@@ -60,12 +79,22 @@ class BackoffSpec(_Strict):
     max: Duration = 60.0
 
 
+HostBudget = Annotated[int, BeforeValidator(host_budget)]
+
+
 class ServerSettings(_Strict):
     """The `server:` section; every field has a safe default."""
 
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
-    memory_budget: ByteSize = Field(default_factory=lambda: parse_size("50%"), gt=0)
+    # A size (the host's budget), or a mapping by device: {cpu: 2GiB, cuda: 80%, cuda:1: 10GiB};
+    # the mapping's GPU entries land in device_budgets (registry/device_budgets.py).
+    memory_budget: HostBudget = Field(default_factory=lambda: parse_size("50%"), gt=0)
+    device_budgets: dict[str, BudgetShare] = Field(default_factory=dict)
+    # GPUs that exist only on paper, for tests on a CPU: {cuda:0: 8GiB, cuda:1: 4GiB}.
+    simulated_devices: Annotated[dict[str, ByteSize], AfterValidator(check_simulated)] = Field(
+        default_factory=dict
+    )
     preload: Literal["background", "wait"] = "background"
     max_upload_size: ByteSize = Field(default=10 * 1000**2, gt=0)
     max_header_size: ByteSize = Field(default=64 * 1024, ge=1024)  # request line + headers
@@ -93,6 +122,24 @@ class ServerSettings(_Strict):
     # A worker whose private memory grows past its reservation by this fraction is recycled.
     worker_memory_margin: float = Field(default=0.5, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _split_memory_budget(cls, data: Any) -> Any:
+        """memory_budget as a mapping: its valid GPU entries become device_budgets (the
+        field's own validator reports the invalid ones and keeps the host's)."""
+        if not isinstance(data, dict):
+            return data
+        if "device_budgets" in data:
+            raise ValueError(
+                "device_budgets is set through memory_budget; write e.g. "
+                "memory_budget: {cpu: 2GiB, cuda: 80%, cuda:1: 10GiB}"
+            )
+        budget = data.get("memory_budget")
+        if isinstance(budget, dict):
+            data = dict(data)
+            data["device_budgets"] = gpu_entries(budget)
+        return data
+
 
 class ModelSpec(_Strict):
     """One entry under `models:`."""
@@ -111,7 +158,8 @@ class ModelSpec(_Strict):
     isolation: Literal["thread", "process"] | None = None
     max_queue: int | None = Field(default=None, ge=1)
     batch: BatchSpec | None = None
-    device: str = "cpu"
+    # cpu, cuda (any GPU), cuda:N (pinned), mps, auto, or a list such as [cuda:0, cuda:1]
+    device: Annotated[str | list[str], BeforeValidator(device_value)] = "cpu"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
@@ -133,9 +181,13 @@ class ModelSpec(_Strict):
                 "'source' is required for a transformers task: a local directory, "
                 "pkg:<package>[/<dir>] or hf:<org>/<name>[@revision]"
             )
-        if not DEVICE_PATTERN.match(self.device):
-            raise ValueError(f"device {self.device!r} must be cpu, cuda, cuda:N, mps or auto")
+        parse_device_spec(self.device)  # ValueError saying what a device may be
         return self
+
+    @property
+    def device_spec(self) -> DeviceSpec:
+        """The devices this model may run on, parsed."""
+        return parse_device_spec(self.device)
 
     @property
     def input_kind(self) -> InputKind:

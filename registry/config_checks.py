@@ -1,5 +1,6 @@
 """The checks of models.yaml beyond its schema, which need the files: sources exist, sizes fit
-the budget (each model's size as its loader estimates it)."""
+the budget (each model's size as its loader estimates it), on its device too
+(registry/config_devices.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 from pathlib import Path
 
 from registry.config import Config, ModelSpec
+from registry.config_devices import device_problems
 from registry.errors import ConfigError
 from registry.hfcache import snapshot_dir
 from registry.loaders import estimate_bytes
@@ -23,6 +25,7 @@ def check_config(config: Config) -> None:
     budget = config.server.memory_budget
     problems: list[str] = []
     kept_total = 0  # pinned and hot models must all fit at once
+    sources: dict[str, Source | None] = {}  # resolved and present, for the device checks
     for name, spec in config.models.items():
         try:
             source = config.source_of(name)
@@ -33,6 +36,7 @@ def check_config(config: Config) -> None:
         if missing is not None:
             problems.append(f"model {name!r}, field 'source': {missing}")
             continue
+        sources[name] = source
         try:
             estimate = estimate_bytes(spec, source)
         except ValueError as exc:
@@ -51,6 +55,7 @@ def check_config(config: Config) -> None:
             f"server.memory_budget ({format_bytes(budget)}); unpin some, make some lazy, "
             "or raise the budget"
         )
+    problems += device_problems(config, sources)
     if problems:
         raise ConfigError(str(config.path), problems)
 

@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
-from registry.config import NAME_PATTERN, Document, ModelSpec
+from registry.config import DERIVED_KEYS, NAME_PATTERN, Document, ModelSpec
 
 
 def name_problems(models: object) -> list[str]:
@@ -53,7 +53,7 @@ def _allowed_keys(parent: list[str]) -> list[str]:
         if nested is None:
             break
         cls = nested
-    return sorted(cls.model_fields)
+    return sorted(key for key in cls.model_fields if key not in DERIVED_KEYS)
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:

@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from support import problems_of
 
 from registry.config import (
+    DERIVED_KEYS,
     BackoffSpec,
     BatchSpec,
     Config,
@@ -24,7 +25,7 @@ from registry.units import parse_size
 WriteConfig = Callable[[str], Config]
 
 MODEL_KEYS = ", ".join(sorted(ModelSpec.model_fields))
-SERVER_KEYS = ", ".join(sorted(ServerSettings.model_fields))
+SERVER_KEYS = ", ".join(sorted(set(ServerSettings.model_fields) - DERIVED_KEYS))
 BAD_NAME = (
     "a name may use letters, digits, '.', '_' and '-' (at most 64), "
     "and must start with a letter or digit"

@@ -11,6 +11,11 @@
   predict_gate: "name"  each predict call waits for `open_gate(name)` first
   reject: "bad"        an input equal to this raises ValueError (one input fails, not its batch)
 
+Memory on a simulated GPU (`server.simulated_devices`; registry/device_memory.py's ledger):
+  device_bytes: 100MB  bytes the model claims on its device (`device: cuda:1`; `cuda` or a
+                       list: the placed device, else the first GPU named, cuda:0 for `cuda`)
+  device_leak: 5MB     each predict call claims this many more there (an allocator cache)
+
 Worker-process faults (for `isolation: process`; in a thread model they would hit the server):
   crash: SIGSEGV       die by this signal (or "exit:3": os._exit(3)) ...
   crash_in: predict    ... in `load` or in `predict` (the default)
@@ -36,6 +41,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from registry.device_memory import Claim, ledger
+from registry.devices import is_gpu
 from registry.loaders.interface import LoadContext
 from registry.units import parse_size
 
@@ -88,12 +95,44 @@ def estimate_bytes(spec: ModelSpec, source: Source | None) -> int:
     return fake_size(spec.options)
 
 
+def device_size(options: Mapping[str, Any]) -> int:
+    """The bytes a fake model with these options claims on its GPU at load."""
+    return parse_size(options.get("device_bytes", 0))
+
+
+def estimate_device_bytes(spec: ModelSpec, source: Source | None) -> int:
+    """What the model will claim on its GPU at load (ValueError if it cannot claim any)."""
+    nbytes = device_size(spec.options)
+    if nbytes:
+        fake_device(spec, None)
+    return nbytes
+
+
+def fake_device(spec: ModelSpec, placed: str | None) -> str:
+    """The GPU a fake model claims on: the placed one, else the first GPU its entry names."""
+    if placed is not None and is_gpu(placed):
+        return placed
+    for choice in spec.device_spec.choices:
+        if choice in ("cuda", "auto"):
+            return "cuda:0"
+        if is_gpu(choice):
+            return choice
+    raise ValueError(
+        f"device_bytes claims memory on a GPU, but the model's device is {spec.device!r}; "
+        "set device: cuda:N (with server.simulated_devices to simulate it)"
+    )
+
+
 class FakeModel:
     """Predicts a label and a score derived from a hash of each input."""
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(
+        self, name: str, options: Mapping[str, Any], device_claim: Claim | None = None
+    ) -> None:
         self.name = name
         self.size_bytes = fake_size(options)
+        self.device_claim = device_claim
+        self.device_leak = parse_size(options.get("device_leak", 0))
         self.predict_seconds = float(options.get("predict_seconds", 0.0))
         self.reject = options.get("reject")
         gate = options.get("predict_gate")
@@ -108,6 +147,8 @@ class FakeModel:
         if self.reject is not None and any(item == self.reject for item in inputs):
             raise ValueError(f"fake model {self.name!r} rejects the input {self.reject!r}")
         self.faults.on_predict(inputs)
+        if self.device_claim is not None and self.device_leak:
+            self.device_claim.grow(self.device_leak)
         self.calls += 1
         self.batch_sizes.append(len(inputs))
         if self.predict_gate is not None:
@@ -126,9 +167,21 @@ class FakeModel:
             result["parameters"] = dict(parameters)
         return result
 
+    @property
+    def device_bytes(self) -> int:
+        """Bytes this model claims on its simulated GPU now (0 when none)."""
+        return self.device_claim.nbytes if self.device_claim is not None else 0
+
+    @property
+    def device(self) -> str | None:
+        """The simulated GPU this model claims memory on (None when none)."""
+        return self.device_claim.path.parent.name if self.device_claim is not None else None
+
     def close(self) -> None:
-        """Drop the ballast."""
+        """Drop the ballast and give the simulated GPU's bytes back."""
         self._ballast = None
+        if self.device_claim is not None:
+            self.device_claim.release()
 
 
 def load(ctx: LoadContext) -> FakeModel:
@@ -153,9 +206,18 @@ def load(ctx: LoadContext) -> FakeModel:
         raise RuntimeError(str(options["fail"]))
     if attempt <= int(options.get("fail_times", 0)):
         raise RuntimeError(f"fake load failure {attempt} of {options['fail_times']}")
+    claim = _claim_device(ctx)
     if "stop_iteration" in options or options.get("predict_hang"):
-        return MisbehavingModel(ctx.name, options)
-    return FakeModel(ctx.name, options)
+        return MisbehavingModel(ctx.name, options, claim)
+    return FakeModel(ctx.name, options, claim)
+
+
+def _claim_device(ctx: LoadContext) -> Claim | None:
+    """The model's claim on its simulated GPU (None when it claims nothing)."""
+    nbytes = device_size(ctx.options)
+    if not nbytes and not ctx.options.get("device_leak"):
+        return None
+    return ledger().claim(fake_device(ctx.spec, ctx.device), nbytes, owner=ctx.name)
 
 
 # ---------------------------------------------------------------- worker-process faults
@@ -208,8 +270,10 @@ def aborts(name: str) -> int:
 class MisbehavingModel(FakeModel):
     """A FakeModel whose predict or close misbehave as its options say."""
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        super().__init__(name, options)
+    def __init__(
+        self, name: str, options: Mapping[str, Any], device_claim: Claim | None = None
+    ) -> None:
+        super().__init__(name, options, device_claim)
         self.where = options.get("stop_iteration")
         self.hang = bool(options.get("predict_hang"))
         self.aborted = threading.Event()

@@ -39,6 +39,9 @@ class LoadContext:
     spec: ModelSpec
     source: Source | None
     base_dir: Path  # the directory of models.yaml
+    # The device placement chose (cpu, cuda:N); None until placement is wired into loads,
+    # when loaders use the entry's first choice (registry/loaders/torch_setup.resolve_device).
+    device: str | None = None
 
     @property
     def options(self) -> dict[str, Any]:

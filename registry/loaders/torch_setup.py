@@ -5,6 +5,9 @@ from __future__ import annotations
 import gc
 import os
 import threading
+from collections.abc import Sequence
+
+from registry.devices import parse_device_spec
 
 _lock = threading.Lock()
 _threads: int | None = None
@@ -48,8 +51,11 @@ def prepare_torch() -> None:
         _done = True
 
 
-def resolve_device(device: str) -> str:
-    """'auto' becomes cuda when a GPU is present, else cpu."""
+def resolve_device(device: str | Sequence[str]) -> str:
+    """The torch device of a `device:` entry: its first choice (placement across GPUs is not
+    wired into loads yet, so `cuda` is GPU 0 and a list means its first entry); 'auto'
+    becomes cuda when a GPU is present, else cpu."""
+    device = parse_device_spec(device).first_choice()
     if device != "auto":
         return device
     import torch
