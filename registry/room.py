@@ -125,13 +125,13 @@ class Room:
             self._in_line[slot] = False
         try:
             while True:
-                ahead = not replacing and self._ahead(slot)
+                now = time.monotonic()
+                patient = asked + wait - now  # > 0: it keeps its place in line
+                ahead = not replacing and patient > 0 and self._ahead(slot)
                 if not ahead and budget.fits(nbytes, replacing=mine):
                     budget.reserve(slot, nbytes)
                     self.record_peak()
                     return
-                now = time.monotonic()
-                patient = asked + wait - now
                 if patient > 0 and (ahead or (not replacing and self._loads_running(slot))):
                     # Evict only once the running load has served its waiters: what is idle
                     # then is really idle, not a model whose next request is on its way.
@@ -163,7 +163,7 @@ class Room:
                 await self.wait_changed(left)
         finally:
             self._reserving.discard(slot)
-            if not replacing and self._in_line.pop(slot, None) is not None:
+            if not replacing and self._in_line.pop(slot, None) is not None and self._in_line:
                 self.notify()  # the next load in line may go now
 
     def _ahead(self, slot: Slot) -> bool:
