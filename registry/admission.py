@@ -118,6 +118,17 @@ class Admission:
                 hit=hit,
             )
 
+    async def hold(self, name: str) -> Slot:
+        """A lease on model `name` (loaded first if needed) for a caller that makes its own
+        calls on it: a generation stream. Give it back with `release(slot)`."""
+        if self._life.closing:
+            raise ShuttingDown()
+        return await self._acquire(self._roster.lookup(name))
+
+    def release(self, slot: Slot) -> None:
+        """The end of a lease taken with `hold`."""
+        self._release(slot)
+
     async def _run(
         self, slot: Slot, inputs: list[Any], request: PredictRequest, timing: Timing
     ) -> Any:

@@ -18,6 +18,8 @@ Worker-process faults (for `isolation: process`; in a thread model they would hi
   hang_on: "zzz"       a predict call with this input blocks for ever (`*` : every call)
   leak: 20MB           each predict call keeps this many more bytes, written (so resident)
 
+With `task: text-generation`: a generator of " w0 w1 ..." (registry/loaders/fake_generation.py).
+
 Life-cycle fault modes (model code that misbehaves):
   stop_iteration: where  "load", "predict" or "close" raises StopIteration there
   predict_hang: true     each predict call blocks until abort() is called (or for ever)
@@ -36,6 +38,8 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from registry.config import GENERATION_TASK
+from registry.loaders.fake_generation import FakeGenerator
 from registry.loaders.interface import LoadContext
 from registry.units import parse_size
 
@@ -131,7 +135,7 @@ class FakeModel:
         self._ballast = None
 
 
-def load(ctx: LoadContext) -> FakeModel:
+def load(ctx: LoadContext) -> FakeModel | FakeGenerator:
     """Build a FakeModel, honouring the timing and failure options."""
     options = ctx.options
     if options.get("stop_iteration") == "load":
@@ -155,6 +159,8 @@ def load(ctx: LoadContext) -> FakeModel:
         raise RuntimeError(f"fake load failure {attempt} of {options['fail_times']}")
     if "stop_iteration" in options or options.get("predict_hang"):
         return MisbehavingModel(ctx.name, options)
+    if ctx.spec.task == GENERATION_TASK:
+        return FakeGenerator(ctx.name, options, ctx.spec.max_tokens)
     return FakeModel(ctx.name, options)
 
 
