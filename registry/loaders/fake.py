@@ -39,6 +39,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from registry.config import GENERATION_TASK
+from registry.loaders import fake_generation
 from registry.loaders.fake_generation import FakeGenerator
 from registry.loaders.interface import LoadContext
 from registry.units import parse_size
@@ -75,6 +76,7 @@ def reset() -> None:
         for event in _hanging:
             event.set()
         _hanging.clear()
+    fake_generation.reset()
 
 
 def _gate(name: str) -> threading.Event:

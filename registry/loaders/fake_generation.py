@@ -29,6 +29,12 @@ def steps(name: str) -> int:
         return _steps[name]
 
 
+def reset() -> None:
+    """Forget the step counts (between tests)."""
+    with _lock:
+        _steps.clear()
+
+
 class FakeGenerator:
     """Words " w0 w1 ...", one per step."""
 
