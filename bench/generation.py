@@ -158,7 +158,7 @@ def generation(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
             compare="ratio",
             target=2.0,
             higher_is_better=True,
-            note="streams interleave per token on the model's thread (no batched decoding)",
+            note="streams batched per token: one forward pass over their padded KV caches",
         ),
         Row(
             scenario="generation: first token after a switch vs cold first token with room",

@@ -14,7 +14,7 @@ token counts for `usage`. A model provides a `Session`: tokens in, one token's t
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -151,11 +151,18 @@ class Generation:
 
     def advance(self) -> Chunk:
         """One decoding step: the text that is certain now (called on the model's thread)."""
+        return self.due() or self.accept(self.session.step())
+
+    def due(self) -> Chunk | None:
+        """The last chunk if the generation is over without another step (at its limit)."""
         if self.finish_reason is not None:
             raise RuntimeError("the generation has finished")
         if self.tokens >= self.limit:
             return self._finish("", "length")
-        token = self.session.step()
+        return None
+
+    def accept(self, token: Token) -> Chunk:
+        """What one step's token makes of the text: max_tokens, stop strings, the end."""
         if token.end is not None:
             return self._finish(token.text, token.end)
         self.tokens += 1
@@ -202,6 +209,26 @@ def run_to_end(generation: Generation) -> tuple[str, Chunk]:
         parts.append(chunk.text)
         if chunk.finish_reason is not None:
             return "".join(parts), chunk
+
+
+StepMany = Callable[[list[Session]], list[Token]]
+
+
+def step_each(sessions: list[Session]) -> list[Token]:
+    """One step of each session, one after the other (a model without batched decoding)."""
+    return [session.step() for session in sessions]
+
+
+def advance_all(generations: Sequence[Generation], step_many: StepMany) -> list[Chunk]:
+    """One step of every generation, their sessions stepped together by `step_many` (one
+    batched forward pass where the model has one); on the model's thread."""
+    out: list[Chunk | None] = [g.due() for g in generations]
+    todo = [i for i, chunk in enumerate(out) if chunk is None]
+    if todo:
+        tokens = step_many([generations[i].session for i in todo])
+        for i, token in zip(todo, tokens, strict=True):
+            out[i] = generations[i].accept(token)
+    return [chunk for chunk in out if chunk is not None]
 
 
 def is_generator(model: object) -> bool:

@@ -25,7 +25,14 @@ from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from registry.errors import BadInput, GenerationTimeout, RegistryError
-from registry.generation import Chunk, GenerateRequest, Generation, is_generator
+from registry.generation import (
+    Chunk,
+    GenerateRequest,
+    Generation,
+    advance_all,
+    is_generator,
+    step_each,
+)
 
 if TYPE_CHECKING:
     from registry.admission import Admission
@@ -41,6 +48,22 @@ class Streams:
     def __init__(self, admission: Admission, life: Lifecycle) -> None:
         self._admission = admission
         self._life = life
+        self._stepping: dict[int, _Steps] = {}  # by id(slot), while its streams step
+
+    def _steps(self, slot: Slot) -> _Steps:
+        steps = self._stepping.get(id(slot))
+        if steps is None:
+            steps = self._stepping[id(slot)] = _Steps(
+                functools.partial(self._run_steps, slot),
+                lambda: self._stepping.pop(id(slot), None),
+            )
+        return steps
+
+    def _run_steps(self, slot: Slot, generations: list[Generation]) -> asyncio.Task[list[Chunk]]:
+        """One step of each generation, in one call on the model's thread."""
+        timeout = slot.spec.predict_timeout or self._life.settings.predict_timeout
+        step_many = getattr(slot.model, "step_many", step_each)
+        return self._call(slot, functools.partial(advance_all, generations), step_many, timeout)
 
     async def stream(self, name: str, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
         """The chunks of one generation on model `name` (see the module docstring)."""
@@ -73,7 +96,7 @@ class Streams:
                     raise life.drain.refuse()
                 if time.monotonic() > deadline:
                     raise GenerationTimeout(slot.name, timeout, current.tokens)
-                step = self._call(slot, current.advance, None, timeout)
+                step = self._steps(slot).step(current)
                 running = step
                 chunk = await life.drain.answer(step)
                 running = None
@@ -128,11 +151,104 @@ class Streams:
         """Drop the generation and the lease once no step of it runs any more."""
 
         def finish(_: object = None) -> None:
-            if generation is not None and generation.finish_reason is None:
-                generation.close()
+            if generation is not None:
+                if generation.finish_reason is None:
+                    generation.close()
+                steps = self._stepping.get(id(slot))
+                if steps is not None:
+                    steps.leave(generation)
             self._admission.release(slot)
 
-        if running is None or running.done() or self._life.pool.cancel_queued(running):
+        steps = self._stepping.get(id(slot))
+        withdrawn = steps is not None and steps.withdraw(running) if running else False
+        if running is None or running.done() or withdrawn or self._life.pool.cancel_queued(running):
             finish()
         else:
             running.add_done_callback(finish)  # one step is running: at most one more token
+
+
+GATHER_SECONDS = 0.002  # after a call, how long the next waits for the streams of the last
+
+
+class _Steps:
+    """The decoding steps one model's streams wait for, run together: each call advances
+    every stream then waiting by one token (one batched forward pass where the model has
+    `step_many`). After a call, the next one starts once every stream of the last call
+    that goes on has asked again (each needs a few loop turns to pass its token on), or
+    GATHER_SECONDS later: a slow reader delays the others by at most that, per token."""
+
+    def __init__(
+        self,
+        run: Callable[[list[Generation]], asyncio.Task[list[Chunk]]],
+        idle: Callable[[], object],
+    ) -> None:
+        self._run = run
+        self._idle = idle
+        self._waiting: list[tuple[Generation, asyncio.Future[Chunk]]] = []
+        self._expected: set[int] = set()  # ids of the last call's generations that go on
+        self._running = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def step(self, generation: Generation) -> asyncio.Future[Chunk]:
+        """The next chunk of `generation`, from the next call."""
+        future: asyncio.Future[Chunk] = asyncio.get_running_loop().create_future()
+        self._waiting.append((generation, future))
+        self._maybe_next()
+        return future
+
+    def withdraw(self, future: asyncio.Future[Any]) -> bool:
+        """Drop a step that no call has taken yet (its stream ended); True if it was so."""
+        for index, (_, waiting) in enumerate(self._waiting):
+            if waiting is future:
+                del self._waiting[index]
+                future.cancel()
+                return True
+        return False
+
+    def leave(self, generation: Generation) -> None:
+        """A stream ended: the next call does not wait for it."""
+        self._expected.discard(id(generation))
+        self._maybe_next()
+
+    def _maybe_next(self) -> None:
+        if self._running:
+            return
+        asked = {id(generation) for generation, _ in self._waiting}
+        if self._expected <= asked:
+            self._next()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(GATHER_SECONDS, self._next)
+
+    def _next(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch, self._waiting = self._waiting, []
+        self._expected = set()
+        if not batch:
+            self._running = False
+            self._idle()
+            return
+        self._running = True
+        job = self._run([generation for generation, _ in batch])
+        job.add_done_callback(functools.partial(self._done, batch))
+
+    def _done(
+        self, batch: list[tuple[Generation, asyncio.Future[Chunk]]], job: asyncio.Task[list[Chunk]]
+    ) -> None:
+        for index, (generation, future) in enumerate(batch):
+            if future.done():
+                continue
+            if job.cancelled():
+                future.cancel()
+            elif (error := job.exception()) is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(job.result()[index])
+                if generation.finish_reason is None:
+                    self._expected.add(id(generation))
+        self._running = False
+        if self._waiting or self._expected:
+            self._maybe_next()
+        else:
+            self._idle()

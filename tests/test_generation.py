@@ -155,11 +155,11 @@ async def test_a_cancelled_stream_stops_within_one_token(write_config: WriteConf
         assert fake_generation.steps("gen") <= ran + 1
 
 
-async def test_concurrent_streams_on_one_model_take_turns_per_token(
+async def test_concurrent_streams_on_one_model_advance_together_per_token(
     write_config: WriteConfig,
 ) -> None:
-    """Two streams on one model interleave token by token: the second gets its tokens
-    while the first is still generating, not after its whole length."""
+    """Two streams on one model advance token by token in shared steps: the second gets
+    its tokens while the first is still generating, not after its whole length."""
     config = write_config("models:\n" + _fake(token_seconds=0.01))
     async with running(config) as manager:
         order: list[str] = []
@@ -175,6 +175,21 @@ async def test_concurrent_streams_on_one_model_take_turns_per_token(
         assert first_b < order.index("a") + 3  # b starts at once...
         switches = sum(1 for x, y in itertools.pairwise(order) if x != y)
         assert switches >= 10  # ...and they alternate, not one after the other
+        assert max(fake_generation.batches("gen")) == 2  # one call stepped both
+
+
+async def test_concurrent_streams_on_counter_gpt_decode_as_they_would_alone(
+    model_store: Path, write_config: WriteConfig
+) -> None:
+    """Streams of different prompts decoded together (a batched forward pass over
+    left-padded caches) give exactly the greedy text each gives alone."""
+    prompts = ["three four", "eleven twelve thirteen", "hello five six", "nineteen"]
+    async with running(write_config(_counter())) as manager:
+        requests = [GenerateRequest(prompt=p, temperature=0, max_tokens=12) for p in prompts]
+        alone = [(await _text(manager.stream("counter", r)))[0] for r in requests]
+        together = await asyncio.gather(*(_text(manager.stream("counter", r)) for r in requests))
+        assert [text for text, _ in together] == alone
+        assert all(text.strip() for text in alone)
 
 
 async def test_a_stream_past_predict_timeout_ends_with_an_error(write_config: WriteConfig) -> None:

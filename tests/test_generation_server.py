@@ -70,8 +70,9 @@ def server(model_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.fixture
-def oai(server: Process) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+def oai(server: Process) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0) as client:
+        yield client
 
 
 def test_a_completion_gets_the_model_s_tokens_and_usage(oai: openai.OpenAI) -> None:
@@ -269,8 +270,10 @@ models:
     options: {token_seconds: 0.02}
     max_tokens: 100000
 """
-    with served(tmp_path, config) as process:
-        client = openai.OpenAI(base_url=f"{process.url}/v1", api_key="x", max_retries=0)
+    with (
+        served(tmp_path, config) as process,
+        openai.OpenAI(base_url=f"{process.url}/v1", api_key="x", max_retries=0) as client,
+    ):
         stream = client.completions.create(
             model="slow", prompt="x", max_tokens=100_000, stream=True
         )

@@ -3,7 +3,8 @@
 Each step yields the next word of " w0 w1 w2 ..." after `token_seconds` (default 0), for
 ever unless `max_tokens` (its ceiling, the entry's `max_tokens`, or the request's) or a stop
 string ends it; `words: N` ends with the end-of-sequence after N words. For timing and
-fault tests of streams: disconnects, predict_timeout, drains, interleaving.
+fault tests of streams: disconnects, predict_timeout, drains, batched steps (`step_many`
+takes one token time for the whole batch, and `batches(name)` records its sizes).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from registry.generation import GenerateRequest, Generation, Token, run_to_end
 from registry.units import parse_size
 
 _steps: Counter[str] = Counter()
+_batches: dict[str, list[int]] = {}
 _lock = threading.Lock()
 
 
@@ -29,10 +31,17 @@ def steps(name: str) -> int:
         return _steps[name]
 
 
+def batches(name: str) -> list[int]:
+    """The sizes of the step_many calls (batched steps) of fake generators named `name`."""
+    with _lock:
+        return list(_batches.get(name, []))
+
+
 def reset() -> None:
     """Forget the step counts (between tests)."""
     with _lock:
         _steps.clear()
+        _batches.clear()
 
 
 class FakeGenerator:
@@ -61,6 +70,15 @@ class FakeGenerator:
         base = GenerateRequest.from_parameters("", parameters)
         return [run_to_end(self.start(replace(base, prompt=str(text))))[0] for text in inputs]
 
+    def step_many(self, sessions: list[_FakeSession]) -> list[Token]:
+        """One step of each session (one token time for all: a batch), recorded."""
+        with _lock:
+            _batches.setdefault(self.name, []).append(len(sessions))
+        tokens = [session.step(sleep=False) for session in sessions]
+        if self.token_seconds:
+            time.sleep(self.token_seconds)
+        return tokens
+
     def close(self) -> None:
         """Nothing to drop."""
 
@@ -71,11 +89,11 @@ class _FakeSession:
         self.prompt_tokens = prompt_tokens
         self._next = 0
 
-    def step(self) -> Token:
+    def step(self, *, sleep: bool = True) -> Token:
         model = self._model
         with _lock:
             _steps[model.name] += 1
-        if model.token_seconds:
+        if model.token_seconds and sleep:
             time.sleep(model.token_seconds)
         if model.words is not None and self._next >= model.words:
             return Token("", "stop")

@@ -91,6 +91,72 @@ class CausalLM:
         base = GenerateRequest.from_parameters("", parameters)
         return [run_to_end(self.start(replace(base, prompt=text)))[0] for text in inputs]
 
+    def live(self) -> Any:
+        """The module (holding the lock), or RuntimeError once the model was closed."""
+        if self.module is None or self.tokenizer is None:
+            raise RuntimeError("the model was unloaded")
+        return self.module
+
+    def step_many(self, sessions: list[_Session]) -> list[Token]:
+        """One step of each session: those past their prompt in one batched forward pass
+        (their caches left-padded to one length, masked), the others one by one."""
+        tokens: dict[int, Token] = {}
+        batch = [i for i, s in enumerate(sessions) if s.decoding]
+        if len(batch) < 2:
+            batch = []
+        for i, session in enumerate(sessions):
+            if i not in batch:
+                tokens[i] = session.step()
+        if batch:
+            decoded = self._decode_batch([sessions[i] for i in batch])
+            tokens.update(zip(batch, decoded, strict=True))
+        return [tokens[i] for i in range(len(sessions))]
+
+    def _decode_batch(self, sessions: list[_Session]) -> list[Token]:
+        import torch
+        from transformers import DynamicCache
+
+        with self.lock, torch.inference_mode():
+            module = self.live()
+            lengths = [s.cache_length for s in sessions]
+            longest = max(lengths)
+            cache = DynamicCache()
+            for layer in range(len(sessions[0].cache_layers)):
+                keys, values = [], []
+                for session, length in zip(sessions, lengths, strict=True):
+                    k, v = session.cache_layers[layer]
+                    pad = (0, 0, longest - length, 0)
+                    keys.append(torch.nn.functional.pad(k, pad))
+                    values.append(torch.nn.functional.pad(v, pad))
+                cache.update(torch.cat(keys), torch.cat(values), layer)
+            mask = torch.zeros(len(sessions), longest + 1, dtype=torch.long, device=self.device)
+            for row, length in enumerate(lengths):
+                mask[row, longest - length :] = 1
+            ids = torch.tensor([s.pending for s in sessions], device=self.device)
+            positions = torch.tensor([[n] for n in lengths], device=self.device)
+            out = module(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            new = out.past_key_values
+            tokens = []
+            for row, (session, length) in enumerate(zip(sessions, lengths, strict=True)):
+                start = longest - length
+                session.keep_cache(
+                    [
+                        (
+                            new.layers[layer].keys[row : row + 1, :, start:],
+                            new.layers[layer].values[row : row + 1, :, start:],
+                        )
+                        for layer in range(len(new.layers))
+                    ]
+                )
+                tokens.append(session.take(out.logits[row, -1]))
+            return tokens
+
     def close(self) -> None:
         """Drop the model and tokenizer (a session still open fails its next step)."""
         with self.lock:
@@ -115,24 +181,33 @@ class _Session:
         seed = request.seed if request.seed is not None else random.getrandbits(63)
         self._generator = torch.Generator(device=model.device).manual_seed(seed)
 
+    @property
+    def decoding(self) -> bool:
+        """Past the prompt: the next forward pass feeds one token on the cache."""
+        return self._cache is not None and len(self._pending) == 1
+
     def step(self) -> Token:
         """One forward pass and one sampled token."""
         import torch
 
         model = self._model
         with model.lock, torch.inference_mode():
-            module, tokenizer = model.module, model.tokenizer
-            if module is None or tokenizer is None:
-                raise RuntimeError("the model was unloaded")
+            module = model.live()
             ids = torch.tensor([self._pending], device=model.device)
             out = module(input_ids=ids, past_key_values=self._cache, use_cache=True)
             self._cache = out.past_key_values
-            token = self._sample(out.logits[0, -1].float())
-            if token in model.eos:
-                return Token("", "stop")
-            self._generated.append(token)
-            self._pending = [token]
-            text = tokenizer.decode(self._generated, skip_special_tokens=True)
+            return self.take(out.logits[0, -1])
+
+    def take(self, logits: Any) -> Token:
+        """Sample the next token from its logits; its text (holding the model's lock)."""
+        model = self._model
+        tokenizer = model.tokenizer
+        token = self._sample(logits.float())
+        if token in model.eos:
+            return Token("", "stop")
+        self._generated.append(token)
+        self._pending = [token]
+        text = tokenizer.decode(self._generated, skip_special_tokens=True)
         if text.endswith("\ufffd"):  # a character split over tokens: wait for its end
             new = ""
         else:
@@ -153,6 +228,30 @@ class _Session:
             ordered[outside] = 0
             probs = torch.zeros_like(probs).scatter(0, order, ordered)
         return int(torch.multinomial(probs, 1, generator=self._generator))
+
+    @property
+    def pending(self) -> list[int]:
+        """The tokens the next forward pass feeds."""
+        return self._pending
+
+    @property
+    def cache_length(self) -> int:
+        """Positions in the cache."""
+        return int(self._cache.get_seq_length())
+
+    @property
+    def cache_layers(self) -> list[tuple[Any, Any]]:
+        """The cache's (keys, values) per layer."""
+        return [(layer.keys, layer.values) for layer in self._cache.layers]
+
+    def keep_cache(self, layers: list[tuple[Any, Any]]) -> None:
+        """Take this session's rows of a batched step's cache."""
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        for index, (keys, values) in enumerate(layers):
+            cache.update(keys.contiguous(), values.contiguous(), index)
+        self._cache = cache
 
     def close(self) -> None:
         """Drop the cache."""
