@@ -24,7 +24,7 @@ import time
 from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from registry.errors import BadInput, GenerationTimeout, RegistryError
+from registry.errors import BadInput, GenerationTimeout, ModelFailed, RegistryError
 from registry.generation import (
     Chunk,
     GenerateRequest,
@@ -135,7 +135,8 @@ class Streams:
         """`fn(arg)` (or `fn()`) on the model's thread; a call stuck past `timeout` fails it."""
         life = self._life
         model = slot.model
-        assert model is not None
+        if model is None:  # marked failed (a stuck call) or unloaded since the lease
+            raise ModelFailed(slot.name, slot.error or "it was unloaded", retry_after=1.0)
         args = () if arg is None else (arg,)
         return life.pool.submit(
             fn,
@@ -230,7 +231,15 @@ class _Steps:
             self._idle()
             return
         self._running = True
-        job = self._run([generation for generation, _ in batch])
+        try:
+            job = self._run([generation for generation, _ in batch])
+        except Exception as exc:  # the model is gone (failed, unloaded): its streams end
+            self._running = False
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            self._idle()
+            return
         job.add_done_callback(functools.partial(self._done, batch))
 
     def _done(
