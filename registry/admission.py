@@ -118,12 +118,15 @@ class Admission:
                 hit=hit,
             )
 
-    async def hold(self, name: str) -> Slot:
+    async def hold(self, name: str) -> tuple[Slot, bool]:
         """A lease on model `name` (loaded first if needed) for a caller that makes its own
-        calls on it: a generation stream. Give it back with `release(slot)`."""
+        calls on it: a generation stream; and whether it was loaded already (a hit).
+        Give it back with `release(slot)`."""
         if self._life.closing:
             raise ShuttingDown()
-        return await self._acquire(self._roster.lookup(name))
+        slot = self._roster.lookup(name)
+        loaded = slot.ready
+        return await self._acquire(slot), loaded
 
     def release(self, slot: Slot) -> None:
         """The end of a lease taken with `hold`."""

@@ -69,7 +69,7 @@ class Streams:
         """The chunks of one generation on model `name` (see the module docstring)."""
         life = self._life
         arrived = time.monotonic()
-        slot = await self._admission.hold(name)
+        slot, hit = await self._admission.hold(name)
         started = time.monotonic()
         outcome = "ok"
         running: asyncio.Future[Any] | None = None
@@ -127,7 +127,7 @@ class Streams:
                 load_wait=started - arrived,
                 queue=0.0,
                 inference=done - started,
-                hit=True,
+                hit=hit,
             )
             life.stats.generated(slot.name, tokens, first_token)
 

@@ -237,6 +237,19 @@ async def test_shutdown_drains_a_stream_then_ends_the_rest_with_shutting_down(
         assert report["abandoned"] >= 1
 
 
+async def test_a_generation_model_runs_in_a_thread_under_server_isolation_process(
+    write_config: WriteConfig,
+) -> None:
+    """Streams step on the server's threads: a server-wide isolation: process does not put
+    a text-generation model in a worker process (it streams, from a thread)."""
+    config = write_config("server: {isolation: process}\nmodels:\n" + _fake(words=2))
+    async with running(config) as manager:
+        chunks = await _collect(manager.stream("gen", GenerateRequest(prompt="x")))
+        assert "".join(c.text for c in chunks) == " w0 w1"
+        assert manager.describe("gen").isolation == "thread"
+        assert manager.stats.of("gen").misses == 1  # it waited for the load
+
+
 async def test_a_stream_on_a_model_that_does_not_generate_is_bad_input(
     write_config: WriteConfig,
 ) -> None:
