@@ -161,11 +161,12 @@ class Streams:
             self._admission.release(slot)
 
         steps = self._stepping.get(id(slot))
-        withdrawn = steps is not None and steps.withdraw(running) if running else False
-        if running is None or running.done() or withdrawn or self._life.pool.cancel_queued(running):
+        if running is None or running.done() or (steps is not None and steps.withdraw(running)):
             finish()
+        elif isinstance(running, asyncio.Task) and self._life.pool.cancel_queued(running):
+            finish()  # the start call had not reached the model's thread
         else:
-            running.add_done_callback(finish)  # one step is running: at most one more token
+            running.add_done_callback(finish)  # a call runs with it: at most one more token
 
 
 GATHER_SECONDS = 0.002  # after a call, how long the next waits for the streams of the last

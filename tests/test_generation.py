@@ -155,6 +155,34 @@ async def test_a_cancelled_stream_stops_within_one_token(write_config: WriteConf
         assert fake_generation.steps("gen") <= ran + 1
 
 
+async def test_a_stream_cancelled_mid_step_keeps_its_lease_until_the_step_ends(
+    write_config: WriteConfig,
+) -> None:
+    """A stream whose reader goes away while a batched step with it runs holds its lease
+    until that step returns (the model is never closed under a running call), and the other
+    stream in the batch goes on."""
+    config = write_config("models:\n" + _fake(token_seconds=0.5))
+    async with running(config) as manager:
+        loop = asyncio.get_running_loop()
+        b_chunks: list[Chunk] = []
+
+        async def read(into: list[Chunk]) -> None:
+            async for chunk in manager.stream("gen", GenerateRequest(prompt="x", max_tokens=6)):
+                into.append(chunk)
+
+        a = loop.create_task(read([]))
+        b = loop.create_task(read(b_chunks))
+        batched = lambda: 2 in fake_generation.batches("gen")  # noqa: E731
+        await wait_until(batched, "a step of both streams runs")
+        a.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await a
+        assert manager.describe("gen").in_flight == 2  # a's step still runs: its lease stays
+        await wait_until(lambda: manager.describe("gen").in_flight == 1, "a's lease ends")
+        await b
+        assert b_chunks[-1].completion_tokens == 6
+
+
 async def test_concurrent_streams_on_one_model_advance_together_per_token(
     write_config: WriteConfig,
 ) -> None:
