@@ -13,7 +13,8 @@
 - at shutdown a stream runs while the drain lasts; when it ends, the stream raises
   ShuttingDown (the HTTP layer turns either into a final error event).
 The first chunk is empty (no text, no finish): it says the generation has started (the
-prompt is tokenized, so a bad request has failed before), with the prompt's token count.
+prompt is tokenized and its first token computed, in one call, so a bad request has failed
+before), with the prompt's token count.
 """
 
 from __future__ import annotations
@@ -86,26 +87,29 @@ class Streams:
             timeout = slot.spec.predict_timeout or life.settings.predict_timeout
             deadline = started + timeout
             start: Callable[[GenerateRequest], Generation] = model.start  # type: ignore[union-attr]
-            begun = self._call(slot, start, request, timeout)
+            begun = self._call(slot, functools.partial(_begin, start), request, timeout)
             running = begun
-            generation = current = await life.drain.answer(begun)
+            generation, chunk = await life.drain.answer(begun)  # the prompt and its first token
+            current = generation
             running = None
+            first_token = time.monotonic() - started
+            tokens = chunk.completion_tokens
             yield Chunk("", None, current.prompt_tokens, 0)
             while True:
-                if life.drain.over:
-                    raise life.drain.refuse()
-                if time.monotonic() > deadline:
-                    raise GenerationTimeout(slot.name, timeout, current.tokens)
-                step = self._steps(slot).step(current)
-                running = step
-                chunk = await life.drain.answer(step)
-                running = None
-                if first_token is None:
-                    first_token = time.monotonic() - started
+                if chunk is None:
+                    if life.drain.over:
+                        raise life.drain.refuse()
+                    if time.monotonic() > deadline:
+                        raise GenerationTimeout(slot.name, timeout, current.tokens)
+                    step = self._steps(slot).step(current)
+                    running = step
+                    chunk = await life.drain.answer(step)
+                    running = None
                 tokens = chunk.completion_tokens
                 yield chunk
                 if chunk.finish_reason is not None:
                     break
+                chunk = None
         except RegistryError as exc:
             outcome = exc.kind
             raise
@@ -167,6 +171,13 @@ class Streams:
             finish()  # the start call had not reached the model's thread
         else:
             running.add_done_callback(finish)  # a call runs with it: at most one more token
+
+
+def _begin(start: Callable[[GenerateRequest], Generation], request: GenerateRequest) -> Any:
+    """On the model's thread: the generation and its first step (the prompt's forward pass,
+    never batched), in one call: the first token costs one thread hop, not two."""
+    generation = start(request)
+    return generation, generation.advance()
 
 
 GATHER_SECONDS = 0.002  # after a call, how long the next waits for the streams of the last
