@@ -103,6 +103,7 @@ async def _answer(
 ) -> Response:
     name = body["model"]
     _check_model(manager, name)
+    streamed = _flag(body, "stream")
     chunks = manager.stream(name, generate)
     try:
         first = await anext(chunks)  # the model's lease and the prompt: errors are HTTP errors
@@ -115,7 +116,7 @@ async def _answer(
         await chunks.aclose()
         raise
     shape = _Shape(name, chat)
-    if _flag(body, "stream"):
+    if streamed:
         options = body.get("stream_options") or {}
         usage = isinstance(options, dict) and bool(options.get("include_usage"))
         events = _events(chunks, first, shape, usage)

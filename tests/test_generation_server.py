@@ -47,6 +47,9 @@ models:
     loader: fake
     options: {{token_seconds: 0.05}}
     predict_timeout: 0.5
+  spare:
+    task: text-generation
+    loader: fake
   vectors:
     loader: fake
 """
@@ -195,10 +198,19 @@ def test_bad_requests_are_400s_naming_the_parameter(oai: openai.OpenAI) -> None:
         oai.completions.create(model="nope", prompt="x")
 
 
+def test_a_bad_stream_flag_is_a_400_before_anything_loads(server: Process) -> None:
+    """`stream` that is not a boolean: 400 naming it, checked before the model is loaded."""
+    body = {"model": "spare", "prompt": "x", "stream": "yes", "max_tokens": 1}
+    answer = httpx.post(f"{server.url}/v1/completions", json=body, timeout=30)
+    assert answer.status_code == 400 and answer.json()["error"]["param"] == "stream"
+    models = httpx.get(f"{server.url}/models", timeout=10).json()["models"]
+    assert next(m["state"] for m in models if m["name"] == "spare") == "unloaded"
+
+
 def test_models_lists_generation_models(oai: openai.OpenAI) -> None:
     """/v1/models lists the text-generation models (and not the classifier)."""
     listed = [m.id for m in oai.models.list()]
-    assert {"counter", "plain", "slow"} <= set(listed) and "vectors" not in listed
+    assert {"counter", "plain", "slow", "spare"} <= set(listed) and "vectors" not in listed
 
 
 def test_native_predict_returns_the_generated_text(server: Process) -> None:
