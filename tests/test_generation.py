@@ -333,6 +333,19 @@ async def test_the_same_seed_gives_the_same_text(
         assert len(others) > 1  # the seed, not the model, makes it the same
 
 
+async def test_a_tiny_top_p_samples_only_the_likeliest_token(
+    model_store: Path, write_config: WriteConfig
+) -> None:
+    """top_p keeps the smallest set of tokens whose probability reaches it: at 0.01 only the
+    likeliest is left, so even a hot temperature gives the greedy text, whatever the seed."""
+    async with running(write_config(_counter())) as manager:
+        greedy = GenerateRequest(prompt="one two three", temperature=0, max_tokens=10)
+        expected, _ = await _text(manager.stream("counter", greedy))
+        for seed in range(3):
+            narrow = replace(greedy, temperature=1.8, top_p=0.01, seed=seed)
+            assert (await _text(manager.stream("counter", narrow)))[0] == expected
+
+
 async def test_native_predict_refuses_unknown_generation_parameters(
     model_store: Path, write_config: WriteConfig
 ) -> None:
