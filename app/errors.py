@@ -18,6 +18,7 @@ from app.visibility import is_admin, public, redact
 from registry.errors import (
     BadInput,
     ConfigError,
+    GenerationTimeout,
     InferenceError,
     InferenceTimeout,
     ModelTooLarge,
@@ -39,6 +40,7 @@ _STATUS: list[tuple[type[RegistryError], int]] = [
     (Unavailable, 503),
     (ModelTooLarge, 507),
     (InferenceTimeout, 504),
+    (GenerationTimeout, 504),
     (WorkerDied, 502),  # the front is fine; its upstream (the worker) failed
     (InferenceError, 500),
 ]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from app import admin, errors, events, metrics, openai_api, routes, v2
+from app import admin, errors, events, metrics, openai_api, openai_generation, routes, v2
 from app.dashboard import router as dashboard_router
 from app.limits import BodyLimit
 from registry.config import Config
@@ -64,6 +64,7 @@ def create_app(config: Config | str | Path) -> FastAPI:
     app.include_router(events.router)
     app.include_router(dashboard_router)
     app.include_router(v2.router)
+    app.include_router(openai_generation.router)  # before openai_api: its /v1/models lists more
     app.include_router(openai_api.router)
     return app
 

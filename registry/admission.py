@@ -119,6 +119,20 @@ class Admission:
                 hit=hit,
             )
 
+    async def hold(self, name: str) -> tuple[Slot, bool]:
+        """A lease on model `name` (loaded first if needed) for a caller that makes its own
+        calls on it: a generation stream; and whether it was loaded already (a hit).
+        Give it back with `release(slot)`."""
+        if self._life.closing:
+            raise ShuttingDown()
+        slot = self._roster.lookup(name)
+        loaded = slot.ready
+        return await self._acquire(slot), loaded
+
+    def release(self, slot: Slot) -> None:
+        """The end of a lease taken with `hold`."""
+        self._release(slot)
+
     async def _run(
         self, slot: Slot, inputs: list[Any], request: PredictRequest, timing: Timing
     ) -> Any:

@@ -51,6 +51,8 @@ IMAGE_TASKS = frozenset(
         "keypoint-matching",
     }
 )
+GENERATION_TASK = "text-generation"  # causal LMs: streamed, OpenAI chat and completions
+DEFAULT_MAX_TOKENS = 512  # a generation model's max_tokens ceiling unless its entry sets one
 InputKind = Literal["image", "text", "json"]
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -164,6 +166,9 @@ class ModelSpec(_Strict):
     trust_remote_code: bool = False
     allow_pickle: bool = False
     options: dict[str, Any] = Field(default_factory=dict)
+    # text-generation: the most tokens one request may generate (a request asking for more
+    # gets this many); None: DEFAULT_MAX_TOKENS.
+    max_tokens: int | None = Field(default=None, ge=1, le=1_000_000)
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:
@@ -181,6 +186,13 @@ class ModelSpec(_Strict):
                 "'source' is required for a transformers task: a local directory, "
                 "pkg:<package>[/<dir>] or hf:<org>/<name>[@revision]"
             )
+        if self.task == GENERATION_TASK and self.isolation == "process":
+            raise ValueError(
+                "a text-generation model streams from the server's process: "
+                "set isolation: thread (or leave it out)"
+            )
+        if self.max_tokens is not None and self.task != GENERATION_TASK:
+            raise ValueError("'max_tokens' applies to task: text-generation only")
         parse_device_spec(self.device)  # ValueError saying what a device may be
         return self
 
@@ -213,6 +225,7 @@ class ModelSpec(_Strict):
                 "allow_pickle",
                 "isolation",
                 "options",
+                "max_tokens",
             }
         )
 

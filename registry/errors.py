@@ -8,6 +8,7 @@
     ├── ModelTooLarge            a model is bigger than the whole memory budget
     ├── InferenceError           the model raised while predicting
     │   ├── InferenceTimeout     predict ran past predict_timeout (the model is marked failed)
+    │   ├── GenerationTimeout    a stream ran past predict_timeout (ended; the model is fine)
     │   └── WorkerDied           a process model's worker died (signal or exit code)
     └── Unavailable              try again later; carries `retry_after` seconds
         ├── ModelFailed          its last load failed; retried after a backoff
@@ -109,6 +110,20 @@ class InferenceTimeout(InferenceError):
         super().__init__(
             f"model {name!r} did not answer within {seconds:g}s (predict_timeout); it is marked "
             "failed and reloads after its backoff once the stuck call ends"
+        )
+
+
+class GenerationTimeout(InferenceError):
+    """A generation stream ran past `predict_timeout`: it ends; its model stays loaded."""
+
+    kind = "generation_timeout"
+
+    def __init__(self, name: str, seconds: float, tokens: int) -> None:
+        self.name = name
+        self.seconds = seconds
+        super().__init__(
+            f"generation on model {name!r} ran past {seconds:g}s (predict_timeout) after "
+            f"{tokens} token(s); ask for fewer tokens (max_tokens)"
         )
 
 

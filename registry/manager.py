@@ -14,6 +14,7 @@ import functools
 import gc
 import logging
 import time
+from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +29,7 @@ from registry.errors import (
     ShuttingDown,
 )
 from registry.events import EventBus, EventKind, UnloadReason
+from registry.generation import Chunk, GenerateRequest
 from registry.lifecycle import Lifecycle
 from registry.loaders.torch_setup import configure as configure_torch
 from registry.memory import release_memory
@@ -37,6 +39,7 @@ from registry.reload import Changes, plan
 from registry.roster import Roster
 from registry.slot import Slot, State
 from registry.stats import Stats
+from registry.streaming import Streams
 from registry.threads import InferencePool, default_workers, run_in_thread
 from registry.units import format_bytes, format_duration
 from registry.watcher import stamp, watch
@@ -59,6 +62,7 @@ class ModelManager:
             self._new_slot(config, name, spec) for name, spec in config.models.items()
         )
         self._admission = Admission(self._roster, self._life, self._pool)
+        self._streams = Streams(self._admission, self._life)
         self._closed = False
         self._in_flight_at_close = 0
         self._drain_deadline = 0.0
@@ -262,6 +266,10 @@ class ModelManager:
     async def predict(self, name: str, request: PredictRequest) -> Any:
         """Run one request on model `name`, loading it first if needed."""
         return await self._admission.predict(name, request)
+
+    def stream(self, name: str, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
+        """Generate on model `name`, chunk by chunk, under a lease (registry/streaming.py)."""
+        return self._streams.stream(name, request)
 
     # ---------------------------------------------------------------------- admin
 

@@ -88,6 +88,8 @@ class ModelStats:
     loads: int = 0
     failures: int = 0
     unloads: Counter[str] = field(default_factory=Counter)  # by UnloadReason value
+    generated_tokens: int = 0  # text-generation: tokens generated, streamed or not
+    first_token: Histogram = field(default_factory=Histogram)  # seconds to a stream's first token
 
     def record_load(self, seconds: float) -> None:
         """A load finished."""
@@ -97,6 +99,12 @@ class ModelStats:
     def record_failure(self) -> None:
         """A load failed, or found no room."""
         self.failures += 1
+
+    def record_generation(self, tokens: int, first_token: float | None) -> None:
+        """A generation stream ended after `tokens` tokens (its first after `first_token` s)."""
+        self.generated_tokens += tokens
+        if first_token is not None:
+            self.first_token.observe(first_token)
 
     def record_unload(self, reason: str, seconds: float) -> None:
         """An unload finished."""
@@ -116,6 +124,10 @@ class Stats:
         if stats is None:
             stats = self.models[name] = ModelStats()
         return stats
+
+    def generated(self, name: str, tokens: int, first_token: float | None) -> None:
+        """A generation on `name` ended: its tokens, and its time to first token if any."""
+        self.of(name).record_generation(tokens, first_token)
 
     def request(
         self,

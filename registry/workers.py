@@ -68,6 +68,8 @@ def isolation_of(spec: ModelSpec, estimate: int | None, settings: ServerSettings
     """Where a model runs: its entry's `isolation`, else the server's, else auto's choice."""
     if spec.isolation is not None:
         return spec.isolation
+    if spec.task == "text-generation":  # config.GENERATION_TASK
+        return "thread"  # streams step token by token on the server's own threads
     if settings.isolation != "auto":
         return settings.isolation
     if spec.loader is not None and spec.loader != "fake":

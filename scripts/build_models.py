@@ -23,6 +23,9 @@ other code relies on):
 ``bert-memory-demo``
     Randomly initialised 6-layer ``BertModel`` (about 67M parameters, ~255 MiB)
     for memory tests, with the all-MiniLM-L6-v2 tokenizer files.
+``counter-gpt``
+    Tiny ``GPT2LMHeadModel`` (~0.2M parameters) + byte-level BPE tokenizer with a chat
+    template, trained to count in English words, for the text-generation endpoints.
 ``iris-mlp``
     Plain PyTorch MLP (``model.safetensors`` + ``config.json``, no transformers)
     on scikit-learn's iris data, for the custom-loader demo.
@@ -63,6 +66,7 @@ from demo_data import (  # noqa: F401 - re-exported for tests
     digit_label,
     langid_sentence,
 )
+from demo_generation import build_counter_gpt
 from demo_iris import build_iris_mlp
 from demo_transformers import (
     build_bert_memory_demo,
@@ -82,6 +86,7 @@ BUILDERS: dict[str, Callable[[Path], dict[str, object]]] = {
     "langid-bert": build_langid_bert,
     "bert-memory-demo": build_bert_memory_demo,
     "iris-mlp": build_iris_mlp,
+    "counter-gpt": build_counter_gpt,
 }
 
 

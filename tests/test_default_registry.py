@@ -22,7 +22,9 @@ def cosine(a: list[float], b: list[float]) -> float:
 
 def test_the_default_registry_is_valid_and_has_a_hot_model(model_store: Path) -> None:
     config = load_config(ROOT / "models.yaml")
-    assert {"digits", "langid", "minilm", "iris", "bert-memory-demo"} <= set(config.models)
+    assert {"digits", "langid", "minilm", "iris", "bert-memory-demo", "counter"} <= set(
+        config.models
+    )
     assert any(spec.hot for spec in config.models.values())
     assert config.server.host == "127.0.0.1"
 
@@ -50,6 +52,11 @@ def test_every_default_model_predicts_and_the_budget_evicts(model_store: Path) -
         iris = client.post("/models/iris/predict", json={"inputs": flower})
         assert iris.status_code == 200, iris.text
         assert iris.json()["predictions"]["label"] == "virginica"
+
+        counting = {"inputs": "three four", "parameters": {"max_tokens": 3, "temperature": 0}}
+        counter = client.post("/models/counter/predict", json=counting)
+        assert counter.status_code == 200, counter.text
+        assert counter.json()["predictions"] == " five six seven"
 
         demo = client.post("/models/bert-memory-demo/predict", json={"inputs": "memory"})
         assert demo.status_code == 200, demo.text

@@ -227,7 +227,7 @@ def test_openai_usage_counts_tokens_with_the_models_tokenizer(oai: openai.OpenAI
 
 
 def test_openai_models_and_errors(oai: openai.OpenAI) -> None:
-    assert [m.id for m in oai.models.list()] == ["bert-memory-demo", "minilm"]
+    assert [m.id for m in oai.models.list()] == ["bert-memory-demo", "counter", "minilm"]
     with pytest.raises(openai.NotFoundError) as unknown:
         oai.embeddings.create(model="nope", input="x")
     assert unknown.value.code == "model_not_found"

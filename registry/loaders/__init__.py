@@ -2,6 +2,7 @@
 
 - `pipeline`: any transformers pipeline task (`task:` + `source:`);
 - `embeddings`: `task: sentence-embeddings`, mean-pooled, normalised sentence vectors;
+- `generation`: `task: text-generation`, causal LMs decoded one token per step (streams);
 - `python`: `loader: package.module:function`, a user's own code (plain PyTorch welcome);
 - `fake`: `loader: fake`, a deterministic model of any size and speed, for tests and benchmarks.
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from registry.config import GENERATION_TASK
 from registry.loaders.interface import LoadContext, Loader, Model
 
 if TYPE_CHECKING:
@@ -33,6 +35,10 @@ def loader_for(spec: ModelSpec) -> Loader:
         from registry.loaders import python
 
         return python
+    if spec.task == GENERATION_TASK:
+        from registry.loaders import generation
+
+        return generation
     if spec.task == "sentence-embeddings":
         from registry.loaders import embeddings
 

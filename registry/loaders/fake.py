@@ -23,6 +23,8 @@ Worker-process faults (for `isolation: process`; in a thread model they would hi
   hang_on: "zzz"       a predict call with this input blocks for ever (`*` : every call)
   leak: 20MB           each predict call keeps this many more bytes, written (so resident)
 
+With `task: text-generation`: a generator of " w0 w1 ..." (registry/loaders/fake_generation.py).
+
 Life-cycle fault modes (model code that misbehaves):
   stop_iteration: where  "load", "predict" or "close" raises StopIteration there
   predict_hang: true     each predict call blocks until abort() is called (or for ever)
@@ -41,8 +43,11 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from registry.config import GENERATION_TASK
 from registry.device_memory import Claim, ledger
 from registry.devices import is_gpu
+from registry.loaders import fake_generation
+from registry.loaders.fake_generation import FakeGenerator
 from registry.loaders.interface import LoadContext
 from registry.units import parse_size
 
@@ -78,6 +83,7 @@ def reset() -> None:
         for event in _hanging:
             event.set()
         _hanging.clear()
+    fake_generation.reset()
 
 
 def _gate(name: str) -> threading.Event:
@@ -184,7 +190,7 @@ class FakeModel:
             self.device_claim.release()
 
 
-def load(ctx: LoadContext) -> FakeModel:
+def load(ctx: LoadContext) -> FakeModel | FakeGenerator:
     """Build a FakeModel, honouring the timing and failure options."""
     options = ctx.options
     if options.get("stop_iteration") == "load":
@@ -209,6 +215,8 @@ def load(ctx: LoadContext) -> FakeModel:
     claim = _claim_device(ctx)
     if "stop_iteration" in options or options.get("predict_hang"):
         return MisbehavingModel(ctx.name, options, claim)
+    if ctx.spec.task == GENERATION_TASK:
+        return FakeGenerator(ctx.name, options, ctx.spec.max_tokens)
     return FakeModel(ctx.name, options, claim)
 
 
