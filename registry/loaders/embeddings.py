@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from registry.loaders.interface import LoadContext
-from registry.loaders.torch_setup import prepare_torch, resolve_device
+from registry.loaders.torch_setup import one_build_at_a_time, prepare_torch, resolve_device
 from registry.memory import weight_files_bytes
 
 if TYPE_CHECKING:
@@ -92,7 +92,9 @@ def load(ctx: LoadContext) -> EmbeddingModel:
     if spec.dtype is not None:
         kwargs["dtype"] = spec.dtype
     device = resolve_device(spec.device)
-    module = AutoModel.from_pretrained(where, **kwargs).to(device).eval()
+    with one_build_at_a_time():
+        module = AutoModel.from_pretrained(where, **kwargs)
+    module = module.to(device).eval()
     max_length = int(ctx.options.get("max_length", min(512, tokenizer.model_max_length)))
     return EmbeddingModel(tokenizer, module, device, max_length)
 

@@ -19,7 +19,7 @@ from registry.config import DEFAULT_MAX_TOKENS
 from registry.errors import BadInput
 from registry.generation import GenerateRequest, Generation, Token, run_to_end
 from registry.loaders.interface import LoadContext
-from registry.loaders.torch_setup import prepare_torch, resolve_device
+from registry.loaders.torch_setup import one_build_at_a_time, prepare_torch, resolve_device
 from registry.memory import weight_files_bytes
 
 if TYPE_CHECKING:
@@ -282,7 +282,9 @@ def load(ctx: LoadContext) -> CausalLM:
     if spec.dtype is not None:
         kwargs["dtype"] = spec.dtype
     device = resolve_device(spec.device)
-    module = AutoModelForCausalLM.from_pretrained(where, **kwargs).to(device).eval()
+    with one_build_at_a_time():
+        module = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    module = module.to(device).eval()
     return CausalLM(ctx.name, tokenizer, module, device, spec.max_tokens or DEFAULT_MAX_TOKENS)
 
 

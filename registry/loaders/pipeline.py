@@ -16,7 +16,7 @@ from registry.loaders.pipeline_params import (
     model_limits,
     truncates,
 )
-from registry.loaders.torch_setup import prepare_torch, resolve_device
+from registry.loaders.torch_setup import one_build_at_a_time, prepare_torch, resolve_device
 from registry.memory import weight_files_bytes
 
 if TYPE_CHECKING:
@@ -114,13 +114,15 @@ def load(ctx: LoadContext) -> PipelineModel:
     kwargs.setdefault("model_kwargs", {}).update(model_kwargs)
     if spec.dtype is not None:
         kwargs["dtype"] = spec.dtype
-    pipe = pipeline(
-        task=spec.task,
-        model=str(path),
-        device=resolve_device(spec.device),
-        trust_remote_code=spec.trust_remote_code,
-        **kwargs,
-    )
+    device = resolve_device(spec.device)
+    with one_build_at_a_time():
+        pipe = pipeline(
+            task=spec.task,
+            model=str(path),
+            device=device,
+            trust_remote_code=spec.trust_remote_code,
+            **kwargs,
+        )
     return PipelineModel(pipe, spec.task)
 
 

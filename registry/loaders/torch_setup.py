@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from registry.devices import parse_device_spec
 
 _lock = threading.Lock()
+_building = threading.Lock()
 _threads: int | None = None
 _done = False
 
@@ -49,6 +51,23 @@ def prepare_torch() -> None:
         # collector from walking them on every full collection (a ~200 ms GIL pause).
         gc.freeze()
         _done = True
+
+
+@contextlib.contextmanager
+def one_build_at_a_time() -> Iterator[None]:
+    """Hold this around every transformers `from_pretrained` (and `pipeline(...)`) call.
+
+    While it builds a model, transformers patches process-wide state and puts back what it
+    found on the way out: `PreTrainedModel.tie_weights` (emptied so that no weight is tied
+    during the load), torch's default dtype and `torch.linspace`. Two builds that overlap in
+    two threads undo each other's restore: the second saves the first's patch as "the
+    original" and puts it back last, so weight tying stays off in the process for good, and
+    every later model with tied weights (a causal LM's `lm_head`) is left on the meta device
+    ("Cannot copy out of meta tensor"). So builds in this process take turns; loads in
+    worker processes, tokenizers and everything else still run in parallel.
+    """
+    with _building:
+        yield
 
 
 def resolve_device(device: str | Sequence[str]) -> str:
