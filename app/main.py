@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -20,6 +22,14 @@ from registry.manager import ModelManager
 from registry.units import format_bytes
 
 log = logging.getLogger("app")
+# FastAPI's native OpenTelemetry (0.16x) looks up the global providers on every request, even
+# when none is configured; the registry exports no traces, so it is off (older FastAPIs
+# have no such option).
+_NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def create_app(config: Config | str | Path) -> FastAPI:
@@ -54,6 +64,7 @@ def create_app(config: Config | str | Path) -> FastAPI:
         summary="Many models in one process: loaded on demand, evicted LRU under a byte budget.",
         version="0.1.0",
         lifespan=lifespan,
+        **_NO_TELEMETRY,
     )
     app.state.manager = None
     app.add_middleware(BodyLimit, limit=lambda: _upload_limit(app, initial))

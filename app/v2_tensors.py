@@ -16,8 +16,6 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from registry.errors import BadInput
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -179,6 +177,8 @@ def _flatten(data: Any) -> list[Any]:
 
 def _from_binary(raw: bytes, datatype: str, count: int, where: str) -> list[Any]:
     if datatype != "BYTES":
+        import numpy as np  # imported by the first binary tensor, not at startup
+
         dtype = np.dtype(NUMERIC[datatype])
         if len(raw) != count * dtype.itemsize:
             raise TensorError(
@@ -268,6 +268,8 @@ def _to_binary(tensor: Tensor) -> bytes:
     if tensor.datatype == "FP32" and isinstance(tensor.data, list):
         return struct.pack(f"<{len(tensor.data)}f", *tensor.data)  # cheaper than numpy when small
     if tensor.datatype != "BYTES":
+        import numpy as np
+
         return np.asarray(tensor.data, dtype=NUMERIC[tensor.datatype]).tobytes()
     parts: list[bytes] = []
     for item in tensor.data:
@@ -283,5 +285,5 @@ def _to_json(tensor: Tensor) -> list[Any]:
             item.decode("utf-8", "replace") if isinstance(item, bytes) else item
             for item in tensor.data
         ]
-    data = tensor.data.tolist() if isinstance(tensor.data, np.ndarray) else tensor.data
+    data = tensor.data if isinstance(tensor.data, list) else tensor.data.tolist()  # numpy
     return [None if isinstance(v, float) and not math.isfinite(v) else v for v in data]
