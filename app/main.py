@@ -15,6 +15,7 @@ from fastapi import FastAPI
 
 from app import admin, errors, events, metrics, openai_api, routes, v2
 from app.dashboard import router as dashboard_router
+from app.fast_path import PredictFastPath
 from app.limits import BodyLimit
 from registry.config import Config
 from registry.config_file import load_config
@@ -67,6 +68,7 @@ def create_app(config: Config | str | Path) -> FastAPI:
         **_NO_TELEMETRY,
     )
     app.state.manager = None
+    app.add_middleware(PredictFastPath)  # inside the upload limit: added first
     app.add_middleware(BodyLimit, limit=lambda: _upload_limit(app, initial))
     errors.install(app)
     app.include_router(routes.router)
