@@ -43,9 +43,12 @@ def create_app(config: Config | str | Path) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         manager = ModelManager(initial)
         app.state.manager = manager
-        await manager.start()
         hot = [name for name, spec in initial.models.items() if spec.hot]
-        if initial.server.preload == "wait" and hot:
+        wait = initial.server.preload == "wait" and bool(hot)
+        # Served by app/server.py, hot models start loading once the socket listens (it
+        # calls manager.preload()): their imports (torch) would delay the first answer.
+        await manager.start(preload=wait or not app.state.preload_when_listening)
+        if wait:
             log.info("waiting for hot models before serving: %s", ", ".join(hot))
             await manager.wait_hot()
         log.info(
@@ -68,6 +71,7 @@ def create_app(config: Config | str | Path) -> FastAPI:
         **_NO_TELEMETRY,
     )
     app.state.manager = None
+    app.state.preload_when_listening = False  # app/server.py sets it: it calls preload()
     app.add_middleware(PredictFastPath)  # inside the upload limit: added first
     app.add_middleware(BodyLimit, limit=lambda: _upload_limit(app, initial))
     errors.install(app)
