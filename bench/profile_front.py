@@ -17,17 +17,15 @@ import argparse
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from bench.context import MODEL_KIND
 from bench.inputs import Inputs
-from bench.servers import BATCH, model, ready_server, write_config
+from bench.servers import BATCH, VENV_PY, model, ready_server, write_config
 from bench.wrk import run_wrk, wrk_script
 
 # (category, regex on "function (file:line)") in the order they are tried on each frame,
@@ -121,7 +119,7 @@ def profile_model(
     before = _thread_cpu(server_pid)
     spy = subprocess.Popen(
         [
-            str(Path(shutil.which("py-spy") or ".venv/bin/py-spy")),
+            str(VENV_PY.parent / "py-spy"),
             "record",
             "--pid",
             str(server_pid),
@@ -138,12 +136,7 @@ def profile_model(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    result: dict[str, Any] = {}
-    thread = threading.Thread(
-        target=lambda: result.update(run_wrk(port, name, script, seconds, 16))
-    )
-    thread.start()
-    thread.join()
+    result = run_wrk(port, name, script, seconds, 16)
     after = _thread_cpu(server_pid)
     spy.wait()
     main_cpu = after.get(server_pid, 0.0) - before.get(server_pid, 0.0)
@@ -152,8 +145,8 @@ def profile_model(
     requests = result["requests"]
     by_thread: Counter[str] = Counter()
     for tid, cpu in after.items():
-        name = "MainThread (event loop)" if tid == server_pid else names.get(tid, "unnamed")
-        by_thread[name] += (cpu - before.get(tid, 0.0)) / requests * 1e6
+        thread_name = "MainThread (event loop)" if tid == server_pid else names.get(tid, "unnamed")
+        by_thread[thread_name] += (cpu - before.get(tid, 0.0)) / requests * 1e6
     loop_samples = sum(loop.values())
     us_per_req = main_cpu / requests * 1e6
     return {
