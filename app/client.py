@@ -8,11 +8,12 @@ import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TextIO
-
-import httpx
+from typing import TYPE_CHECKING, Any, TextIO
 
 from registry.units import format_bytes, format_duration
+
+if TYPE_CHECKING:
+    import httpx
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 TOKEN_ENV = "MODEL_REGISTRY_ADMIN_TOKEN"
@@ -30,11 +31,15 @@ class Client:
         self.timeout = timeout
         token = os.environ.get(TOKEN_ENV)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        import httpx  # here, not at import: `model-registry serve` never needs it
+
         # one client (and connection pool) for every call: the load's and its progress polls
-        self.http = httpx.Client(headers=headers, timeout=timeout)
+        self.http: httpx.Client = httpx.Client(headers=headers, timeout=timeout)
 
     def call(self, method: str, path: str) -> dict[str, Any]:
         """Send one request; a non-2xx answer or no server raises CLIError."""
+        import httpx
+
         try:
             response = self.http.request(method, self.url + path)
         except httpx.TransportError as exc:

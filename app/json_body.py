@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import numpy as np
 import pydantic_core
 
 from registry.errors import BadInput
@@ -23,7 +22,6 @@ from registry.errors import BadInput
 MAX_DEPTH = 64  # levels of lists and objects in one JSON document
 _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')  # linear on valid JSON: no backtracking
 _NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
-_OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
 
 
 class MalformedJSON(BadInput):
@@ -50,10 +48,12 @@ def depth(text: bytes) -> int:
     Counted on the bytes (a regex, a translate and a cumulative sum, all in C), not by
     walking the parsed value element by element.
     """
+    import numpy as np  # only for bodies with many brackets, not at startup
+
     brackets = np.frombuffer(_STRING.sub(b"", text).translate(None, _NOT_BRACKET), np.uint8)
     if not len(brackets):
         return 0
-    steps = np.where(np.isin(brackets, _OPENERS), 1, -1)
+    steps = np.where(np.isin(brackets, np.frombuffer(b"[{", dtype=np.uint8)), 1, -1)
     return int(np.cumsum(steps).max())
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import signal
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI
 
 from app import admin, errors, events, metrics, openai_api, openai_generation, routes, v2
 from app.dashboard import router as dashboard_router
+from app.fast_path import PredictFastPath
 from app.limits import BodyLimit
 from registry.config import Config
 from registry.config_file import load_config
@@ -20,6 +23,14 @@ from registry.manager import ModelManager
 from registry.units import format_bytes
 
 log = logging.getLogger("app")
+# FastAPI's native OpenTelemetry (0.16x) looks up the global providers on every request, even
+# when none is configured; the registry exports no traces, so it is off (older FastAPIs
+# have no such option).
+_NO_TELEMETRY: dict[str, Any] = (
+    {"telemetry": {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters
+    else {}
+)
 
 
 def create_app(config: Config | str | Path) -> FastAPI:
@@ -32,9 +43,12 @@ def create_app(config: Config | str | Path) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         manager = ModelManager(initial)
         app.state.manager = manager
-        await manager.start()
         hot = [name for name, spec in initial.models.items() if spec.hot]
-        if initial.server.preload == "wait" and hot:
+        wait = initial.server.preload == "wait" and bool(hot)
+        # Served by app/server.py, hot models start loading once the socket listens (it
+        # calls manager.preload()): their imports (torch) would delay the first answer.
+        await manager.start(preload=wait or not app.state.preload_when_listening)
+        if wait:
             log.info("waiting for hot models before serving: %s", ", ".join(hot))
             await manager.wait_hot()
         log.info(
@@ -54,8 +68,11 @@ def create_app(config: Config | str | Path) -> FastAPI:
         summary="Many models in one process: loaded on demand, evicted LRU under a byte budget.",
         version="0.1.0",
         lifespan=lifespan,
+        **_NO_TELEMETRY,
     )
     app.state.manager = None
+    app.state.preload_when_listening = False  # app/server.py sets it: it calls preload()
+    app.add_middleware(PredictFastPath)  # inside the upload limit: added first
     app.add_middleware(BodyLimit, limit=lambda: _upload_limit(app, initial))
     errors.install(app)
     app.include_router(routes.router)

@@ -9,9 +9,8 @@ Errors are OpenAI's `{"error": {"message", "type", "param", "code"}}`.
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
@@ -21,6 +20,9 @@ from app.routes import Manager
 from registry.config import ModelSpec
 from registry.errors import BadInput, InferenceError
 from registry.payload import TextRequest
+
+if TYPE_CHECKING:
+    import numpy as np
 
 EMBEDDING_TASKS = frozenset({"sentence-embeddings", "feature-extraction"})
 FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
@@ -100,6 +102,8 @@ async def embeddings(request: Request, manager: Manager) -> Response:
         not isinstance(dimensions, int) or isinstance(dimensions, bool) or dimensions < 1
     ):
         raise RequestError("'dimensions' must be a positive integer", "dimensions")
+    import numpy as np  # here, not at startup: only this route needs it
+
     spec = _embedding_spec(manager, name)
     predictions = await manager.predict(name, TextRequest(inputs=texts))
     try:

@@ -8,8 +8,9 @@ from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import to_json
 from starlette.datastructures import UploadFile
 
 from app import json_body
@@ -77,9 +78,12 @@ def _view(request: Request, detail: dict[str, Any]) -> Any:
     return detail if is_admin(request) else public(detail)
 
 
-@router.post("/models/{name}/predict")
-async def predict(name: str, request: Request, manager: Manager) -> dict[str, Any]:
+@router.post("/models/{name}/predict", response_class=JSONResponse)
+async def predict(name: str, request: Request) -> Response:
     """Predict with `name`: an image in multipart field `file`, or JSON inputs."""
+    # The hot path: no dependency to solve (the manager is read here) and no response model
+    # to validate: the answer is encoded once, by pydantic-core's encoder, as FastAPI would.
+    manager: ModelManager = request.app.state.manager
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     upload = content_type == "multipart/form-data"
     sent = content_type or "no content type"
@@ -87,7 +91,8 @@ async def predict(name: str, request: Request, manager: Manager) -> dict[str, An
     payload: ImageRequest | TextRequest
     payload = await _read_upload(request) if upload else await _read_json(request)
     predictions = await unless_disconnected(request, manager.predict(name, payload))
-    return {"model": name, "predictions": predictions}
+    body = to_json({"model": name, "predictions": predictions})
+    return Response(body, media_type="application/json")
 
 
 async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:

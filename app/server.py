@@ -36,12 +36,23 @@ class Server(uvicorn.Server):
     """uvicorn, but a handled signal ends the process with 0 instead of being re-raised."""
 
     def __init__(
-        self, config: uvicorn.Config, on_signal: Callable[[], None], watchdog: float
+        self,
+        config: uvicorn.Config,
+        on_signal: Callable[[], None],
+        watchdog: float,
+        on_listening: Callable[[], None] = lambda: None,
     ) -> None:
         super().__init__(config)
         self._on_signal = on_signal
         self._watchdog = watchdog
+        self._on_listening = on_listening
         self.loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """Start up (the app's lifespan, then listen); then `on_listening`."""
+        await super().startup(sockets)
+        if self.started and not self.should_exit:
+            self._on_listening()
 
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         """Serve, remembering the loop so that signal handlers can reach it."""
@@ -82,6 +93,11 @@ def _force_exit(seconds: float) -> None:
 def run_server(config: Config, host: str, port: int, *, access_log: bool = True) -> int:
     """Serve until SIGINT/SIGTERM; in-flight requests finish; returns the exit code."""
     app = create_app(config)
+    app.state.preload_when_listening = True
+
+    def preload() -> None:  # on the loop, once the socket listens
+        if app.state.manager is not None:
+            app.state.manager.preload()
 
     def stop_admitting() -> None:  # runs in a signal handler: defer to the loop
         manager = app.state.manager
@@ -102,7 +118,8 @@ def run_server(config: Config, host: str, port: int, *, access_log: bool = True)
         lifespan="on",
     )
     drain = config.server.drain_timeout
-    server = Server(server_config, on_signal=stop_admitting, watchdog=drain + WATCHDOG_GRACE)
+    watchdog = drain + WATCHDOG_GRACE
+    server = Server(server_config, stop_admitting, watchdog, on_listening=preload)
     server.run()
     if not server.started:
         return 1

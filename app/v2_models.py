@@ -16,13 +16,15 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
-
-import numpy as np
+import math
+from typing import TYPE_CHECKING, Any
 
 from app.v2_tensors import Tensor, TensorError, json_document
 from registry.config import ModelSpec
 from registry.payload import to_jsonable
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CLASSIFIERS = frozenset({"text-classification", "sentiment-analysis", "image-classification"})
 EMBEDDERS = {"sentence-embeddings": "embedding"}
@@ -111,7 +113,7 @@ def _rows(name: str, tensor: Tensor) -> list[Any]:
         raise TensorError(f"input 'input' of model {name!r} takes numbers (FP32), not BOOL")
     if len(tensor.shape) <= 1:
         return [tensor.data]  # one row
-    width = int(np.prod(tensor.shape[1:]))
+    width = int(math.prod(tensor.shape[1:]))
     data = tensor.data
     return [data[i : i + width] for i in range(0, len(data), width)] if width else []
 
@@ -151,6 +153,8 @@ def _all_classified(predictions: list[Any]) -> bool:
 
 
 def _numeric(predictions: list[Any]) -> np.ndarray[Any, Any] | None:
+    import numpy as np  # imported by the first numeric output, not at startup
+
     try:  # plain lists of floats (the usual case) convert directly
         return np.asarray(predictions, dtype=np.float32)
     except (ValueError, TypeError):

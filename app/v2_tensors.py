@@ -16,8 +16,6 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from app import json_body
 from registry.errors import BadInput
 from registry.payload import check_numbers, may_hold_odd_numbers
@@ -38,9 +36,24 @@ NUMERIC = {
     "FP64": "<f8",
 }
 DATATYPES = ("BYTES", *NUMERIC)
-_KIND = {name: np.dtype(code).kind for name, code in NUMERIC.items()}
-INTEGER = {name: np.iinfo(NUMERIC[name]) for name, kind in _KIND.items() if kind in "iu"}
-FLOATING = {name: float(np.finfo(NUMERIC[name]).max) for name, kind in _KIND.items() if kind == "f"}
+
+
+@dataclass(frozen=True)
+class _Range:
+    min: int
+    max: int
+
+
+# Written out rather than read from numpy, which is imported by the first tensor that needs
+# it, not at startup (tests/test_v2_http.py checks them against numpy's iinfo and finfo).
+INTEGER = {
+    f"{kind}INT{bits}": _Range(
+        0 if kind else -(2 ** (bits - 1)), 2**bits - 1 if kind else 2 ** (bits - 1) - 1
+    )
+    for kind in ("", "U")
+    for bits in (8, 16, 32, 64)
+}
+FLOATING = {"FP16": 65504.0, "FP32": 3.4028234663852886e38, "FP64": 1.7976931348623157e308}
 # Request parameters that belong to the protocol, not to the model.
 PROTOCOL_PARAMETERS = frozenset(
     {"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
@@ -251,6 +264,8 @@ def _all_valid(values: list[Any], kinds: set[type], datatype: str) -> bool:
         )
     if not kinds <= {int, float}:
         return False
+    import numpy as np
+
     try:
         array = np.asarray(values, dtype=np.float64)
     except OverflowError:  # an integer beyond float64
@@ -303,11 +318,15 @@ def _position(index: int, dims: list[int]) -> str:
     """`data[i][j]` for flat `index` in an array of `dims` (`data` for none)."""
     if not dims:
         return "data"
+    import numpy as np
+
     return "data" + "".join(f"[{i}]" for i in np.unravel_index(index, dims))
 
 
 def _from_binary(raw: bytes, datatype: str, count: int, where: str) -> list[Any]:
     if datatype != "BYTES":
+        import numpy as np  # imported by the first binary tensor, not at startup
+
         dtype = np.dtype(NUMERIC[datatype])
         if len(raw) != count * dtype.itemsize:
             raise TensorError(
@@ -402,6 +421,8 @@ def _to_binary(tensor: Tensor) -> bytes:
     if tensor.datatype == "FP32" and isinstance(tensor.data, list):
         return struct.pack(f"<{len(tensor.data)}f", *tensor.data)  # cheaper than numpy when small
     if tensor.datatype != "BYTES":
+        import numpy as np
+
         return np.asarray(tensor.data, dtype=NUMERIC[tensor.datatype]).tobytes()
     parts: list[bytes] = []
     for item in tensor.data:
@@ -417,5 +438,5 @@ def _to_json(tensor: Tensor) -> list[Any]:
             item.decode("utf-8", "replace") if isinstance(item, bytes) else item
             for item in tensor.data
         ]
-    data = tensor.data.tolist() if isinstance(tensor.data, np.ndarray) else tensor.data
+    data = tensor.data if isinstance(tensor.data, list) else tensor.data.tolist()  # numpy
     return [None if isinstance(v, float) and not math.isfinite(v) else v for v in data]

@@ -12,7 +12,6 @@ by one, so a bad input fails only its own request. One batch per model runs at a
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections import deque
@@ -27,7 +26,7 @@ from registry.views import BatchStats
 Run = Callable[[list[Any], Mapping[str, Any]], Awaitable[list[Any]]]
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a deque's remove() must not compare inputs
 class _Entry:
     inputs: list[Any]
     parameters: Mapping[str, Any]
@@ -48,7 +47,7 @@ class Batcher:
         self.max_wait = max_wait
         self._typical = 1.0  # moving average of recent batch sizes, in inputs
         self._queue: deque[_Entry] = deque()
-        self._arrived = asyncio.Event()
+        self._arrived: asyncio.Future[None] | None = None  # the drain waits for a request
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.batched_inputs = 0
@@ -62,10 +61,11 @@ class Batcher:
     ) -> asyncio.Future[list[Any]]:
         """Queue one request; the future gets its outputs (or its own error)."""
         loop = asyncio.get_running_loop()
-        key = json.dumps(parameters, sort_keys=True, default=repr)
+        key = json.dumps(parameters, sort_keys=True, default=repr) if parameters else "{}"
         entry = _Entry(list(inputs), parameters, key, loop.time(), timing)
         self._queue.append(entry)
-        self._arrived.set()
+        if self._arrived is not None and not self._arrived.done():
+            self._arrived.set_result(None)
         if self._task is None or self._task.done():
             self._task = loop.create_task(self._drain(), name="batcher")
         return entry.future
@@ -77,13 +77,21 @@ class Batcher:
             target = min(self.max_size, max(1, round(self._typical)))
             deadline = first.arrived + self.max_wait
             while self._fill(first.key) < target and loop.time() < deadline:
-                self._arrived.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._arrived.wait(), deadline - loop.time())
+                await self._next_arrival(loop, deadline)
             batch = self._take(first.key)
             size = sum(len(entry.inputs) for entry in batch)
             self._typical = 0.5 * self._typical + 0.5 * size
             await self._execute(batch)
+
+    async def _next_arrival(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Until the next request arrives or `deadline` (a future and a timer: no task)."""
+        self._arrived = arrived = loop.create_future()
+        timer = loop.call_at(deadline, _wake, arrived)
+        try:
+            await arrived
+        finally:
+            timer.cancel()
+            self._arrived = None
 
     def _fill(self, key: str) -> int:
         return sum(len(e.inputs) for e in self._queue if e.key == key)
@@ -163,6 +171,11 @@ class Batcher:
             entry = self._queue.popleft()
             if not entry.future.done():
                 entry.future.cancel()
+
+
+def _wake(arrived: asyncio.Future[None]) -> None:
+    if not arrived.done():
+        arrived.set_result(None)
 
 
 def _settle(

@@ -71,28 +71,41 @@ class ModelManager:
         # The background tasks this object starts (kept referenced by the lifecycle too).
         self._reaper: asyncio.Task[Any] | None = None
         self._watcher: asyncio.Task[Any] | None = None
+        self._preloaded = False
         configure_torch(settings.torch_threads)
 
     # ----------------------------------------------------------------- life cycle
 
-    async def start(self) -> None:
-        """Start preloading hot models, the idle-TTL reaper and the file watcher."""
-        for slot in self._roster:
-            if slot.spec.hot:
-                self._life.start_load(slot)
+    async def start(self, *, preload: bool = True) -> None:
+        """Start the idle-TTL reaper and the file watcher, and preload unless told not to.
+
+        `preload=False`: the caller calls `preload()` later (the HTTP server does once it
+        listens, so that the imports of the loads do not delay its first answer).
+        """
+        if preload:
+            self.preload()
         reaper = reap(self._life, self._roster, lambda: self.config.server)
         self._reaper = self._life.spawn(reaper, name="reaper")
-        config = self.config  # process models: start the forkserver's imports now, aside
-        run_in_thread(
-            functools.partial(workers.warm_for, config.models, config.server, config.base_dir),
-            name="forkserver",
-        )
         if self.config.server.watch:
             path, interval = self.config.path, self.config.server.watch_interval
             since = stamp(path)  # now, not when the task first runs
             self._watcher = self._life.spawn(
                 watch(path, interval, self._reload_quietly, since), name="watch"
             )
+
+    def preload(self) -> None:
+        """Start loading the hot models, and the forkserver's imports if a model needs it."""
+        if self._preloaded or self._life.closing:
+            return
+        self._preloaded = True
+        for slot in self._roster:
+            if slot.spec.hot:
+                self._life.start_load(slot)
+        config = self.config  # process models: start the forkserver's imports now, aside
+        run_in_thread(
+            functools.partial(workers.warm_for, config.models, config.server, config.base_dir),
+            name="forkserver",
+        )
 
     async def wait_hot(self) -> None:
         """Wait until every hot model has finished its first load attempt."""

@@ -1,6 +1,6 @@
 """Counters and histograms the core keeps, per model, for the metrics endpoint.
 
-Plain data: app/metrics.py turns them into Prometheus families, so the core needs no
+Plain data: app/prometheus_text.py turns them into Prometheus families, so the core needs no
 metrics library. Counts are kept by model name, so they survive a model's reload.
 Everything is updated on the event loop's thread.
 """

@@ -1,7 +1,7 @@
 """Typed views of the registry: what GET /models, /health/ready and /metrics are made of.
 
 The core builds them on the event loop (a view is one reading, frozen); app/ reads them by
-attribute: app/views_json.py turns them into the JSON clients see, app/metrics.py into
+attribute: app/views_json.py turns them into the JSON clients see, app/prometheus_text.py into
 Prometheus families. A view holds values, not presentation: timestamps are datetimes and
 durations unrounded seconds; rounding, ISO text, HTTP statuses and what an anonymous caller
 may see are app/'s decisions.

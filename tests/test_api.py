@@ -187,6 +187,24 @@ def test_unknown_model_is_404_listing_known_names(client: TestClient) -> None:
     assert client.get("/models/nope").status_code == 404
 
 
+def test_the_predict_route_answers_like_the_router_around_it(client: TestClient) -> None:
+    """The predict route is served below the router (app/fast_path.py); what it does not
+    serve still gets the router's answers: another method is 405, a name with a slash is
+    404, both with the JSON error body; and its own answers are the same JSON as before."""
+    wrong_method = client.get("/models/langid/predict")
+    assert wrong_method.status_code == 405
+    assert error_of(wrong_method)["type"] == "http_error"
+    no_route = client.post("/models/a/b/predict", json={"inputs": "x"})
+    assert no_route.status_code == 404
+    assert error_of(no_route)["type"]
+    response = client.post("/models/echo/predict", json={"inputs": ["a"]})
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["model"] == "echo" and set(body) == {"model", "predictions"}
+    assert [set(p) for p in body["predictions"]] == [{"label", "score"}]
+
+
 @pytest.mark.parametrize(
     ("files", "status", "expected"),
     [

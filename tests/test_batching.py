@@ -103,3 +103,36 @@ models:
                 assert [p["label"] for p in one] == [p["label"] for p in grouped]
                 for a, b in zip(one, grouped, strict=True):
                     assert a["score"] == pytest.approx(b["score"], abs=1e-5)
+
+
+class _Uncomparable:
+    """A model input whose comparison fails loudly (a decoded image compares every pixel)."""
+
+    def __eq__(self, other: object) -> bool:
+        raise AssertionError("the batcher compared two requests' inputs")
+
+    __hash__ = object.__hash__
+
+
+async def test_queued_requests_are_found_by_identity_not_by_comparing_inputs() -> None:
+    """Taking a batch out of the queue, or withdrawing a request whose client went away,
+    finds the request itself: no other request's inputs are compared with its own (for
+    uploads that meant converting both decoded images to bytes, pixel by pixel)."""
+    from registry.batching import Batcher
+
+    calls: list[int] = []
+
+    async def run(inputs: list[object], parameters: object) -> list[object]:
+        calls.append(len(inputs))
+        return list(inputs)
+
+    batcher = Batcher(run, max_size=8, max_wait=0.05)
+    # a and c share parameters: the batch takes c from behind b (other parameters)
+    a = batcher.submit([_Uncomparable()], {"p": 1})
+    b = batcher.submit([_Uncomparable()], {"p": 2})
+    c = batcher.submit([_Uncomparable()], {"p": 1})
+    d = batcher.submit([_Uncomparable()], {"p": 2})
+    assert batcher.withdraw(d)  # behind a, b and c
+    done = await asyncio.wait_for(asyncio.gather(a, b, c), 30)
+    assert [len(outputs) for outputs in done] == [1, 1, 1]
+    assert sorted(calls) == [1, 2]  # a and c together, b alone

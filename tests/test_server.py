@@ -73,6 +73,30 @@ print("torch" in sys.modules, "transformers" in sys.modules)
     assert out.stdout.strip() == "False False"
 
 
+def test_serving_imports_only_what_a_request_needs(tmp_path: Path) -> None:
+    """Starting the server (the CLI, the app, its lifespan) and answering a prediction
+    imports neither numpy (the V2 and OpenAI routes' need), prometheus_client (the first
+    scrape of /metrics imports it) nor httpx (the CLI's client commands' need)."""
+    config = tmp_path / "models.yaml"
+    config.write_text("models:\n  m: {loader: fake, hot: true}\n")
+    code = f"""
+import sys
+from app.cli import main
+assert main(["validate", {str(config)!r}]) == 0  # builds every command's parser
+from app.main import create_app
+import app.server
+before_client = "httpx" in sys.modules
+from fastapi.testclient import TestClient  # httpx, for the test's own client
+with TestClient(create_app({str(config)!r})) as client:
+    assert client.post("/models/m/predict", json={{"inputs": "x"}}).status_code == 200
+    served = sorted(m for m in ("numpy", "prometheus_client") if m in sys.modules)
+    assert client.get("/metrics").status_code == 200
+    print(before_client, served, "prometheus_client" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False [] True"
+
+
 def test_the_core_imports_no_web_framework() -> None:
     code = """
 import pkgutil, importlib, sys

@@ -229,3 +229,18 @@ def test_unserved_v2_paths_are_404_in_the_protocol_shape(client: TestClient) -> 
     response = client.get("/v2/models/echo/stats")
     assert response.status_code == 404
     assert "is not served" in response.json()["error"]
+
+
+def test_the_written_out_datatype_ranges_are_numpys() -> None:
+    """The V2 range checks use limits written out (numpy is imported lazily): they match."""
+    import numpy as np
+
+    from app.v2_tensors import FLOATING, INTEGER, NUMERIC
+
+    for name, limits in INTEGER.items():
+        info = np.iinfo(NUMERIC[name])
+        assert (limits.min, limits.max) == (int(info.min), int(info.max)), name
+    for name, top in FLOATING.items():
+        assert top == float(np.finfo(NUMERIC[name]).max), name
+    kinds = {np.dtype(code).kind for name, code in NUMERIC.items() if name not in ("BOOL",)}
+    assert set(INTEGER) | set(FLOATING) == set(NUMERIC) - {"BOOL"} and kinds == {"i", "u", "f"}
