@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing.forkserver
 import os
@@ -24,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Literal
 
+from registry import wire
 from registry.errors import InferenceTimeout, RegistryError, WorkerDied
 from registry.processes import (
     KILL_GRACE,
@@ -36,7 +38,8 @@ from registry.processes import (
     warm,
 )
 from registry.processes import live_pids as live_pids
-from registry.processes import stop_all as stop_all
+from registry.processes import stop_all as stop_workers
+from registry.spare import Spare, SpareKeeper
 from registry.worker import main as worker_main
 from registry.worker import memory_figures
 
@@ -53,6 +56,7 @@ __all__ = [
     "isolation_of",
     "live_pids",
     "load_in_worker",
+    "spares",
     "stop_all",
     "warm",
     "warm_for",
@@ -144,12 +148,12 @@ class ProcessModel:
         if self._dead is not None:
             raise WorkerDied(self.name, self.pid, self._dead)
         try:
-            self._conn.send(message)
+            wire.send(self._conn, message)
             if not self._conn.poll(self.predict_timeout):
                 self.lost_in_call = True
                 self._end(f"killed after running past predict_timeout ({self.predict_timeout:g}s)")
                 raise InferenceTimeout(self.name, self.predict_timeout)
-            reply: tuple[Any, ...] = self._conn.recv()
+            reply: tuple[Any, ...] = wire.recv(self._conn)
         except (EOFError, OSError, BrokenPipeError):
             self.lost_in_call = True
             raise WorkerDied(self.name, self.pid, self._end()) from None
@@ -187,9 +191,9 @@ class ProcessModel:
                     return
                 if got:
                     with contextlib.suppress(EOFError, OSError):
-                        self._conn.send(("close",))
+                        wire.send(self._conn, ("close",))
                         if self._conn.poll(KILL_GRACE * 5):
-                            self._conn.recv()
+                            wire.recv(self._conn)
                     self._worker.wait(KILL_GRACE)
                 code = self._worker.stop()
                 self._dead = "stopped" if code == 0 else describe_exit(code)
@@ -200,6 +204,37 @@ class ProcessModel:
                 self._call.release()
 
 
+def start_worker(*, spare: bool = False) -> tuple[Worker, Connection]:
+    """Fork a worker from the forkserver (blocking); it starts, says "ready" and waits for
+    its "load" (registry/worker.py)."""
+    mp = context()
+    parent_end, child_end = mp.Pipe()
+    forkserver = multiprocessing.forkserver._forkserver
+    forkserver.ensure_running()
+    server_pid = forkserver_pid() or os.getpid()
+    worker = Worker(
+        WorkerProcess(target=worker_main, args=(child_end, server_pid), name="worker", daemon=True),
+        spare=spare,
+    )
+    try:
+        worker.start()
+    finally:
+        child_end.close()
+    return worker, parent_end
+
+
+spares = SpareKeeper(
+    functools.partial(start_worker, spare=True)
+)  # the spare worker (registry/spare.py)
+
+
+def stop_all() -> int:
+    """Shutdown: end the spare and keep none, then kill every worker still running (after
+    the unloads); how many workers there were, the spare not counted."""
+    spares.stop()
+    return stop_workers()
+
+
 def load_in_worker(
     ctx: LoadContext,
     settings: ServerSettings,
@@ -207,36 +242,31 @@ def load_in_worker(
     load_timeout: float,
     handle: WorkerLoad | None = None,
 ) -> ProcessModel:
-    """Start a worker, load the model in it; kill it past `load_timeout` (blocking).
+    """Load the model in the spare worker (else in a worker started now); kill it past
+    `load_timeout` (blocking).
 
     `handle` lets another thread end the load (WorkerLoad.end kills the worker).
     """
+    spares.enable()
+    try:
+        return _load(ctx, settings, load_timeout, handle)
+    finally:
+        spares.refill()  # the next spare starts now that this load no longer needs the CPU
+
+
+def _load(
+    ctx: LoadContext, settings: ServerSettings, load_timeout: float, handle: WorkerLoad | None
+) -> ProcessModel:
     started = time.monotonic()
-    mp = context()
-    parent_end, child_end = mp.Pipe()
-    forkserver = multiprocessing.forkserver._forkserver
-    forkserver.ensure_running()
-    server_pid = forkserver_pid() or os.getpid()
-    worker = Worker(
-        WorkerProcess(
-            target=worker_main,
-            args=(child_end, ctx, settings.torch_threads, server_pid),
-            name=f"model-{ctx.name}",
-            daemon=True,
-        )
-    )
     if handle is not None and handle.ended is not None:
         raise RuntimeError(f"the load was stopped before its worker started ({handle.ended})")
-    worker.start()
-    child_end.close()
+    worker, conn = _worker_for(("load", ctx, settings.torch_threads))
     if handle is not None:
         handle.attach(worker)
     timeout = ctx.spec.predict_timeout or settings.predict_timeout
-    model = ProcessModel(ctx.name, worker, parent_end, timeout)
-    remaining = load_timeout - (time.monotonic() - started)
+    model = ProcessModel(ctx.name, worker, conn, timeout)
     try:
-        ready = parent_end.poll(max(0.0, remaining))
-        reply = parent_end.recv() if ready else None
+        reply = _first_reply(conn, load_timeout - (time.monotonic() - started))
     except (EOFError, OSError):
         ended = handle.ended if handle is not None else None
         how = model._end(None if ended is None else f"killed: {ended}")
@@ -258,8 +288,37 @@ def load_in_worker(
     return model
 
 
+def _worker_for(load: tuple[Any, ...]) -> tuple[Worker, Connection]:
+    """A worker given its load: the spare if one is ready and takes the message, else a
+    worker started now (whose "load" waits in the pipe until its start-up is done)."""
+    spare: Spare | None = spares.take()
+    if spare is not None:
+        try:
+            wire.send(spare.conn, load)
+        except (BrokenPipeError, OSError):  # it died just now: it cannot be this load's
+            spares.discard(spare, "died as a load took it")
+        else:
+            return spare.worker, spare.conn
+    worker, conn = start_worker()
+    with contextlib.suppress(BrokenPipeError, OSError):  # if it died, its reply says so
+        wire.send(conn, load)
+    return worker, conn
+
+
+def _first_reply(conn: Connection, timeout: float) -> tuple[Any, ...] | None:
+    """The load's reply ("loaded" or "raise"), skipping a fresh worker's "ready"; None past
+    `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while conn.poll(max(0.0, deadline - time.monotonic())):
+        reply: tuple[Any, ...] = wire.recv(conn)
+        if reply[0] != "ready":
+            return reply
+    return None
+
+
 def warm_for(specs: Mapping[str, ModelSpec], settings: ServerSettings, base_dir: Any) -> bool:
-    """Start the forkserver now if any model will run in a worker (blocking; use a thread)."""
+    """Start the forkserver and the spare worker now if any model will run in a worker
+    (blocking; use a thread)."""
     from registry.loaders import estimate_bytes
     from registry.sources import resolve_source
 
@@ -274,5 +333,6 @@ def warm_for(specs: Mapping[str, ModelSpec], settings: ServerSettings, base_dir:
             except Exception:  # the first process model's load will say what is wrong
                 log.exception("could not start the worker forkserver")
                 return False
+            spares.enable()  # so that the first process model's load pays no process start
             return True
     return False
