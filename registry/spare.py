@@ -6,9 +6,11 @@
   start would compete with the load for the CPU), by the keeper's thread.
 - Started only once some model runs in a worker: `enable()` is called when the config at
   startup has process models, and by every process model's load; never otherwise.
+- While it waits it practises (registry/preload.py: tiny models built and run once), so the
+  load it takes does not pay the first-call costs of transformers and torch.
 - Its memory: it holds no model, so the budget counts no bytes for it; its own fixed memory
-  (a forked interpreter, a few MiB private) is real and shown in GET /models
-  (`spare_worker`), measured by the spare itself once it has started.
+  (a forked interpreter, ~16 MiB private after its practice) is real and shown in GET
+  /models (`spare_worker`), measured by the spare itself once it is ready.
 - A spare that dies while idle is noticed at once (the keeper waits on its sentinel), reaped,
   logged and replaced (after a pause growing up to MAX_PAUSE if spares keep dying); one
   found dead when a load takes it is not used: the load starts a worker of its own.
@@ -114,11 +116,11 @@ class SpareKeeper:
     def state(self) -> SpareState | None:
         """The spare as GET /models shows it; None when there is none."""
         with self._changed:
-            spare, starting = self._spare, self._starting
+            spare, starting, refill = self._spare, self._starting, self._refill and self._wanted
         if spare is not None:
             return SpareState(spare.worker.pid, "ready", spare.memory.get("private"))
-        if starting is not None:
-            return SpareState(starting.pid, "starting", None)
+        if starting is not None or refill:
+            return SpareState(None if starting is None else starting.pid, "starting", None)
         return None
 
     def settle(self, timeout: float) -> SpareState | None:

@@ -4,8 +4,8 @@ The parent side (starting, timing, killing, measuring) is registry/workers.py. M
 
     parent -> worker   ("load", ctx, torch_threads) once, then
                        ("predict", inputs, parameters) | ("close",)
-    worker -> parent   ("ready", memory) once started, then
-                       ("loaded", param_bytes, memory) | ("ok", outputs, memory)
+    worker -> parent   ("ready", memory) once started, ("loading",) once it read its load,
+                       then ("loaded", param_bytes, memory) | ("ok", outputs, memory)
                        | ("raise", exception) | ("closed",)
 
 A worker is started before it has a model (the spare, registry/spare.py): it sends
@@ -120,6 +120,10 @@ def main(conn: Connection, parent: int) -> None:
     from registry.memory import measure_bytes
     from registry.payload import to_jsonable
 
+    if not conn.poll(0):  # a spare, with time to spare: pay the first-call costs now
+        from registry.preload import practice
+
+        practice()
     try:
         wire.send(conn, ("ready", memory_figures()))
         message = wire.recv(conn)
@@ -128,6 +132,7 @@ def main(conn: Connection, parent: int) -> None:
     if message[0] != "load":
         return
     _, ctx, torch_threads = message
+    wire.send(conn, ("loading",))  # taken: a death from now on is this load's
     configure(torch_threads)
     try:
         model = load_model(ctx)

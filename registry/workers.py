@@ -1,7 +1,10 @@
 """Process models: a model loaded and run in a worker process of its own (`isolation: process`).
 
 - Workers fork from a forkserver that imported torch and transformers once; starting,
-  stopping and reaping them exactly once is registry/processes.py.
+  stopping and reaping them exactly once is registry/processes.py. A load takes the spare
+  worker started ahead (registry/spare.py) when one is ready, else starts a worker.
+- Messages cross the pipe as one protocol-5 pickle, large buffers out of band
+  (registry/wire.py); the model's inference thread waits on the pipe, off the event loop.
 - A `ProcessModel` is a `Model`: `predict()` is a pipe round trip; `close()` asks the worker
   to exit and reaps it (killing it if it does not go). It times itself: a load past
   load_timeout or a call past predict_timeout kills the worker (SIGTERM, then SIGKILL after
@@ -22,6 +25,7 @@ import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -254,21 +258,59 @@ def load_in_worker(
         spares.refill()  # the next spare starts now that this load no longer needs the CPU
 
 
+class _SpareLost(Exception):
+    """The spare taken for a load died before it read the load (its pipe closed first)."""
+
+
 def _load(
     ctx: LoadContext, settings: ServerSettings, load_timeout: float, handle: WorkerLoad | None
 ) -> ProcessModel:
-    started = time.monotonic()
+    deadline = time.monotonic() + load_timeout
     if handle is not None and handle.ended is not None:
         raise RuntimeError(f"the load was stopped before its worker started ({handle.ended})")
-    worker, conn = _worker_for(("load", ctx, settings.torch_threads))
+    job = _Job(ctx, settings, load_timeout, deadline, handle)
+    spare: Spare | None = spares.take()
+    if spare is not None:
+        try:
+            return _load_in(spare.worker, spare.conn, job, spare=True)
+        except _SpareLost:  # killed as the load took it: this load gets a worker of its own
+            spares.discard(spare, "died before it read its load")
+    worker, conn = start_worker()
+    return _load_in(worker, conn, job, spare=False)
+
+
+@dataclass(frozen=True)
+class _Job:
+    ctx: LoadContext
+    settings: ServerSettings
+    load_timeout: float
+    deadline: float
+    handle: WorkerLoad | None
+
+
+def _load_in(worker: Worker, conn: Connection, job: _Job, *, spare: bool) -> ProcessModel:
+    """Send the load to `worker` and wait for its reply (a fresh worker reads it once its
+    start-up is done); the worker acknowledges it first ("loading")."""
+    ctx, settings, handle = job.ctx, job.settings, job.handle
     if handle is not None:
         handle.attach(worker)
     timeout = ctx.spec.predict_timeout or settings.predict_timeout
     model = ProcessModel(ctx.name, worker, conn, timeout)
+    acknowledged = False
+    reply: tuple[Any, ...] | None = None
     try:
-        reply = _first_reply(conn, load_timeout - (time.monotonic() - started))
+        with contextlib.suppress(BrokenPipeError, OSError):  # if it died, EOF says so below
+            wire.send(conn, ("load", ctx, settings.torch_threads))
+        while reply is None and conn.poll(max(0.0, job.deadline - time.monotonic())):
+            message: tuple[Any, ...] = wire.recv(conn)
+            if message[0] == "loading":
+                acknowledged = True
+            elif message[0] != "ready":
+                reply = message
     except (EOFError, OSError):
         ended = handle.ended if handle is not None else None
+        if spare and not acknowledged and ended is None:
+            raise _SpareLost() from None
         how = model._end(None if ended is None else f"killed: {ended}")
         raise WorkerDied(ctx.name, model.pid, how, during="load") from None
     except BaseException:
@@ -276,7 +318,7 @@ def _load(
         raise
     if reply is None:
         model._end("killed: load_timeout")
-        raise TimeoutError(f"load timed out after {load_timeout:g}s; its worker was killed")
+        raise TimeoutError(f"load timed out after {job.load_timeout:g}s; its worker was killed")
     if reply[0] == "raise":
         model._end()
         error = reply[1]
@@ -286,34 +328,6 @@ def _load(
     model.memory = memory
     model.reserved = model.size_bytes
     return model
-
-
-def _worker_for(load: tuple[Any, ...]) -> tuple[Worker, Connection]:
-    """A worker given its load: the spare if one is ready and takes the message, else a
-    worker started now (whose "load" waits in the pipe until its start-up is done)."""
-    spare: Spare | None = spares.take()
-    if spare is not None:
-        try:
-            wire.send(spare.conn, load)
-        except (BrokenPipeError, OSError):  # it died just now: it cannot be this load's
-            spares.discard(spare, "died as a load took it")
-        else:
-            return spare.worker, spare.conn
-    worker, conn = start_worker()
-    with contextlib.suppress(BrokenPipeError, OSError):  # if it died, its reply says so
-        wire.send(conn, load)
-    return worker, conn
-
-
-def _first_reply(conn: Connection, timeout: float) -> tuple[Any, ...] | None:
-    """The load's reply ("loaded" or "raise"), skipping a fresh worker's "ready"; None past
-    `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while conn.poll(max(0.0, deadline - time.monotonic())):
-        reply: tuple[Any, ...] = wire.recv(conn)
-        if reply[0] != "ready":
-            return reply
-    return None
 
 
 def warm_for(specs: Mapping[str, ModelSpec], settings: ServerSettings, base_dir: Any) -> bool:

@@ -35,6 +35,8 @@ models:
 
 async def ready_spare() -> SpareState:
     """The spare, once one is started and ready (waited for off the loop)."""
+    # At startup the spare is asked for from a thread (with the forkserver): wait for that.
+    await wait_until(lambda: workers.spares.state() is not None, "a spare is kept", 60.0)
     spare = await asyncio.to_thread(workers.spares.settle, 60.0)
     assert spare is not None and spare.state == "ready" and spare.pid is not None
     return spare
