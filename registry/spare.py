@@ -74,13 +74,15 @@ class SpareKeeper:
         self._thread: threading.Thread | None = None
         self._wake_r, self._wake_w = -1, -1
         self.deaths = 0  # spares that died while idle
+        self.stops = 0  # stop() calls so far (a late enable(since=...) after one is ignored)
 
     # ------------------------------------------------------------------ the server's side
 
-    def enable(self) -> None:
-        """Keep a spare from now on (starts one unless there is one)."""
+    def enable(self, since: int | None = None) -> None:
+        """Keep a spare from now on (starts one unless there is one); with `since` (a
+        reading of `stops`), only if no stop() came after that reading (a shutdown)."""
         with self._changed:
-            if self._wanted:
+            if self._wanted or (since is not None and since != self.stops):
                 return
             self._wanted = self._refill = True
             self._wake_r, self._wake_w = os.pipe()
@@ -137,6 +139,7 @@ class SpareKeeper:
     def stop(self) -> None:
         """Keep no spare: end the one there is and the keeper's thread (shutdown)."""
         with self._changed:
+            self.stops += 1
             if not self._wanted:
                 return
             self._wanted = self._refill = False

@@ -336,6 +336,8 @@ def warm_for(specs: Mapping[str, ModelSpec], settings: ServerSettings, base_dir:
     from registry.loaders import estimate_bytes
     from registry.sources import resolve_source
 
+    since = spares.stops  # a shutdown while the forkserver starts keeps no spare after it
+
     for spec in specs.values():
         try:
             estimate = estimate_bytes(spec, resolve_source(spec.source, base_dir))
@@ -347,6 +349,6 @@ def warm_for(specs: Mapping[str, ModelSpec], settings: ServerSettings, base_dir:
             except Exception:  # the first process model's load will say what is wrong
                 log.exception("could not start the worker forkserver")
                 return False
-            spares.enable()  # so that the first process model's load pays no process start
+            spares.enable(since)  # so that the first process model's load pays no start
             return True
     return False

@@ -137,3 +137,13 @@ async def test_no_spare_without_a_process_model(write_config: Callable[[str], Co
         assert manager.snapshot().spare_worker is None
         assert workers.spares.state() is None
         assert workers.live_pids(spares=True) == []
+
+
+async def test_a_spare_asked_for_before_a_shutdown_is_not_started_after_it() -> None:
+    """The startup's request for a spare (from the thread that starts the forkserver) that
+    arrives after the shutdown has stopped the spares starts none."""
+    since = workers.spares.stops  # what warm_for reads before starting the forkserver
+    await asyncio.to_thread(workers.spares.stop)  # the shutdown comes first
+    workers.spares.enable(since)
+    assert workers.spares.state() is None
+    assert workers.live_pids(spares=True) == []
