@@ -39,6 +39,13 @@ def registry_json(view: RegistryView) -> dict[str, Any]:
         "eviction": view.eviction,
         "models": [model_json(m) for m in view.models],
         "last_event_id": view.last_event_id,
+        "spare_worker": None
+        if view.spare_worker is None
+        else {
+            "pid": view.spare_worker.pid,
+            "state": view.spare_worker.state,
+            "private_bytes": view.spare_worker.private_bytes,
+        },
     }
 
 

@@ -250,6 +250,7 @@ class ModelManager:
             eviction=budget.policy,
             models=tuple(self._entry(self._roster.lookup(name)) for name in self._roster.names()),
             last_event_id=self.events.last_id,
+            spare_worker=workers.spares.state(),
         )
 
     def _entry(self, slot: Slot) -> views.ModelView:

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 # common pipelines import on their first load (a missing one is skipped).
 PRELOAD = [
     "registry.worker",
+    "registry.config",  # a load's LoadContext holds a ModelSpec: unpickling it imports pydantic
+    "registry.sources",
     "torch",
     "transformers",
     "transformers.pipelines",
@@ -50,6 +52,7 @@ PRELOAD = [
     "transformers.pipelines.feature_extraction",
     "transformers.models.bert.modeling_bert",
     "PIL.Image",
+    "registry.preload",  # last: pays once, here, what each worker's first load would pay
 ]
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 
@@ -119,10 +122,10 @@ def forkserver_pid() -> int | None:
     return pid if isinstance(pid, int) else None
 
 
-def live_pids() -> list[int]:
-    """Pids of workers started and not yet reaped."""
+def live_pids(*, spares: bool = False) -> list[int]:
+    """Pids of workers started and not yet reaped (spares only if asked for)."""
     with _lock:
-        return sorted(w.pid for w in _live if w.pid is not None)
+        return sorted(w.pid for w in _live if w.pid is not None and (spares or not w.spare))
 
 
 def describe_exit(code: int | None) -> str:
@@ -148,8 +151,9 @@ class Worker:
     sends a signal, so the event loop may call it.
     """
 
-    def __init__(self, process: BaseProcess) -> None:
+    def __init__(self, process: BaseProcess, *, spare: bool = False) -> None:
         self.process = process
+        self.spare = spare  # started ahead, no model yet (registry/spare.py)
         self.pid: int | None = None
         self.code: int | None = None  # the exit code, once reaped
         self.reaped = False

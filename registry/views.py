@@ -13,6 +13,7 @@ may see are app/'s decisions.
         Holding           what the budget holds for the model (absent outside a manager)
       AbandonedView       a thread the registry stopped waiting for
       ConfigRefusal       the last models.yaml edit that was refused
+      SpareState          the spare worker (registry/spare.py), if one is kept
     Readiness             ModelManager.readiness(): hot models pending or failed, closing
 """
 
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from registry.config import BatchSpec, InputKind
     from registry.policy import Policy
     from registry.slot import Slot
+    from registry.spare import SpareState
 
 
 class BudgetState(enum.StrEnum):
@@ -139,6 +141,7 @@ class RegistryView:
     eviction: Policy
     models: tuple[ModelView, ...]
     last_event_id: int
+    spare_worker: SpareState | None = None  # the idle worker kept for the next process load
 
     @property
     def budget_state(self) -> BudgetState:

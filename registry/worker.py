@@ -2,9 +2,14 @@
 
 The parent side (starting, timing, killing, measuring) is registry/workers.py. Messages:
 
-    parent -> worker   ("predict", inputs, parameters) | ("close",)
-    worker -> parent   ("loaded", param_bytes, memory) | ("ok", outputs, memory)
+    parent -> worker   ("load", ctx, torch_threads) once, then
+                       ("predict", inputs, parameters) | ("close",)
+    worker -> parent   ("ready", memory) once started, ("loading",) once it read its load,
+                       then ("loaded", param_bytes, memory) | ("ok", outputs, memory)
                        | ("raise", exception) | ("closed",)
+
+A worker is started before it has a model (the spare, registry/spare.py): it sends
+"ready" once its start-up is done and waits for its "load" (a "close" or EOF ends it).
 
 `memory` is the worker's own /proc/self/smaps_rollup figures, or `{}` (the server keeps its
 last ones). A call that grew the process (its peak RSS rose: a cheap getrusage) is measured
@@ -27,8 +32,8 @@ import signal
 import sys
 import time
 from multiprocessing.connection import Connection
-from typing import Any
 
+from registry import wire
 from registry.errors import RegistryError
 
 MEASURE_EVERY = 0.2  # seconds between two smaps_rollup reads in a busy worker
@@ -103,8 +108,9 @@ def portable(exc: BaseException) -> BaseException:
     return RuntimeError(f"{cls.__name__}: {exc}")
 
 
-def main(conn: Connection, ctx: Any, torch_threads: int | None, parent: int) -> None:
-    """The worker's entry point (a multiprocessing target; `ctx` is a LoadContext)."""
+def main(conn: Connection, parent: int) -> None:
+    """The worker's entry point (a multiprocessing target): start, then wait for the model
+    to load (a LoadContext in the "load" message)."""
     # The objects inherited from the forkserver (torch, transformers) stay out of every
     # collection: walking them would touch, and so copy, their pages in every worker.
     gc.freeze()
@@ -114,31 +120,45 @@ def main(conn: Connection, ctx: Any, torch_threads: int | None, parent: int) -> 
     from registry.memory import measure_bytes
     from registry.payload import to_jsonable
 
+    if not conn.poll(0):  # a spare, with time to spare: pay the first-call costs now
+        from registry.preload import practice
+
+        practice()
+    try:
+        wire.send(conn, ("ready", memory_figures()))
+        message = wire.recv(conn)
+    except (EOFError, OSError):  # the server is gone, or no longer needs this spare
+        os._exit(0)
+    if message[0] != "load":
+        return
+    _, ctx, torch_threads = message
+    wire.send(conn, ("loading",))  # taken: a death from now on is this load's
     configure(torch_threads)
     try:
         model = load_model(ctx)
         param_bytes = measure_bytes(model)
     except BaseException as exc:  # SystemExit from user code included
-        conn.send(("raise", portable(exc)))
+        wire.send(conn, ("raise", portable(exc)))
         return
-    conn.send(("loaded", param_bytes, memory_figures()))
+    gc.freeze()  # the load's objects too: a full collection walking them stalls every call
+    wire.send(conn, ("loaded", param_bytes, memory_figures()))
     measured = time.monotonic()
     peak = _peak_rss()
     pending: dict[str, int] = {}  # measured after a reply, sent with the next one
     while True:
         try:
-            message = conn.recv()
+            message = wire.recv(conn)
         except (EOFError, OSError):  # the server is gone
             os._exit(0)
         if message[0] == "close":
             model.close()
-            conn.send(("closed",))
+            wire.send(conn, ("closed",))
             return
         _, inputs, parameters = message
         try:
             outputs = [to_jsonable(out) for out in model.predict(inputs, parameters)]
         except BaseException as exc:
-            conn.send(("raise", portable(exc)))
+            wire.send(conn, ("raise", portable(exc)))
         else:
             grown = _peak_rss()
             if grown > peak:  # this call grew the process: its reply carries its own figures
@@ -146,7 +166,7 @@ def main(conn: Connection, ctx: Any, torch_threads: int | None, parent: int) -> 
                 measured, peak = time.monotonic(), grown
             else:
                 memory, pending = pending, {}
-            conn.send(("ok", outputs, memory))
+            wire.send(conn, ("ok", outputs, memory))
         if time.monotonic() - measured >= MEASURE_EVERY:  # off the path, for the next reply
             pending = memory_figures()
             measured = time.monotonic()

@@ -1,7 +1,10 @@
 """Process models: a model loaded and run in a worker process of its own (`isolation: process`).
 
 - Workers fork from a forkserver that imported torch and transformers once; starting,
-  stopping and reaping them exactly once is registry/processes.py.
+  stopping and reaping them exactly once is registry/processes.py. A load takes the spare
+  worker started ahead (registry/spare.py) when one is ready, else starts a worker.
+- Messages cross the pipe as one protocol-5 pickle, large buffers out of band
+  (registry/wire.py); the model's inference thread waits on the pipe, off the event loop.
 - A `ProcessModel` is a `Model`: `predict()` is a pipe round trip; `close()` asks the worker
   to exit and reaps it (killing it if it does not go). It times itself: a load past
   load_timeout or a call past predict_timeout kills the worker (SIGTERM, then SIGKILL after
@@ -15,15 +18,18 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing.forkserver
 import os
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Literal
 
+from registry import wire
 from registry.errors import InferenceTimeout, RegistryError, WorkerDied
 from registry.processes import (
     KILL_GRACE,
@@ -36,7 +42,8 @@ from registry.processes import (
     warm,
 )
 from registry.processes import live_pids as live_pids
-from registry.processes import stop_all as stop_all
+from registry.processes import stop_all as stop_workers
+from registry.spare import Spare, SpareKeeper
 from registry.worker import main as worker_main
 from registry.worker import memory_figures
 
@@ -53,6 +60,7 @@ __all__ = [
     "isolation_of",
     "live_pids",
     "load_in_worker",
+    "spares",
     "stop_all",
     "warm",
     "warm_for",
@@ -146,12 +154,12 @@ class ProcessModel:
         if self._dead is not None:
             raise WorkerDied(self.name, self.pid, self._dead)
         try:
-            self._conn.send(message)
+            wire.send(self._conn, message)
             if not self._conn.poll(self.predict_timeout):
                 self.lost_in_call = True
                 self._end(f"killed after running past predict_timeout ({self.predict_timeout:g}s)")
                 raise InferenceTimeout(self.name, self.predict_timeout)
-            reply: tuple[Any, ...] = self._conn.recv()
+            reply: tuple[Any, ...] = wire.recv(self._conn)
         except (EOFError, OSError, BrokenPipeError):
             self.lost_in_call = True
             raise WorkerDied(self.name, self.pid, self._end()) from None
@@ -189,9 +197,9 @@ class ProcessModel:
                     return
                 if got:
                     with contextlib.suppress(EOFError, OSError):
-                        self._conn.send(("close",))
+                        wire.send(self._conn, ("close",))
                         if self._conn.poll(KILL_GRACE * 5):
-                            self._conn.recv()
+                            wire.recv(self._conn)
                     self._worker.wait(KILL_GRACE)
                 code = self._worker.stop()
                 self._dead = "stopped" if code == 0 else describe_exit(code)
@@ -202,6 +210,37 @@ class ProcessModel:
                 self._call.release()
 
 
+def start_worker(*, spare: bool = False) -> tuple[Worker, Connection]:
+    """Fork a worker from the forkserver (blocking); it starts, says "ready" and waits for
+    its "load" (registry/worker.py)."""
+    mp = context()
+    parent_end, child_end = mp.Pipe()
+    forkserver = multiprocessing.forkserver._forkserver
+    forkserver.ensure_running()
+    server_pid = forkserver_pid() or os.getpid()
+    worker = Worker(
+        WorkerProcess(target=worker_main, args=(child_end, server_pid), name="worker", daemon=True),
+        spare=spare,
+    )
+    try:
+        worker.start()
+    finally:
+        child_end.close()
+    return worker, parent_end
+
+
+spares = SpareKeeper(
+    functools.partial(start_worker, spare=True)
+)  # the spare worker (registry/spare.py)
+
+
+def stop_all() -> int:
+    """Shutdown: end the spare and keep none, then kill every worker still running (after
+    the unloads); how many workers there were, the spare not counted."""
+    spares.stop()
+    return stop_workers()
+
+
 def load_in_worker(
     ctx: LoadContext,
     settings: ServerSettings,
@@ -209,38 +248,71 @@ def load_in_worker(
     load_timeout: float,
     handle: WorkerLoad | None = None,
 ) -> ProcessModel:
-    """Start a worker, load the model in it; kill it past `load_timeout` (blocking).
+    """Load the model in the spare worker (else in a worker started now); kill it past
+    `load_timeout` (blocking).
 
     `handle` lets another thread end the load (WorkerLoad.end kills the worker).
     """
-    started = time.monotonic()
-    mp = context()
-    parent_end, child_end = mp.Pipe()
-    forkserver = multiprocessing.forkserver._forkserver
-    forkserver.ensure_running()
-    server_pid = forkserver_pid() or os.getpid()
-    worker = Worker(
-        WorkerProcess(
-            target=worker_main,
-            args=(child_end, ctx, settings.torch_threads, server_pid),
-            name=f"model-{ctx.name}",
-            daemon=True,
-        )
-    )
+    spares.enable()
+    try:
+        return _load(ctx, settings, load_timeout, handle)
+    finally:
+        spares.refill()  # the next spare starts now that this load no longer needs the CPU
+
+
+class _SpareLost(Exception):
+    """The spare taken for a load died before it read the load (its pipe closed first)."""
+
+
+def _load(
+    ctx: LoadContext, settings: ServerSettings, load_timeout: float, handle: WorkerLoad | None
+) -> ProcessModel:
+    deadline = time.monotonic() + load_timeout
     if handle is not None and handle.ended is not None:
         raise RuntimeError(f"the load was stopped before its worker started ({handle.ended})")
-    worker.start()
-    child_end.close()
+    job = _Job(ctx, settings, load_timeout, deadline, handle)
+    spare: Spare | None = spares.take()
+    if spare is not None:
+        try:
+            return _load_in(spare.worker, spare.conn, job, spare=True)
+        except _SpareLost:  # killed as the load took it: this load gets a worker of its own
+            spares.discard(spare, "died before it read its load")
+    worker, conn = start_worker()
+    return _load_in(worker, conn, job, spare=False)
+
+
+@dataclass(frozen=True)
+class _Job:
+    ctx: LoadContext
+    settings: ServerSettings
+    load_timeout: float
+    deadline: float
+    handle: WorkerLoad | None
+
+
+def _load_in(worker: Worker, conn: Connection, job: _Job, *, spare: bool) -> ProcessModel:
+    """Send the load to `worker` and wait for its reply (a fresh worker reads it once its
+    start-up is done); the worker acknowledges it first ("loading")."""
+    ctx, settings, handle = job.ctx, job.settings, job.handle
     if handle is not None:
         handle.attach(worker)
     timeout = ctx.spec.predict_timeout or settings.predict_timeout
-    model = ProcessModel(ctx.name, worker, parent_end, timeout)
-    remaining = load_timeout - (time.monotonic() - started)
+    model = ProcessModel(ctx.name, worker, conn, timeout)
+    acknowledged = False
+    reply: tuple[Any, ...] | None = None
     try:
-        ready = parent_end.poll(max(0.0, remaining))
-        reply = parent_end.recv() if ready else None
+        with contextlib.suppress(BrokenPipeError, OSError):  # if it died, EOF says so below
+            wire.send(conn, ("load", ctx, settings.torch_threads))
+        while reply is None and conn.poll(max(0.0, job.deadline - time.monotonic())):
+            message: tuple[Any, ...] = wire.recv(conn)
+            if message[0] == "loading":
+                acknowledged = True
+            elif message[0] != "ready":
+                reply = message
     except (EOFError, OSError):
         ended = handle.ended if handle is not None else None
+        if spare and not acknowledged and ended is None:
+            raise _SpareLost() from None
         how = model._end(None if ended is None else f"killed: {ended}")
         raise WorkerDied(ctx.name, model.pid, how, during="load") from None
     except BaseException:
@@ -248,7 +320,7 @@ def load_in_worker(
         raise
     if reply is None:
         model._end("killed: load_timeout")
-        raise TimeoutError(f"load timed out after {load_timeout:g}s; its worker was killed")
+        raise TimeoutError(f"load timed out after {job.load_timeout:g}s; its worker was killed")
     if reply[0] == "raise":
         model._end()
         error = reply[1]
@@ -261,9 +333,12 @@ def load_in_worker(
 
 
 def warm_for(specs: Mapping[str, ModelSpec], settings: ServerSettings, base_dir: Any) -> bool:
-    """Start the forkserver now if any model will run in a worker (blocking; use a thread)."""
+    """Start the forkserver and the spare worker now if any model will run in a worker
+    (blocking; use a thread)."""
     from registry.loaders import estimate_bytes
     from registry.sources import resolve_source
+
+    since = spares.stops  # a shutdown while the forkserver starts keeps no spare after it
 
     for spec in specs.values():
         try:
@@ -276,5 +351,6 @@ def warm_for(specs: Mapping[str, ModelSpec], settings: ServerSettings, base_dir:
             except Exception:  # the first process model's load will say what is wrong
                 log.exception("could not start the worker forkserver")
                 return False
+            spares.enable(since)  # so that the first process model's load pays no start
             return True
     return False

@@ -50,6 +50,7 @@ SERVER_KEYS = [
     "eviction",
     "models",
     "last_event_id",
+    "spare_worker",
 ]
 SLOT_KEYS = [
     "name",

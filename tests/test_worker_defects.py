@@ -155,7 +155,7 @@ async def test_a_growing_worker_is_tracked_by_its_replys_measurement_and_makes_r
     is evicted; once nothing is left to evict, the worker is recycled. The tracked total is
     the measured truth throughout."""
     config = write_config(
-        server(memory_budget="64MB", worker_memory_margin="5.0")
+        server(memory_budget="64MB", worker_memory_margin="50.0")  # no leak recycle
         + entry("grows", size="1MB", leak="8MB")
         + entry("idle", isolation="thread", size="12MB")
     )

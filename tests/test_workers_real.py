@@ -7,6 +7,7 @@ import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -31,6 +32,12 @@ def alive(pid: int) -> bool:
 
 def parent_of(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+
+
+def spare_of(url: str) -> dict[str, Any]:
+    """GET /models' spare_worker (a starting one counts as not ready)."""
+    spare = httpx.get(f"{url}/models").json()["spare_worker"]
+    return {"state": "none", "pid": None} if spare is None else dict(spare)
 
 
 @pytest.mark.anyio
@@ -69,7 +76,8 @@ async def test_langid_and_digits_answer_the_same_in_a_worker(
 
 
 def test_workers_exit_when_the_server_is_sigkilled(tmp_path: Path) -> None:
-    """Orphans: SIGKILL the server; its forkserver and workers are gone within seconds."""
+    """Orphans: SIGKILL the server; its forkserver, workers and spare worker are gone within
+    seconds."""
     config = tmp_path / "models.yaml"
     config.write_text(
         "server:\n  watch: false\nmodels:\n"
@@ -84,10 +92,12 @@ def test_workers_exit_when_the_server_is_sigkilled(tmp_path: Path) -> None:
         with httpx.Client(timeout=0.5) as client, contextlib.suppress(httpx.TimeoutException):
             client.post(f"{server.url}/models/w2/predict", json={"inputs": "x"})
         forkserver = parent_of(pids[0])
-        assert sorted(children_of(forkserver)) == sorted(pids)
+        wait_for(lambda: spare_of(server.url)["state"] == "ready", "the spare is ready", 60)
+        spare = spare_of(server.url)["pid"]
+        assert sorted(children_of(forkserver)) == sorted([*pids, spare])
         server.send(signal.SIGKILL)
         server.wait(timeout=10)
-    everyone = (*pids, forkserver)
+    everyone = (*pids, spare, forkserver)
     with contextlib.suppress(AssertionError):  # the assertion below names those left
         wait_for(lambda: not any(alive(pid) for pid in everyone), "the workers exit", limit=10)
     left = [pid for pid in everyone if alive(pid)]

@@ -27,9 +27,13 @@ def children_of(pid: int) -> list[int]:
 
 
 def worker_children() -> list[int]:
-    """Live workers of this process's forkserver (none if it has not started)."""
+    """Live model workers of this process's forkserver (none if it has not started): its
+    children but the spare worker, once no spare is being started."""
     server = workers.forkserver_pid()
-    return [] if server is None else children_of(server)
+    if server is None:
+        return []
+    spare = workers.spares.settle(60.0)
+    return [pid for pid in children_of(server) if spare is None or pid != spare.pid]
 
 
 def rss_of(pid: int) -> int:
