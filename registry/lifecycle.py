@@ -9,7 +9,8 @@
 - Loads run in parallel (up to `max_parallel_loads`) only while they fit in free room: a
   load that must evict waits until no other load is running, so that load's model serves
   its waiting requests first and the victims are chosen from what is really idle
-  (concurrent clients must not cost more loads than one client would).
+  (concurrent clients must not cost more loads than one client would). Loads take room in
+  the order they asked for it, so that wait ends with the loads already running.
 - An unload runs in a thread and releases the bytes when the model is really gone.
 - Reserving, choosing victims and unloading live in registry/room.py (a base class).
 - A load the registry stops waiting for (timeout, model replaced, shutdown): in a worker
@@ -63,6 +64,9 @@ class Lifecycle(Room):
             settings.memory_budget, settings.eviction, self.reload_seconds
         )
         self._reserving: set[Slot] = set()  # loads inside reserve(), waiting for room
+        # Loads waiting for room in the order they asked (room.py); True: it cannot make
+        # room now (nothing idle enough to evict), so it does not hold up those behind it.
+        self._in_line: dict[Slot, bool] = {}
         self.load_limit = asyncio.Semaphore(settings.max_parallel_loads)
         self._closing = False
         self.drain = Drain(self.notify)

@@ -5,6 +5,9 @@ that decides which models hold the budget's bytes and how they give them back.
 - A load reserves its bytes; when they do not fit, idle models are evicted in the policy's
   order (registry/policy.py), only as many as the room needs; a load that must evict waits
   until no other load runs, so that load's model serves its waiting requests first.
+- Loads take room in the order they asked for it: a later load, even one that fits, does
+  not go ahead of an earlier one that can make room (else a big load starves behind small
+  ones, and the room its victims free goes to others).
 - A lowered budget unloads idle models at once and busy ones after their last request.
 - An unload runs in a thread and releases the bytes when the model is really gone.
 """
@@ -45,6 +48,7 @@ class Room:
     stats: Stats
     unused_loads: int
     _reserving: set[Slot]
+    _in_line: dict[Slot, bool]
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Start a task that the lifecycle keeps referenced (Lifecycle.spawn)."""
@@ -104,22 +108,38 @@ class Room:
         return 0.5 + (slot.size_bytes or slot.estimate or 0) / 200e6  # ~200 MB/s
 
     async def reserve(self, slot: Slot, nbytes: int, *, replacing: bool = False) -> None:
-        """Reserve bytes for `slot`, evicting idle models; wait at most capacity_wait."""
-        deadline = time.monotonic() + self.settings.capacity_wait
+        """Reserve bytes for `slot`, evicting idle models; CapacityExceeded once it has found
+        nothing to evict for capacity_wait.
+
+        Loads take room in the order they asked for it (`_ahead`): a later load does not
+        take free room, nor the bytes of victims evicted for an earlier one, while that
+        earlier one can still make room; so a load that must evict waits only for the
+        loads already running when it asked, never for a stream of smaller ones. Waiting
+        in line and for running loads lasts at most capacity_wait; only then does the
+        capacity_wait with nothing to evict begin (so a load is not refused for the time
+        it spent behind others that were making progress).
+        """
+        wait = self.settings.capacity_wait
+        asked = time.monotonic()
+        stuck_since: float | None = None  # since when nothing could be evicted for it
         budget = self.budget
         mine = slot if replacing else None
         self._reserving.add(slot)
+        if not replacing:  # a loaded model settling its measured size is not in line
+            self._in_line[slot] = False
         try:
             while True:
-                if budget.fits(nbytes, replacing=mine):
+                now = time.monotonic()
+                patient = asked + wait - now  # > 0: it keeps its place in line
+                ahead = not replacing and patient > 0 and self._ahead(slot)
+                if not ahead and budget.fits(nbytes, replacing=mine):
                     budget.reserve(slot, nbytes)
                     self.record_peak()
                     return
-                remaining = deadline - time.monotonic()
-                if not replacing and remaining > 0 and self._loads_running(slot):
+                if patient > 0 and (ahead or (not replacing and self._loads_running(slot))):
                     # Evict only once the running load has served its waiters: what is idle
                     # then is really idle, not a model whose next request is on its way.
-                    await self.wait_changed(remaining)
+                    await self.wait_changed(patient)
                     continue
                 victims = budget.victims(
                     nbytes,
@@ -127,8 +147,16 @@ class Room:
                     freeing=self._unloading(),
                     replacing=mine,
                 )
+                if not replacing:  # cannot make room now: let the loads behind it try
+                    self._in_line[slot] = victims is None
                 self._evict(victims or [], f"to fit {slot.name}")
-                if victims is None and remaining <= 0:
+                if victims is not None:
+                    stuck_since = None
+                    await self.wait_changed(1.0)
+                    continue
+                stuck_since = now if stuck_since is None else stuck_since
+                left = stuck_since + wait - now
+                if left <= 0:
                     raise CapacityExceeded(
                         slot.name,
                         nbytes,
@@ -136,9 +164,21 @@ class Room:
                         budget.limit,
                         retry_after=self.busy_eta(slot),
                     )
-                await self.wait_changed(remaining if victims is None else 1.0)
+                await self.wait_changed(left)
         finally:
             self._reserving.discard(slot)
+            if not replacing and self._in_line.pop(slot, None) is not None and self._in_line:
+                self.notify()  # the next load in line may go now
+
+    def _ahead(self, slot: Slot) -> bool:
+        """Whether a load that asked for room before `slot` still waits and can make it
+        (one that found nothing to evict does not hold the line)."""
+        for other, stuck in self._in_line.items():
+            if other is slot:
+                return False
+            if not stuck:
+                return True
+        return False
 
     def make_room_for(self, slot: Slot, nbytes: int) -> bool:
         """A loaded model now holds `nbytes` (a worker's measured growth): evict idle models
