@@ -69,6 +69,8 @@ def model_json(view: ModelView) -> dict[str, Any]:
         "idle_ttl": view.idle_ttl,
         "description": view.description,
         "isolation": view.isolation,
+        "device": view.device,
+        "device_resolved": view.device_resolved,
         "recycles": view.recycles,
         "worker_deaths": view.worker_deaths,
     }

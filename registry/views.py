@@ -97,6 +97,9 @@ class ModelView:
     idle_ttl: float | None
     description: str
     isolation: str | None  # where the last load ran, else where the entry asks for
+    device: str  # the entry's `device`: cpu, cuda, cuda:N, mps or auto
+    device_resolved: str | None  # the device the last load ran on (None: no load yet, or
+    # a model that does not tell: a plain callable)
     recycles: int
     worker_deaths: int
     worker: WorkerView | None  # a process model's worker while one runs
@@ -192,6 +195,8 @@ def model_view(slot: Slot, holding: Holding | None = None) -> ModelView:
         idle_ttl=spec.idle_ttl,
         description=spec.description,
         isolation="process" if worker is not None else slot.isolation or spec.isolation,
+        device=spec.device,
+        device_resolved=slot.device,
         recycles=slot.stats.recycles,
         worker_deaths=slot.stats.worker_deaths,
         worker=worker,

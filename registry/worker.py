@@ -3,7 +3,7 @@
 The parent side (starting, timing, killing, measuring) is registry/workers.py. Messages:
 
     parent -> worker   ("predict", inputs, parameters) | ("close",)
-    worker -> parent   ("loaded", param_bytes, memory) | ("ok", outputs, memory)
+    worker -> parent   ("loaded", param_bytes, memory, device) | ("ok", outputs, memory)
                        | ("raise", exception) | ("closed",)
 
 `memory` is the worker's own /proc/self/smaps_rollup figures, measured after the previous
@@ -105,6 +105,7 @@ def main(conn: Connection, ctx: Any, torch_threads: int | None, parent: int) -> 
     gc.freeze()
     _die_with_parent(parent)
     from registry.loaders import load_model
+    from registry.loaders.interface import device_of
     from registry.loaders.torch_setup import configure
     from registry.memory import measure_bytes
     from registry.payload import to_jsonable
@@ -116,7 +117,7 @@ def main(conn: Connection, ctx: Any, torch_threads: int | None, parent: int) -> 
     except BaseException as exc:  # SystemExit from user code included
         conn.send(("raise", portable(exc)))
         return
-    conn.send(("loaded", param_bytes, memory_figures()))
+    conn.send(("loaded", param_bytes, memory_figures(), device_of(model)))
     memory: dict[str, int] = {}
     measured = time.monotonic()
     while True:

@@ -91,6 +91,8 @@ def estimate_bytes(spec: ModelSpec, source: Source | None) -> int:
 class FakeModel:
     """Predicts a label and a score derived from a hash of each input."""
 
+    device = "cpu"  # whatever the entry's `device`: it holds plain bytes in the server's RAM
+
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         self.name = name
         self.size_bytes = fake_size(options)
