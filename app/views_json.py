@@ -14,6 +14,7 @@ from typing import Any
 from registry.views import (
     AbandonedView,
     ConfigRefusal,
+    DeviceView,
     Holding,
     ModelView,
     Readiness,
@@ -39,6 +40,21 @@ def registry_json(view: RegistryView) -> dict[str, Any]:
         "eviction": view.eviction,
         "models": [model_json(m) for m in view.models],
         "last_event_id": view.last_event_id,
+        "devices": [_device(d) for d in view.devices],
+    }
+
+
+def _device(view: DeviceView) -> dict[str, Any]:
+    """One device's budget and use (GET /models' `devices`; the host is `cpu`)."""
+    return {
+        "device": view.device,
+        "kind": view.kind,
+        "total_bytes": view.total_bytes,
+        "budget_bytes": view.budget_bytes,
+        "overhead_bytes": view.overhead_bytes,
+        "used_bytes": view.used_bytes,
+        "reserved_bytes": view.reserved_bytes,
+        "models": view.models,
     }
 
 
@@ -69,6 +85,8 @@ def model_json(view: ModelView) -> dict[str, Any]:
         "idle_ttl": view.idle_ttl,
         "description": view.description,
         "isolation": view.isolation,
+        "device": view.device,
+        "device_resolved": view.device_resolved,
         "recycles": view.recycles,
         "worker_deaths": view.worker_deaths,
     }
@@ -98,6 +116,8 @@ def _holding(holding: Holding) -> dict[str, Any]:
         "eviction_priority": eviction_priority(holding),
         "held_bytes": holding.held_bytes,
         "ttl_left_seconds": None if ttl_left is None else round(ttl_left, 1),
+        "home_device": holding.home,
+        "device_bytes": dict(holding.device_bytes or {}),
     }
 
 

@@ -160,6 +160,14 @@ def measure_bytes(obj: Any) -> int | None:
     return total if found else None
 
 
+def tensor_device(obj: Any) -> str | None:
+    """The device of the first parameter or buffer of the torch modules in `obj` ("cpu",
+    "cuda:0", ...); None where it holds none."""
+    for tensor in _tensors(obj):
+        return str(tensor.device)
+    return None
+
+
 def rss_bytes() -> int:
     """Resident set size of this process (Linux), 0 where unknown."""
     try:

@@ -3,7 +3,7 @@
 The parent side (starting, timing, killing, measuring) is registry/workers.py. Messages:
 
     parent -> worker   ("predict", inputs, parameters) | ("close",)
-    worker -> parent   ("loaded", param_bytes, memory) | ("ok", outputs, memory)
+    worker -> parent   ("loaded", param_bytes, memory, device) | ("ok", outputs, memory)
                        | ("raise", exception) | ("closed",)
 
 `memory` is the worker's own /proc/self/smaps_rollup figures, or `{}` (the server keeps its
@@ -110,6 +110,7 @@ def main(conn: Connection, ctx: Any, torch_threads: int | None, parent: int) -> 
     gc.freeze()
     _die_with_parent(parent)
     from registry.loaders import load_model
+    from registry.loaders.interface import device_of
     from registry.loaders.torch_setup import configure
     from registry.memory import measure_bytes
     from registry.payload import to_jsonable
@@ -121,7 +122,7 @@ def main(conn: Connection, ctx: Any, torch_threads: int | None, parent: int) -> 
     except BaseException as exc:  # SystemExit from user code included
         conn.send(("raise", portable(exc)))
         return
-    conn.send(("loaded", param_bytes, memory_figures()))
+    conn.send(("loaded", param_bytes, memory_figures(), device_of(model)))
     measured = time.monotonic()
     peak = _peak_rss()
     pending: dict[str, int] = {}  # measured after a reply, sent with the next one

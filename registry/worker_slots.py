@@ -75,7 +75,7 @@ def worker_gone(life: Lifecycle, slot: Slot, model: ProcessModel) -> None:
         return
     _, thread = slot.drop_model()
     life.pool.retire(thread)
-    freed = life.budget.release(slot)
+    freed = sum(life.budgets.release(slot).values())
     slot.stats.record_worker_death()
     slot.measured(model.reserved or None)  # what a fresh worker held, not what this one grew to
     slot.unloaded()
@@ -119,7 +119,7 @@ def _fail(life: Lifecycle, slot: Slot, model: ProcessModel, message: str) -> Non
     if batcher is not None:
         batcher.fail_queued(error)
     life.pool.retire(thread)
-    life.budget.release(slot)
+    life.budgets.release(slot)
     slot.stats.record_worker_death()
     slot.retirement.cancel_unload()
     log.error("%s (next load in %s)", message, format_duration(delay))

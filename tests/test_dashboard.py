@@ -39,7 +39,7 @@ def config_text() -> str:
         "server: {memory_budget: 100MB, watch: false, capacity_wait: 1}",
         "models:",
         "  big: {loader: fake, options: {size: 60MB, load_seconds: 0.2}}",
-        "  other: {loader: fake, options: {size: 60MB}}",
+        "  other: {loader: fake, device: auto, options: {size: 60MB}}",
     ]
     lines += [f"  m{i:03d}: {{loader: fake, options: {{size: 100kB}}}}" for i in range(98)]
     return "\n".join(lines) + "\n"
@@ -101,6 +101,28 @@ def test_a_load_through_the_api_shows_on_the_page(server: Process, browser) -> N
     wait_for(browser, '#events li[data-type="loaded"][data-model="big"]')
     row = browser.find_element(By.CSS_SELECTOR, 'tr[data-model="big"]')
     assert "60.0 MB" in row.text
+    assert device_cell(browser, "big") == "cpu"
+
+
+def device_cell(driver: WebDriver, model: str) -> str:
+    return str(driver.find_element(By.CSS_SELECTOR, f'tr[data-model="{model}"] td.c-device').text)
+
+
+def test_the_device_column_shows_where_auto_went(server: Process, browser) -> None:
+    """Each row shows the device its model runs on: the entry's `auto` before the first load,
+    then where it went ("auto->cpu": the fake holds plain bytes in RAM), with both in the
+    cell's title."""
+    open_dashboard(browser, server)
+    wait_for(browser, 'tr[data-model="other"][data-state="unloaded"]')
+    assert device_cell(browser, "other") == "auto"
+    response = httpx.post(
+        f"{server.url}/models/other/load", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    wait_for(browser, 'tr[data-model="other"][data-state="loaded"][data-device="cpu"]')
+    assert device_cell(browser, "other") == "auto->cpu"
+    cell = browser.find_element(By.CSS_SELECTOR, 'tr[data-model="other"] td.c-device')
+    assert cell.get_attribute("title") == "models.yaml: auto; last load ran on cpu"
 
 
 def test_admin_buttons_ask_for_the_token_and_act(server: Process, browser) -> None:

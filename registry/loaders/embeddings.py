@@ -94,7 +94,8 @@ def load(ctx: LoadContext) -> EmbeddingModel:
     device = resolve_device(spec.device)
     module = AutoModel.from_pretrained(where, **kwargs).to(device).eval()
     max_length = int(ctx.options.get("max_length", min(512, tokenizer.model_max_length)))
-    return EmbeddingModel(tokenizer, module, device, max_length)
+    # the module's own device: "cuda:0" where `auto` (or `cuda`) resolved to the first GPU
+    return EmbeddingModel(tokenizer, module, str(module.device), max_length)
 
 
 def estimate_bytes(spec: ModelSpec, source: Source | None) -> int | None:

@@ -47,6 +47,7 @@ class PipelineModel:
         self._defaults = {"truncation": True} if task in _TRUNCATING else {}
         self._single_fast = task in _SINGLE_FAST and hasattr(pipe, "run_single")
         self.module = pipe.model  # what memory.measure_bytes counts
+        self.device = str(pipe.device)  # "cpu", "cuda:0": where `device: auto` went
         limits = model_limits(pipe)
         self._checks = checks_for(limits)
         # Texts are counted before a call with truncation off (a too long one fails in the model).

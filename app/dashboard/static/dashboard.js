@@ -39,6 +39,14 @@ function colorOf(name) {
   return COLORS[Math.max(0, index) % COLORS.length];
 }
 
+// Where a model runs, as `model-registry ls` shows it: "cpu", "cuda:0", "auto->cpu" where the
+// entry's device resolved to another, the entry's own before the first load.
+function deviceText(configured, resolved) {
+  if (!resolved || !configured) return resolved || configured || "-";
+  if (resolved === configured || resolved.startsWith(configured + ":")) return resolved;
+  return `${configured}->${resolved}`;
+}
+
 function setText(el, text) { if (el.textContent !== text) el.textContent = text; }
 
 function showMessage(text, isError) {
@@ -107,7 +115,7 @@ function renderMemory(data) {
   }));
 }
 
-const COLUMNS = ["name", "state", "size", "in_flight", "queued", "served", "last_used",
+const COLUMNS = ["name", "state", "device", "size", "in_flight", "queued", "served", "last_used",
                  "load_seconds", "ttl_left", "error", "actions"];
 
 function makeRow(name) {
@@ -152,6 +160,10 @@ function renderRows(models) {
     setText(c.stateBadge, m.state);
     c.stateBadge.dataset.state = m.state;
     row.tr.dataset.state = m.state;
+    setText(c.device, deviceText(m.device, m.device_resolved));
+    c.device.title = `models.yaml: ${m.device || "-"}; ` +
+      (m.device_resolved ? `last load ran on ${m.device_resolved}` : "not loaded yet");
+    row.tr.dataset.device = m.device_resolved || "";
     setText(c.size, bytes(m.size_bytes) + (m.size_measured || m.size_bytes === null ? "" : " (est.)"));
     setText(c.in_flight, String(m.in_flight));
     setText(c.queued, String(m.queued));
