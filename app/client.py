@@ -83,6 +83,15 @@ def ls(client: Client, out: TextIO) -> int:
     used, budget = snapshot["used_bytes"], snapshot["budget_bytes"]
     out.write(f"\nbudget {format_bytes(budget)}, used {format_bytes(used)}")
     out.write(f" ({100 * used / budget:.0f}%); * = estimated size\n")
+    gpus = [d for d in snapshot.get("devices", []) if d.get("device") != "cpu"]
+    for device in gpus:  # the host's line is the one above
+        limit, held = device["budget_bytes"], device["used_bytes"]
+        reserved = device["reserved_bytes"]
+        out.write(
+            f"{device['device']} budget {format_bytes(limit)}, used {format_bytes(held)}"
+            f" ({100 * held / limit:.0f}%), reserved {format_bytes(reserved)},"
+            f" {device['models']} model(s)\n"
+        )
     return 0
 
 

@@ -106,6 +106,7 @@ class RegistryCollector(Collector):
         yield CounterMetricFamily(
             P + "events", "Model events emitted", value=float(self.manager.events.last_id)
         )
+        yield from _devices(snapshot)
         policy = GaugeMetricFamily(
             P + "eviction_policy", "1 for the eviction policy in use", labels=["policy"]
         )
@@ -250,3 +251,24 @@ async def metrics(manager: Manager) -> Response:
         registry.register(collector)
     body = await asyncio.to_thread(generate_latest, registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+def _devices(snapshot: RegistryView) -> Iterator[Metric]:
+    """Per-device gauges, labelled by device (cpu, cuda:0, ...)."""
+    families = [
+        ("device_budget_bytes", "Each device's memory budget", "budget_bytes"),
+        ("device_used_bytes", "Bytes held or reserved on each device", "used_bytes"),
+        ("device_reserved_bytes", "Bytes reserved for loads on each device", "reserved_bytes"),
+        (
+            "device_overhead_bytes",
+            "Bytes of each device's budget no model is charged for (the server's CUDA context)",
+            "overhead_bytes",
+        ),
+        ("device_total_bytes", "Each device's memory", "total_bytes"),
+        ("device_models", "Models whose home is each device", "models"),
+    ]
+    for name, doc, field in families:
+        family = GaugeMetricFamily(P + name, doc, labels=["device"])
+        for device in snapshot.devices:
+            family.add_metric([device.device], float(getattr(device, field)))
+        yield family

@@ -37,7 +37,7 @@ from registry.batching import Batcher
 from registry.budget import ByteBudget
 from registry.config import ServerSettings
 from registry.device_budgets import DeviceBudgets, resolve_limits
-from registry.devices import CPU, Device, host_device
+from registry.devices import CPU, Device, device_text, host_device
 from registry.drain import Drain
 from registry.errors import CapacityExceeded, InferenceTimeout, ModelTooLarge
 from registry.events import EventBus, EventKind
@@ -123,10 +123,8 @@ class Lifecycle(Room):
 
     def _limits(self) -> dict[str, int]:
         """Each device's budget in bytes under the settings in use."""
-        settings = self.settings
-        return resolve_limits(
-            settings.memory_budget, settings.device_budgets, list(self.devices.values())
-        )
+        found, settings = list(self.devices.values()), self.settings
+        return resolve_limits(settings.memory_budget, settings.device_budgets, found)
 
     def record_peak(self) -> None:
         """Remember the most bytes ever held or reserved at once."""
@@ -183,7 +181,8 @@ class Lifecycle(Room):
         slot.begin_load(task)
         self._loads.add(task)
         task.add_done_callback(self._loads.discard)
-        self.events.emit(EventKind.LOADING, slot.name, estimate_bytes=slot.estimate)
+        asked = device_text(slot.spec.device)
+        self.events.emit(EventKind.LOADING, slot.name, estimate_bytes=slot.estimate, device=asked)
 
     def retire(self, slot: Slot) -> None:
         """A slot the roster let go (registry/roster.py): its load stops, and it unloads
@@ -329,7 +328,10 @@ class Lifecycle(Room):
             format_duration(seconds),
         )
         self.stats.of(slot.name).record_load(seconds)
-        self.events.emit(EventKind.LOADED, slot.name, bytes=slot.size_bytes, seconds=seconds)
+        home = self.budgets.home(slot)
+        self.events.emit(
+            EventKind.LOADED, slot.name, bytes=slot.size_bytes, seconds=seconds, device=home
+        )
         self.unload_when_idle(slot)  # retired, or an unload was asked for meanwhile
 
     def refresh_batcher(self, slot: Slot) -> None:

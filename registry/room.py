@@ -364,6 +364,7 @@ class Room:
         model, thread = slot.drop_model()
         held = self.budgets.holdings(slot)
         size = sum(held.values())
+        home = self.budgets.home(slot)
         idle = time.monotonic() - slot.stats.last_used_mono
         if slot.stats.unused and why != "shutdown":
             self.unused_loads += 1
@@ -382,7 +383,9 @@ class Room:
         seconds = time.monotonic() - started
         self.stats.of(slot.name).record_unload(reason, seconds)
         kind = EventKind.EVICTED if reason.eviction else EventKind.UNLOADED
-        self.events.emit(kind, slot.name, reason=reason.value, freed_bytes=size, seconds=seconds)
+        self.events.emit(
+            kind, slot.name, reason=reason.value, freed_bytes=size, seconds=seconds, device=home
+        )
         (log.debug if quiet else log.info)(
             f"{verb} %s (%s, idle %s, %s)%s",
             slot.name,

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from registry.devices import device_text
 from registry.slot import State
 from registry.workers import ProcessModel
 
@@ -217,7 +218,7 @@ def model_view(slot: Slot, holding: Holding | None = None) -> ModelView:
         idle_ttl=spec.idle_ttl,
         description=spec.description,
         isolation="process" if worker is not None else slot.isolation or spec.isolation,
-        device=spec.device if isinstance(spec.device, str) else ",".join(spec.device),
+        device=device_text(spec.device),
         device_resolved=slot.device,
         recycles=slot.stats.recycles,
         worker_deaths=slot.stats.worker_deaths,

@@ -118,7 +118,7 @@ def load(ctx: LoadContext) -> PipelineModel:
     pipe = pipeline(
         task=spec.task,
         model=str(path),
-        device=resolve_device(spec.device),
+        device=ctx.device or resolve_device(spec.device),  # where placement put it
         trust_remote_code=spec.trust_remote_code,
         **kwargs,
     )
