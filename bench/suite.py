@@ -18,6 +18,7 @@ from bench import (
     observe,
     protocols,
     ray_scale,
+    soak,
     stampede,
     startup,
     throughput,
@@ -46,6 +47,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {  # name -> (function, needs wrk)
     "trace": (trace.trace, False),
     "observe": (observe.observe, False),
     "workers": (workers.workers, True),
+    "soak": (soak.soak, False),
 }
 NO_DEMO_MODELS = {"observe"}  # scenarios that use only the fake loader
 OTHERS_NOTE = 0.2  # cores: above this, every row of the scenario says others were busy

@@ -312,6 +312,10 @@ class Lifecycle(Room):
         measured = measure_bytes(model)
         # A load creates ~100k long-lived objects; automatic full collections walking them
         # pause every thread for 20-120 ms. Freeze them; compact() collects when idle.
+        # Collect first: garbage waiting for the collector now would be frozen with them and
+        # kept for good under sustained traffic, where compact() never comes (one collection
+        # of what is not frozen yet: the new model and what came since the last load).
+        gc.collect()
         gc.freeze()
         return model, measured
 
