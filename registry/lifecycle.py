@@ -36,7 +36,9 @@ from registry.abandoned import Abandoned, AbandonedThread
 from registry.batching import Batcher
 from registry.budget import ByteBudget
 from registry.config import ServerSettings
-from registry.device_budgets import DeviceBudgets, resolve_limits
+from registry.config_devices import device_limits
+from registry.device_budgets import DeviceBudgets
+from registry.device_charges import measure_overhead
 from registry.devices import CPU, Device, device_text, host_device
 from registry.drain import Drain
 from registry.errors import CapacityExceeded, InferenceTimeout, ModelTooLarge
@@ -44,7 +46,7 @@ from registry.events import EventBus, EventKind
 from registry.health import Health, dispose, predict_json
 from registry.loaders import LoadContext, Model, load_model
 from registry.memory import measure_bytes
-from registry.placement import measured_charge
+from registry.placement import measured_charge, place_load
 from registry.room import Room
 from registry.slot import Slot, State
 from registry.stats import Stats, Timing
@@ -77,6 +79,7 @@ class Lifecycle(Room):
             self._limits(), settings.eviction, self.reload_seconds
         )
         self.budget: ByteBudget[Slot] = self.budgets.budget(CPU)
+        self.overhead_measured: set[str] = set()  # GPUs whose server overhead is known
         self._reserving: set[Slot] = set()  # loads inside reserve(), waiting for room
         # Loads waiting for room in the order they asked (room.py), with the device they
         # wait on; True: it cannot make room now (nothing idle enough to evict), so it does
@@ -122,9 +125,7 @@ class Lifecycle(Room):
         self.enforce_limit()
 
     def _limits(self) -> dict[str, int]:
-        """Each device's budget in bytes under the settings in use."""
-        found, settings = list(self.devices.values()), self.settings
-        return resolve_limits(settings.memory_budget, settings.device_budgets, found)
+        return device_limits(self.settings, list(self.devices.values()))
 
     def record_peak(self) -> None:
         """Remember the most bytes ever held or reserved at once."""
@@ -199,7 +200,13 @@ class Lifecycle(Room):
         loaded = False  # the loader ran: a failure from here on cost a whole load
         try:
             async with self.load_limit:
-                charge = await self.place_load(slot)
+                charge = await place_load(
+                    slot,
+                    self.budgets,
+                    self.devices,
+                    cost_of=self.reload_seconds,
+                    freeing=self._unloading(),
+                )
                 await self.reserve(
                     slot, charge.nbytes, device=charge.device, host_bytes=charge.host_bytes
                 )
@@ -268,21 +275,14 @@ class Lifecycle(Room):
             held = format_bytes(sum(self.budgets.holdings(slot).values()))
             if handle is not None:
                 handle.end(why)  # its loader thread reaps the worker and ends: reclaim()
-                log.warning(
-                    "stopped the load of %s (%s): its worker is killed; its %s are released "
-                    "once it is reaped",
-                    slot.name,
-                    why,
-                    held,
-                )
-            else:
-                log.warning(
-                    "stopped waiting for the load of %s (%s); its %s stay reserved until the "
-                    "loader thread ends",
-                    slot.name,
-                    why,
-                    held,
-                )
+            text = (
+                "stopped the load of %s (%s): its worker is killed; its %s are released once "
+                "it is reaped"
+                if handle is not None
+                else "stopped waiting for the load of %s (%s); its %s stay reserved until "
+                "the loader thread ends"
+            )
+            log.warning(text, slot.name, why, held)
             raise
 
     def reclaim(self, record: AbandonedThread) -> None:
@@ -324,6 +324,7 @@ class Lifecycle(Room):
         if isinstance(model, ProcessModel):
             watch_worker(self, slot, model)  # a worker that dies while idle is noticed
         self.budgets.touch(slot)
+        measure_overhead(self, slot)  # the server's own context on a GPU, once
         self.refresh_batcher(slot)
         log.info(
             "loaded %s (%s) in %s",

@@ -19,12 +19,15 @@ budget and, on a GPU, the bytes its host-side part holds in the host's budget.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from registry.devices import CPU, Device, budget_device, is_gpu
 from registry.errors import ModelTooLarge
+from registry.loaders import estimate_bytes
+from registry.threads import run_in_thread
 from registry.workers import ProcessModel
 
 if TYPE_CHECKING:
@@ -58,6 +61,37 @@ def gpu_estimate(slot: Slot, host_estimate: int) -> tuple[int, int]:
 
         return fake.estimate_device_bytes(slot.spec, slot.source), host_estimate
     return host_estimate, 0
+
+
+async def place_load(
+    slot: Slot,
+    budgets: DeviceBudgets[Slot],
+    present: Collection[str],
+    *,
+    cost_of: Callable[[Slot], float],
+    freeing: Collection[Slot],
+) -> Charge:
+    """Where `slot`'s load goes and what it reserves: its size measured on an earlier load
+    of the same files (host models), else its loader's estimate (run in a thread)."""
+    gpu = slot.spec.device_spec.wants_gpu and len(present) > 1
+    measured = slot.size_bytes is not None and not gpu
+    if slot.size_bytes is not None and not gpu:
+        need = slot.size_bytes
+    else:
+        estimate = functools.partial(estimate_bytes, slot.spec, slot.source)
+        slot.estimated(await run_in_thread(estimate, name="estimate"))
+        need = slot.estimate or 0
+    evictable: Callable[[Slot], bool] = lambda s: s.evictable  # noqa: E731
+    return plan(
+        slot,
+        need,
+        budgets,
+        present,
+        evictable=evictable,
+        cost_of=cost_of,
+        freeing=freeing,
+        measured=measured,
+    )
 
 
 def plan(

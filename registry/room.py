@@ -27,12 +27,13 @@ from typing import Any
 from registry.budget import ByteBudget
 from registry.config import ServerSettings
 from registry.device_budgets import DeviceBudgets
+from registry.device_charges import left_on_gpu
 from registry.devices import CPU, Device
 from registry.errors import CapacityExceeded, ModelTooLarge
 from registry.events import EventBus, EventKind, UnloadReason
 from registry.health import dispose
-from registry.loaders import Model, estimate_bytes
-from registry.placement import Charge, plan
+from registry.loaders import Model
+from registry.placement import Charge
 from registry.policy import describe
 from registry.restore import over_budget
 from registry.slot import Slot, State
@@ -187,26 +188,6 @@ class Room:
             self._reserving.discard(slot)
             if not replacing and self._in_line.pop(slot, None) is not None and self._in_line:
                 self.notify()  # the next load in line may go now
-
-    async def place_load(self, slot: Slot) -> Charge:
-        """Where the load goes and what it reserves (registry/placement.py)."""
-        gpu = slot.spec.device_spec.wants_gpu and len(self.devices) > 1
-        if slot.size_bytes is not None and not gpu:  # measured on an earlier load of the files
-            need = slot.size_bytes
-        else:
-            estimate = functools.partial(estimate_bytes, slot.spec, slot.source)
-            slot.estimated(await run_in_thread(estimate, name="estimate"))
-            need = slot.estimate or 0
-        return plan(
-            slot,
-            need,
-            self.budgets,
-            self.devices,
-            evictable=lambda s: s.evictable,
-            cost_of=self.reload_seconds,
-            freeing=self._unloading(),
-            measured=slot.size_bytes is not None and not gpu,
-        )
 
     async def settle_size(self, slot: Slot, model: Model, charge: Charge) -> None:
         """Replace the estimate with the measured charge, making room if it grew."""
@@ -383,8 +364,16 @@ class Room:
         seconds = time.monotonic() - started
         self.stats.of(slot.name).record_unload(reason, seconds)
         kind = EventKind.EVICTED if reason.eviction else EventKind.UNLOADED
+        left = left_on_gpu(self.devices, model, home)  # a worker's bytes on its GPU: gone, checked
+        extra = {} if left is None else {"device_left_bytes": left}
         self.events.emit(
-            kind, slot.name, reason=reason.value, freed_bytes=size, seconds=seconds, device=home
+            kind,
+            slot.name,
+            reason=reason.value,
+            freed_bytes=size,
+            seconds=seconds,
+            device=home,
+            **extra,
         )
         (log.debug if quiet else log.info)(
             f"{verb} %s (%s, idle %s, %s)%s",

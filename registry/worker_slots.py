@@ -25,6 +25,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from registry.device_charges import follow_gpu
 from registry.errors import ModelFailed, RegistryError
 from registry.events import EventKind, UnloadReason
 from registry.slot import Slot, State
@@ -138,7 +139,9 @@ def _queued_error(slot: Slot, how: str) -> ModelFailed:
 
 def after_request(life: Lifecycle, slot: Slot) -> None:
     """Follow the worker's measured memory, making room for its growth; recycle a worker
-    that leaks or that no room can be made for."""
+    that leaks or that no room can be made for. A GPU model's charge there follows what it
+    holds there (registry/device_charges.py)."""
+    follow_gpu(life, slot)
     model = slot.model
     if not isinstance(model, ProcessModel) or slot.state is not State.LOADED:
         return

@@ -120,7 +120,7 @@ async def test_cuda_places_a_model_on_the_gpu_with_room(write_config: WriteConfi
 async def test_placement_evicts_where_it_costs_least(write_config: WriteConfig) -> None:
     """With both GPUs full, `device: cuda` evicts on the GPU whose idle model is the cheaper
     to load again, and leaves the other GPU alone."""
-    slow = "    options: {size: 1MB, device_bytes: 250MB, load_seconds: 0.3}\n"
+    slow = "    options: {size: 1MB, device_bytes: 250MB, load_seconds: 1.0}\n"
     config = write_config(
         SERVER
         + f"  slow0:\n    loader: fake\n    device: cuda:0\n{slow}"
