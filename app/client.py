@@ -64,7 +64,7 @@ class Client:
 def ls(client: Client, out: TextIO) -> int:
     """Print a table of the models, like `ollama ps`."""
     snapshot = client.call("GET", "/models")
-    rows = [("NAME", "STATE", "SIZE", "IN-FLIGHT", "LAST-USED", "TTL-LEFT")]
+    rows = [("NAME", "STATE", "DEVICE", "SIZE", "IN-FLIGHT", "LAST-USED", "TTL-LEFT")]
     for entry in snapshot["models"]:
         size = entry["size_bytes"]
         ttl = entry.get("ttl_left_seconds")
@@ -72,6 +72,7 @@ def ls(client: Client, out: TextIO) -> int:
             (
                 entry["name"],
                 entry["state"],
+                device_text(entry.get("device"), entry.get("device_resolved")),
                 "-"
                 if size is None
                 else format_bytes(size) + ("" if entry["size_measured"] else "*"),
@@ -87,7 +88,26 @@ def ls(client: Client, out: TextIO) -> int:
     used, budget = snapshot["used_bytes"], snapshot["budget_bytes"]
     out.write(f"\nbudget {format_bytes(budget)}, used {format_bytes(used)}")
     out.write(f" ({100 * used / budget:.0f}%); * = estimated size\n")
+    gpus = [d for d in snapshot.get("devices", []) if d.get("device") != "cpu"]
+    for device in gpus:  # the host's line is the one above
+        limit, held = device["budget_bytes"], device["used_bytes"]
+        reserved = device["reserved_bytes"]
+        out.write(
+            f"{device['device']} budget {format_bytes(limit)}, used {format_bytes(held)}"
+            f" ({100 * held / limit:.0f}%), reserved {format_bytes(reserved)},"
+            f" {device['models']} model(s)\n"
+        )
     return 0
+
+
+def device_text(configured: str | None, resolved: str | None) -> str:
+    """Where a model runs: "cpu", "cuda:0"; "auto->cpu" where the entry's device was resolved
+    to another (or ignored: "cuda->cpu"); the entry's own before its first load."""
+    if resolved is None or configured is None:
+        return resolved or configured or "-"
+    if resolved == configured or resolved.startswith(configured + ":"):
+        return resolved  # cuda ran on cuda:0: nothing to point out
+    return f"{configured}->{resolved}"
 
 
 def load(client: Client, name: str, out: TextIO, err: TextIO) -> int:

@@ -260,3 +260,24 @@ async def exposition(manager: ModelManager) -> tuple[bytes, str]:
         registry.register(collector)
     body = await asyncio.to_thread(generate_latest, registry)
     return body, CONTENT_TYPE_LATEST
+
+
+def _devices(snapshot: RegistryView) -> Iterator[Metric]:
+    """Per-device gauges, labelled by device (cpu, cuda:0, ...)."""
+    families = [
+        ("device_budget_bytes", "Each device's memory budget", "budget_bytes"),
+        ("device_used_bytes", "Bytes held or reserved on each device", "used_bytes"),
+        ("device_reserved_bytes", "Bytes reserved for loads on each device", "reserved_bytes"),
+        (
+            "device_overhead_bytes",
+            "Bytes of each device's budget no model is charged for (the server's CUDA context)",
+            "overhead_bytes",
+        ),
+        ("device_total_bytes", "Each device's memory", "total_bytes"),
+        ("device_models", "Models whose home is each device", "models"),
+    ]
+    for name, doc, field in families:
+        family = GaugeMetricFamily(P + name, doc, labels=["device"])
+        for device in snapshot.devices:
+            family.add_metric([device.device], float(getattr(device, field)))
+        yield family

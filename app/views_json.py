@@ -14,6 +14,7 @@ from typing import Any
 from registry.views import (
     AbandonedView,
     ConfigRefusal,
+    DeviceView,
     Holding,
     ModelView,
     Readiness,
@@ -46,6 +47,21 @@ def registry_json(view: RegistryView) -> dict[str, Any]:
             "state": view.spare_worker.state,
             "private_bytes": view.spare_worker.private_bytes,
         },
+        "devices": [_device(d) for d in view.devices],
+    }
+
+
+def _device(view: DeviceView) -> dict[str, Any]:
+    """One device's budget and use (GET /models' `devices`; the host is `cpu`)."""
+    return {
+        "device": view.device,
+        "kind": view.kind,
+        "total_bytes": view.total_bytes,
+        "budget_bytes": view.budget_bytes,
+        "overhead_bytes": view.overhead_bytes,
+        "used_bytes": view.used_bytes,
+        "reserved_bytes": view.reserved_bytes,
+        "models": view.models,
     }
 
 
@@ -76,6 +92,8 @@ def model_json(view: ModelView) -> dict[str, Any]:
         "idle_ttl": view.idle_ttl,
         "description": view.description,
         "isolation": view.isolation,
+        "device": view.device,
+        "device_resolved": view.device_resolved,
         "recycles": view.recycles,
         "worker_deaths": view.worker_deaths,
     }
@@ -105,6 +123,8 @@ def _holding(holding: Holding) -> dict[str, Any]:
         "eviction_priority": eviction_priority(holding),
         "held_bytes": holding.held_bytes,
         "ttl_left_seconds": None if ttl_left is None else round(ttl_left, 1),
+        "home_device": holding.home,
+        "device_bytes": dict(holding.device_bytes or {}),
     }
 
 

@@ -42,6 +42,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", help="comma-separated scenarios: " + ",".join(SCENARIOS))
     parser.add_argument("--reps", type=int, help="repetitions (default 5, quick 2)")
     parser.add_argument("--duration", type=float, help="seconds per wrk run (default 10, quick 3)")
+    parser.add_argument(
+        "--soak-seconds", type=float, help="length of the soak scenario (default 480, quick 120)"
+    )
     parser.add_argument("--out", type=Path, default=REPO, help="where BENCHMARKS.* go")
     parser.add_argument(
         "--write",
@@ -97,12 +100,14 @@ def main(argv: list[str] | None = None) -> int:
         "duration": duration,
         "quick": args.quick,
         "quiet_wait": args.quiet_wait,
+        "soak_seconds": args.soak_seconds,
     }
     report = Report.start(command, settings)
     workdir = Path(tempfile.mkdtemp(prefix="model-registry-bench-"))
     try:
         progress(f"inputs and work files in {workdir}")
         ctx = Context(workdir, Inputs(workdir / "inputs"), reps, duration, args.quick, quiet)
+        ctx.soak_seconds = args.soak_seconds
         for name in names:
             run_scenario(ctx, name, report)
     finally:
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     report.document["seconds"] = time.monotonic() - started
     print_table(report)
-    full = not args.quick and not args.only and not args.reps and not args.duration
+    full = not (args.quick or args.only or args.reps or args.duration or args.soak_seconds)
     if (full or args.write) and not args.no_write:
         write(report, args.out)
     else:

@@ -31,6 +31,7 @@ class Context:
     duration: float
     quick: bool
     quiet: Quiet
+    soak_seconds: float | None = None  # the soak's length (None: its default)
     loops: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def text_request(self, port: int, name: str, index: int = 0) -> bytes:

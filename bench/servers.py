@@ -64,6 +64,9 @@ def server_env() -> dict[str, str]:
     env.setdefault("HF_HUB_OFFLINE", "1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")  # what the server's loader sets
     env.pop("PYTHONPROFILEIMPORTTIME", None)
+    # This checkout's code: the venv's editable install may point at another checkout (a
+    # git worktree shares it), and a console script does not put its cwd on sys.path.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
 

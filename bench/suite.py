@@ -19,6 +19,7 @@ from bench import (
     observe,
     protocols,
     ray_scale,
+    soak,
     stampede,
     startup,
     throughput,
@@ -48,6 +49,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {  # name -> (function, needs wrk)
     "observe": (observe.observe, False),
     "workers": (workers.workers, True),
     "generation": (generation.generation, False),
+    "soak": (soak.soak, False),
 }
 NO_DEMO_MODELS = {"observe"}  # scenarios that use only the fake loader
 OTHERS_NOTE = 0.2  # cores: above this, every row of the scenario says others were busy

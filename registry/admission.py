@@ -290,7 +290,11 @@ class Admission:
                     outcome = task.result()
                     if isinstance(outcome, ModelTooLarge):
                         raise ModelTooLarge(  # a fresh error per waiter
-                            outcome.name, outcome.size, outcome.budget, measured=outcome.measured
+                            outcome.name,
+                            outcome.size,
+                            outcome.budget,
+                            measured=outcome.measured,
+                            device=outcome.device,
                         )
                     if isinstance(outcome, CapacityExceeded):
                         raise CapacityExceeded(  # a fresh error per waiter
@@ -299,6 +303,7 @@ class Admission:
                             outcome.used,
                             outcome.budget,
                             retry_after=outcome.retry_after,
+                            device=outcome.device,
                         )
         finally:
             if queued is not None:
@@ -307,8 +312,16 @@ class Admission:
     def _check_failed(self, slot: Slot) -> None:
         """A model that can never fit, is inside its backoff, or still has a stuck thread."""
         size = slot.size_bytes if slot.size_bytes is not None else slot.estimate
+        failure = slot.failure
+        if isinstance(failure, ModelTooLarge) and failure.device != "cpu":
+            limit = self._life.budgets.budget(failure.device).limit
+            if failure.size > limit:
+                raise ModelTooLarge(
+                    slot.name, failure.size, limit, measured=failure.measured, device=failure.device
+                )
         limit = self._life.budget.limit
-        if isinstance(slot.failure, ModelTooLarge) and size is not None and size > limit:
+        on_host = isinstance(failure, ModelTooLarge) and failure.device == "cpu"
+        if on_host and size is not None and size > limit:
             raise ModelTooLarge(slot.name, size, limit, measured=slot.size_bytes is not None)
         now = time.monotonic()
         if slot.state is State.FAILED and now < slot.retry_at:

@@ -121,6 +121,11 @@ def parse_device_spec(value: str | Sequence[str]) -> DeviceSpec:
     return DeviceSpec(tuple(entries))
 
 
+def device_text(value: str | Sequence[str]) -> str:
+    """A `device:` value as one word for views and events: a list as `cuda:1,cuda:0`."""
+    return value if isinstance(value, str) else ",".join(value)
+
+
 def device_value(value: object) -> str | list[str]:
     """A device name or a list of names (their spelling is checked with the model)."""
     if isinstance(value, str):

@@ -81,15 +81,20 @@ class ModelTooLarge(RegistryError):
 
     kind = "model_too_large"
 
-    def __init__(self, name: str, size: int, budget: int, *, measured: bool = False) -> None:
+    def __init__(
+        self, name: str, size: int, budget: int, *, measured: bool = False, device: str = "cpu"
+    ) -> None:
         self.name = name
         self.size = size
         self.budget = budget
         self.measured = measured
+        self.device = device  # the device whose budget it does not fit (cpu: the host)
         how = "measured" if measured else "estimated"
+        where = "" if device == "cpu" else f" of {device}"
+        key = "memory_budget" if device == "cpu" else f"memory_budget's {device} entry"
         super().__init__(
-            f"model {name!r} needs {format_bytes(size)} ({how}) but the whole memory budget is "
-            f"{format_bytes(budget)}; raise server.memory_budget or use a smaller model"
+            f"model {name!r} needs {format_bytes(size)} ({how}) but the whole memory budget"
+            f"{where} is {format_bytes(budget)}; raise server.{key} or use a smaller model"
         )
 
 
@@ -195,14 +200,26 @@ class CapacityExceeded(Unavailable):
 
     kind = "capacity"
 
-    def __init__(self, name: str, size: int, used: int, budget: int, *, retry_after: float) -> None:
+    def __init__(
+        self,
+        name: str,
+        size: int,
+        used: int,
+        budget: int,
+        *,
+        retry_after: float,
+        device: str = "cpu",
+    ) -> None:
         self.name = name
         self.size = size
         self.used = used
         self.budget = budget
+        self.device = device  # where it found no room (cpu: the host)
+        where, there = ("", "") if device == "cpu" else (f" {device}", f" on {device}")
         super().__init__(
             f"model {name!r} needs {format_bytes(size)} but only {format_bytes(budget - used)} of "
-            f"the {format_bytes(budget)} budget is free and every other model is in use or pinned",
+            f"the{where} {format_bytes(budget)} budget is free and every other model{there} is "
+            "in use or pinned",
             retry_after=retry_after,
         )
 

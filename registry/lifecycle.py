@@ -28,7 +28,7 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +36,17 @@ from registry.abandoned import Abandoned, AbandonedThread
 from registry.batching import Batcher
 from registry.budget import ByteBudget
 from registry.config import ServerSettings
+from registry.config_devices import device_limits
+from registry.device_budgets import DeviceBudgets
+from registry.device_charges import measure_overhead
+from registry.devices import CPU, Device, device_text, host_device
 from registry.drain import Drain
 from registry.errors import CapacityExceeded, InferenceTimeout, ModelTooLarge
 from registry.events import EventBus, EventKind
 from registry.health import Health, dispose, predict_json
-from registry.loaders import LoadContext, Model, estimate_bytes, load_model
+from registry.loaders import LoadContext, Model, load_model
 from registry.memory import measure_bytes
+from registry.placement import measured_charge, place_load
 from registry.room import Room
 from registry.slot import Slot, State
 from registry.stats import Stats, Timing
@@ -56,17 +61,30 @@ log = logging.getLogger("registry")
 class Lifecycle(Room):
     """Loads, unloads and the budget; everything runs on the event loop's thread."""
 
-    def __init__(self, settings: ServerSettings, base_dir: Path, pool: InferencePool) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        base_dir: Path,
+        pool: InferencePool,
+        devices: Sequence[Device] | None = None,
+    ) -> None:
         self.settings = settings
         self.base_dir = base_dir
         self.pool = pool
-        self.budget: ByteBudget[Slot] = ByteBudget(
-            settings.memory_budget, settings.eviction, self.reload_seconds
+        # The devices are discovered once (the manager passes config_devices(config));
+        # each has its own budget, and `budget` is the host's (registry/device_budgets.py).
+        found = list(devices) if devices is not None else [host_device()]
+        self.devices: dict[str, Device] = {device.name: device for device in found}
+        self.budgets: DeviceBudgets[Slot] = DeviceBudgets(
+            self._limits(), settings.eviction, self.reload_seconds
         )
+        self.budget: ByteBudget[Slot] = self.budgets.budget(CPU)
+        self.overhead_measured: set[str] = set()  # GPUs whose server overhead is known
         self._reserving: set[Slot] = set()  # loads inside reserve(), waiting for room
-        # Loads waiting for room in the order they asked (room.py); True: it cannot make
-        # room now (nothing idle enough to evict), so it does not hold up those behind it.
-        self._in_line: dict[Slot, bool] = {}
+        # Loads waiting for room in the order they asked (room.py), with the device they
+        # wait on; True: it cannot make room now (nothing idle enough to evict), so it does
+        # not hold up those behind it.
+        self._in_line: dict[Slot, tuple[str, bool]] = {}
         self.load_limit = asyncio.Semaphore(settings.max_parallel_loads)
         self._closing = False
         self.drain = Drain(self.notify)
@@ -101,13 +119,17 @@ class Lifecycle(Room):
         changed, then unloads until the total fits a lowered budget."""
         if "max_parallel_loads" in changed:
             self.load_limit = asyncio.Semaphore(self.settings.max_parallel_loads)
-        if "memory_budget" in changed:
-            self.budget.set_limit(self.settings.memory_budget)
+        if changed & {"memory_budget", "device_budgets"}:
+            for device, limit in self._limits().items():
+                self.budgets.set_limit(device, limit)
         self.enforce_limit()
+
+    def _limits(self) -> dict[str, int]:
+        return device_limits(self.settings, list(self.devices.values()))
 
     def record_peak(self) -> None:
         """Remember the most bytes ever held or reserved at once."""
-        self.peak_used = max(self.peak_used, self.budget.used)
+        self.peak_used = max(self.peak_used, self.budget.used)  # the host's
 
     def load_tasks(self) -> list[asyncio.Task[Any]]:
         """Loads running now (of retired slots too)."""
@@ -160,7 +182,8 @@ class Lifecycle(Room):
         slot.begin_load(task)
         self._loads.add(task)
         task.add_done_callback(self._loads.discard)
-        self.events.emit(EventKind.LOADING, slot.name, estimate_bytes=slot.estimate)
+        asked = device_text(slot.spec.device)
+        self.events.emit(EventKind.LOADING, slot.name, estimate_bytes=slot.estimate, device=asked)
 
     def retire(self, slot: Slot) -> None:
         """A slot the roster let go (registry/roster.py): its load stops, and it unloads
@@ -177,29 +200,30 @@ class Lifecycle(Room):
         loaded = False  # the loader ran: a failure from here on cost a whole load
         try:
             async with self.load_limit:
-                if slot.size_bytes is not None:  # measured on an earlier load of the same files
-                    need = slot.size_bytes
-                else:
-                    estimate = functools.partial(estimate_bytes, slot.spec, slot.source)
-                    slot.estimated(await run_in_thread(estimate, name="estimate"))
-                    need = slot.estimate or 0
-                if need > self.budget.limit:
-                    measured = slot.size_bytes is not None
-                    raise ModelTooLarge(slot.name, need, self.budget.limit, measured=measured)
-                await self.reserve(slot, need)
+                charge = await place_load(
+                    slot,
+                    self.budgets,
+                    self.devices,
+                    cost_of=self.reload_seconds,
+                    freeing=self._unloading(),
+                )
+                await self.reserve(
+                    slot, charge.nbytes, device=charge.device, host_bytes=charge.host_bytes
+                )
                 if self.closing and not slot.waiting:  # shutdown began; nobody waits for it
-                    self.budget.release(slot)
+                    self.budgets.release(slot)
                     raise asyncio.CancelledError
                 started = time.monotonic()
                 isolation = isolation_of(slot.spec, slot.estimate, self.settings)
                 slot.runs_in(isolation)
                 # A worker times its own load and is killed at load_timeout: wait for that.
                 outer = timeout + (KILL_GRACE * 3 if isolation == "process" else 0)
-                model, measured_size = await self._run_loader(slot, outer)
+                model, measured_size = await self._run_loader(slot, outer, charge.placed)
                 loaded = True
                 seconds = time.monotonic() - started
-                size = measured_size if measured_size is not None else need
-                await self._settle_size(slot, model, size)
+                size = measured_size if measured_size is not None else charge.nbytes
+                measured = measured_charge(model, charge, size, self.devices)
+                await self.settle_size(slot, model, measured)
             self._loaded(slot, model, seconds)
             return None
         except CapacityExceeded as exc:
@@ -220,13 +244,15 @@ class Lifecycle(Room):
             slot.load_ended()
             self.notify()
 
-    async def _run_loader(self, slot: Slot, seconds: float) -> tuple[Model, int | None]:
+    async def _run_loader(
+        self, slot: Slot, seconds: float, placed: str | None
+    ) -> tuple[Model, int | None]:
         """Run the loader in its thread. If we stop waiting, a worker's load is killed (its
         bytes go once it is reaped); a thread's load keeps its bytes until the thread ends."""
         records: list[AbandonedThread] = []
         handle = WorkerLoad() if slot.isolation == "process" else None
         job = run_in_thread(
-            functools.partial(self._load_blocking, slot, handle),
+            functools.partial(self._load_blocking, slot, handle, placed),
             name=f"load-{slot.name}",
             on_orphan=dispose,
             on_exit=lambda: self.reclaim(records[0]) if records else None,
@@ -235,7 +261,7 @@ class Lifecycle(Room):
             return await asyncio.wait_for(asyncio.shield(job), seconds)
         except BaseException as exc:
             if job.done():  # the loader raised: its thread is ending, nothing is held
-                self.budget.release(slot)
+                self.budgets.release(slot)
                 raise
             job.cancel()  # a result that comes later is an orphan: disposed of in the thread
             if isinstance(exc, TimeoutError):
@@ -246,24 +272,17 @@ class Lifecycle(Room):
             else:
                 why = "shutdown"
             records.append(self.abandoned.add(slot, "load", why))
-            held = format_bytes(self.budget.size_of(slot))
+            held = format_bytes(sum(self.budgets.holdings(slot).values()))
             if handle is not None:
                 handle.end(why)  # its loader thread reaps the worker and ends: reclaim()
-                log.warning(
-                    "stopped the load of %s (%s): its worker is killed; its %s are released "
-                    "once it is reaped",
-                    slot.name,
-                    why,
-                    held,
-                )
-            else:
-                log.warning(
-                    "stopped waiting for the load of %s (%s); its %s stay reserved until the "
-                    "loader thread ends",
-                    slot.name,
-                    why,
-                    held,
-                )
+            text = (
+                "stopped the load of %s (%s): its worker is killed; its %s are released once "
+                "it is reaped"
+                if handle is not None
+                else "stopped waiting for the load of %s (%s); its %s stay reserved until "
+                "the loader thread ends"
+            )
+            log.warning(text, slot.name, why, held)
             raise
 
     def reclaim(self, record: AbandonedThread) -> None:
@@ -272,7 +291,7 @@ class Lifecycle(Room):
         last = self.abandoned.ended(record)
         idle = slot.state in (State.UNLOADED, State.FAILED) and slot.load_task is None
         if last and idle:
-            freed = self.budget.release(slot)
+            freed = sum(self.budgets.release(slot).values())
             log.info(
                 "the abandoned %s thread of %s ended; released %s",
                 record.kind,
@@ -281,8 +300,10 @@ class Lifecycle(Room):
             )
         self.notify()
 
-    def _load_blocking(self, slot: Slot, handle: WorkerLoad | None) -> tuple[Model, int | None]:
-        ctx = LoadContext(slot.name, slot.spec, slot.source, self.base_dir)
+    def _load_blocking(
+        self, slot: Slot, handle: WorkerLoad | None, placed: str | None
+    ) -> tuple[Model, int | None]:
+        ctx = LoadContext(slot.name, slot.spec, slot.source, self.base_dir, placed)
         if slot.isolation == "process":
             limit = slot.spec.load_timeout or self.settings.load_timeout
             worker = load_in_worker(ctx, self.settings, load_timeout=limit, handle=handle)
@@ -291,26 +312,19 @@ class Lifecycle(Room):
         measured = measure_bytes(model)
         # A load creates ~100k long-lived objects; automatic full collections walking them
         # pause every thread for 20-120 ms. Freeze them; compact() collects when idle.
+        # Collect first: garbage waiting for the collector now would be frozen with them and
+        # kept for good under sustained traffic, where compact() never comes (one collection
+        # of what is not frozen yet: the new model and what came since the last load).
+        gc.collect()
         gc.freeze()
         return model, measured
-
-    async def _settle_size(self, slot: Slot, model: Model, measured: int) -> None:
-        """Replace the estimate with the measured size, making room if it grew."""
-        slot.measured(measured)  # kept even if it does not fit: the next try reserves it first
-        try:
-            if measured > self.budget.limit:
-                raise ModelTooLarge(slot.name, measured, self.budget.limit, measured=True)
-            await self.reserve(slot, measured, replacing=True)
-        except BaseException:
-            self.budget.release(slot)
-            await run_in_thread(functools.partial(dispose, (model, None)), name="dispose")
-            raise
 
     def _loaded(self, slot: Slot, model: Model, seconds: float) -> None:
         slot.loaded(model, self.pool.thread_for(slot.name), seconds)
         if isinstance(model, ProcessModel):
             watch_worker(self, slot, model)  # a worker that dies while idle is noticed
-        self.budget.touch(slot)
+        self.budgets.touch(slot)
+        measure_overhead(self, slot)  # the server's own context on a GPU, once
         self.refresh_batcher(slot)
         log.info(
             "loaded %s (%s) in %s",
@@ -319,7 +333,10 @@ class Lifecycle(Room):
             format_duration(seconds),
         )
         self.stats.of(slot.name).record_load(seconds)
-        self.events.emit(EventKind.LOADED, slot.name, bytes=slot.size_bytes, seconds=seconds)
+        home = self.budgets.home(slot)
+        self.events.emit(
+            EventKind.LOADED, slot.name, bytes=slot.size_bytes, seconds=seconds, device=home
+        )
         self.unload_when_idle(slot)  # retired, or an unload was asked for meanwhile
 
     def refresh_batcher(self, slot: Slot) -> None:

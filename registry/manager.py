@@ -21,6 +21,7 @@ from typing import Any
 from registry import views, workers
 from registry.admission import Admission
 from registry.config import Config, ModelSpec
+from registry.config_devices import config_devices
 from registry.config_file import load_config
 from registry.errors import (
     CapacityExceeded,
@@ -57,7 +58,7 @@ class ModelManager:
         self.config_loaded_at = _now()
         settings = config.server
         self._pool = InferencePool(settings.inference_workers or default_workers())
-        self._life = Lifecycle(settings, config.base_dir, self._pool)
+        self._life = Lifecycle(settings, config.base_dir, self._pool, config_devices(config))
         self._roster = Roster(
             self._new_slot(config, name, spec) for name, spec in config.models.items()
         )
@@ -236,7 +237,7 @@ class ModelManager:
         """The view of the whole registry."""
         life = self._life
         budget = life.budget
-        loading = (s for s in self._all_slots() if s.state is State.LOADING)
+        loading = [s for s in self._all_slots() if s.state is State.LOADING]
         return views.RegistryView(
             budget_bytes=budget.limit,
             used_bytes=budget.used,
@@ -251,16 +252,21 @@ class ModelManager:
             models=tuple(self._entry(self._roster.lookup(name)) for name in self._roster.names()),
             last_event_id=self.events.last_id,
             spare_worker=workers.spares.state(),
+            devices=views.device_views(life.budgets, life.devices, loading),
         )
 
     def _entry(self, slot: Slot) -> views.ModelView:
         """A model's view with the manager's part: its eviction priority, what the budget
         holds for it (loaded, or reserved for a load) and the time its idle TTL leaves it."""
-        budget = self._life.budget
+        budgets = self._life.budgets
+        home = budgets.home(slot)
+        budget = budgets.budget(home or "cpu")
         holding = views.Holding(
             eviction=budget.policy,
             eviction_priority=budget.priority(slot),
             held_bytes=budget.size_of(slot),
+            home=home,
+            device_bytes=budgets.holdings(slot),
             ttl_left_seconds=self._ttl_left(slot, time.monotonic()),
         )
         return views.model_view(slot, holding)
@@ -412,7 +418,7 @@ class ModelManager:
     def _all_slots(self) -> list[Slot]:
         """Current slots and retired ones that still hold memory."""
         slots = {id(s): s for s in self._roster}
-        for slot in self._life.budget.keys_lru_first():
+        for slot in self._life.held():
             slots.setdefault(id(slot), slot)
         return list(slots.values())
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import gc
 import json
 import logging
@@ -160,6 +161,14 @@ def measure_bytes(obj: Any) -> int | None:
     return total if found else None
 
 
+def tensor_device(obj: Any) -> str | None:
+    """The device of the first parameter or buffer of the torch modules in `obj` ("cpu",
+    "cuda:0", ...); None where it holds none."""
+    for tensor in _tensors(obj):
+        return str(tensor.device)
+    return None
+
+
 def rss_bytes() -> int:
     """Resident set size of this process (Linux), 0 where unknown."""
     try:
@@ -178,6 +187,18 @@ def compact() -> None:
     release_memory()
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """glibc, opened once: each CDLL makes a class of its own, garbage for the collector,
+    which a load's gc.freeze() would keep (one per unload, under churn, for good)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def release_memory(*, full: bool = False) -> int:
     """Return freed memory to the OS: gc, malloc_trim on glibc, the CUDA cache if used.
 
@@ -188,10 +209,11 @@ def release_memory(*, full: bool = False) -> int:
     """
     gc.collect(2 if full else 1)
     given_back = 0
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
+    libc = _libc()
+    if libc is not None:
+        with contextlib.suppress(AttributeError):  # a libc without malloc_trim (musl)
             before = rss_bytes()
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
+            libc.malloc_trim(0)
             given_back = max(0, before - rss_bytes())
     # torch may be half-imported: a load thread that is importing it when shutdown begins.
     cuda = getattr(sys.modules.get("torch"), "cuda", None)

@@ -17,6 +17,7 @@ RESTART_SETTINGS = (
     "max_header_size",
     "max_headers",
     "eviction",
+    "simulated_devices",  # the devices are discovered once, at start
 )
 
 

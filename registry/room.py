@@ -1,7 +1,10 @@
 """Making room: reserving a load's bytes, choosing and evicting victims, unloading.
 
 Part of the lifecycle (Lifecycle inherits it), kept apart because it is one job: everything
-that decides which models hold the budget's bytes and how they give them back.
+that decides which models hold the budgets' bytes and how they give them back.
+- Each device has its own budget (registry/device_budgets.py): a load is placed on one of
+  its devices (registry/placement.py) and evicts only models at home on the device that
+  needs the room; no device's reservations ever exceed its budget.
 - A load reserves its bytes; when they do not fit, idle models are evicted in the policy's
   order (registry/policy.py), only as many as the room needs; a load that must evict waits
   until no other load runs, so that load's model serves its waiting requests first.
@@ -23,9 +26,14 @@ from typing import Any
 
 from registry.budget import ByteBudget
 from registry.config import ServerSettings
-from registry.errors import CapacityExceeded
+from registry.device_budgets import DeviceBudgets
+from registry.device_charges import left_on_gpu
+from registry.devices import CPU, Device
+from registry.errors import CapacityExceeded, ModelTooLarge
 from registry.events import EventBus, EventKind, UnloadReason
 from registry.health import dispose
+from registry.loaders import Model
+from registry.placement import Charge
 from registry.policy import describe
 from registry.restore import over_budget
 from registry.slot import Slot, State
@@ -41,14 +49,16 @@ class Room:
     """The budget side of the lifecycle (see the module docstring); Lifecycle provides the
     state and the plumbing declared here."""
 
-    budget: ByteBudget[Slot]
+    budget: ByteBudget[Slot]  # the host's
+    budgets: DeviceBudgets[Slot]
+    devices: dict[str, Device]
     settings: ServerSettings
     pool: InferencePool
     events: EventBus
     stats: Stats
     unused_loads: int
     _reserving: set[Slot]
-    _in_line: dict[Slot, bool]
+    _in_line: dict[Slot, tuple[str, bool]]
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Start a task that the lifecycle keeps referenced (Lifecycle.spawn)."""
@@ -90,7 +100,7 @@ class Room:
             # Never close a thread model under a call; a worker under one can be ended.
             killable = isinstance(slot.model, ProcessModel)
             if slot.state is State.LOADED and (slot.leases == 0 or killable):
-                freed += self.budget.size_of(slot)
+                freed += sum(self.budgets.holdings(slot).values())
                 unloaded += 1
                 self.start_unload(slot, "shutdown", reason=UnloadReason.SHUTDOWN, quiet=True)
         unloads = [s.unload_task for s in slots if s.unload_task is not None]
@@ -107,13 +117,23 @@ class Room:
             return max(seconds, 0.001)
         return 0.5 + (slot.size_bytes or slot.estimate or 0) / 200e6  # ~200 MB/s
 
-    async def reserve(self, slot: Slot, nbytes: int, *, replacing: bool = False) -> None:
-        """Reserve bytes for `slot`, evicting idle models; CapacityExceeded once it has found
-        nothing to evict for capacity_wait.
+    async def reserve(
+        self,
+        slot: Slot,
+        nbytes: int,
+        *,
+        replacing: bool = False,
+        device: str = CPU,
+        host_bytes: int = 0,
+    ) -> None:
+        """Reserve `nbytes` for `slot` on `device` (and, on a GPU, `host_bytes` for its
+        host-side part), evicting idle models on the device that needs the room (never on
+        another); CapacityExceeded, naming the device, once it has found nothing to evict
+        for capacity_wait.
 
-        Loads take room in the order they asked for it (`_ahead`): a later load does not
-        take free room, nor the bytes of victims evicted for an earlier one, while that
-        earlier one can still make room; so a load that must evict waits only for the
+        Loads take room in the order they asked for it (`_ahead`, per device): a later load
+        does not take free room, nor the bytes of victims evicted for an earlier one, while
+        that earlier one can still make room; so a load that must evict waits only for the
         loads already running when it asked, never for a stream of smaller ones. Waiting
         in line and for running loads lasts at most capacity_wait; only then does the
         capacity_wait with nothing to evict begin (so a load is not refused for the time
@@ -122,18 +142,20 @@ class Room:
         wait = self.settings.capacity_wait
         asked = time.monotonic()
         stuck_since: float | None = None  # since when nothing could be evicted for it
-        budget = self.budget
+        budgets = self.budgets
         mine = slot if replacing else None
+        wanted = {device: nbytes} if device == CPU else {device: nbytes, CPU: host_bytes}
         self._reserving.add(slot)
         if not replacing:  # a loaded model settling its measured size is not in line
-            self._in_line[slot] = False
+            self._in_line[slot] = (device, False)
         try:
             while True:
                 now = time.monotonic()
                 patient = asked + wait - now  # > 0: it keeps its place in line
                 ahead = not replacing and patient > 0 and self._ahead(slot)
-                if not ahead and budget.fits(nbytes, replacing=mine):
-                    budget.reserve(slot, nbytes)
+                fits = all(budgets.fits(d, n, replacing=mine) for d, n in wanted.items())
+                if not ahead and fits:
+                    budgets.reserve(slot, device, nbytes, host_bytes=host_bytes)
                     self.record_peak()
                     return
                 if patient > 0 and (ahead or (not replacing and self._loads_running(slot))):
@@ -141,14 +163,9 @@ class Room:
                     # then is really idle, not a model whose next request is on its way.
                     await self.wait_changed(patient)
                     continue
-                victims = budget.victims(
-                    nbytes,
-                    evictable=lambda s: s.evictable,
-                    freeing=self._unloading(),
-                    replacing=mine,
-                )
+                victims, short = self._victims_for(slot, wanted, mine)
                 if not replacing:  # cannot make room now: let the loads behind it try
-                    self._in_line[slot] = victims is None
+                    self._in_line[slot] = (device, victims is None)
                 self._evict(victims or [], f"to fit {slot.name}")
                 if victims is not None:
                     stuck_since = None
@@ -157,12 +174,14 @@ class Room:
                 stuck_since = now if stuck_since is None else stuck_since
                 left = stuck_since + wait - now
                 if left <= 0:
+                    budget = budgets.budget(short)
                     raise CapacityExceeded(
                         slot.name,
-                        nbytes,
+                        wanted[short],
                         budget.used - (budget.size_of(slot) if replacing else 0),
                         budget.limit,
                         retry_after=self.busy_eta(slot),
+                        device=short,
                     )
                 await self.wait_changed(left)
         finally:
@@ -170,20 +189,63 @@ class Room:
             if not replacing and self._in_line.pop(slot, None) is not None and self._in_line:
                 self.notify()  # the next load in line may go now
 
+    async def settle_size(self, slot: Slot, model: Model, charge: Charge) -> None:
+        """Replace the estimate with the measured charge, making room if it grew."""
+        slot.measured(charge.nbytes)  # kept even if it does not fit: the next try reserves it
+        try:
+            limit = self.budgets.budget(charge.device).limit
+            if charge.nbytes > limit:
+                raise ModelTooLarge(
+                    slot.name, charge.nbytes, limit, measured=True, device=charge.device
+                )
+            await self.reserve(
+                slot,
+                charge.nbytes,
+                replacing=True,
+                device=charge.device,
+                host_bytes=charge.host_bytes,
+            )
+        except BaseException:
+            self.budgets.release(slot)
+            await run_in_thread(functools.partial(dispose, (model, None)), name="dispose")
+            raise
+
+    def _victims_for(
+        self, slot: Slot, wanted: dict[str, int], mine: Slot | None
+    ) -> tuple[list[Slot] | None, str]:
+        """The victims that make each of `wanted`'s bytes fit on its device (each chosen
+        among the models at home there), or None and the device where no room can be made."""
+        chosen: list[Slot] = []
+        for device, nbytes in wanted.items():
+            victims = self.budgets.victims(
+                device,
+                nbytes,
+                evictable=lambda s: s.evictable,
+                freeing=self._unloading(),
+                replacing=mine,
+            )
+            if victims is None:
+                return None, device
+            chosen += [victim for victim in victims if victim not in chosen]
+        return chosen, next(iter(wanted))
+
     def _ahead(self, slot: Slot) -> bool:
-        """Whether a load that asked for room before `slot` still waits and can make it
-        (one that found nothing to evict does not hold the line)."""
-        for other, stuck in self._in_line.items():
+        """Whether a load that asked for room on the same device before `slot` still waits
+        and can make it (one that found nothing to evict does not hold the line)."""
+        device = self._in_line[slot][0] if slot in self._in_line else CPU
+        for other, (where, stuck) in self._in_line.items():
             if other is slot:
                 return False
-            if not stuck:
+            if where == device and not stuck:
                 return True
         return False
 
-    def make_room_for(self, slot: Slot, nbytes: int) -> bool:
-        """A loaded model now holds `nbytes` (a worker's measured growth): evict idle models
-        until that fits, counting unloads under way; False if nothing can make the room."""
-        victims = self.budget.victims(
+    def make_room_for(self, slot: Slot, nbytes: int, device: str = CPU) -> bool:
+        """A loaded model now holds `nbytes` on `device` (a worker's measured growth): evict
+        idle models there until that fits, counting unloads under way; False if nothing can
+        make the room."""
+        victims = self.budgets.victims(
+            device,
             nbytes,
             evictable=lambda s: s is not slot and s.evictable,
             freeing=self._unloading(),
@@ -191,16 +253,26 @@ class Room:
         )
         if victims is None:
             return False
+        where = "" if device == CPU else f" on {device}"
         self._evict(
-            victims, f"to make room for {slot.name}, whose worker grew to {format_bytes(nbytes)}"
+            victims,
+            f"to make room for {slot.name}, whose worker grew to {format_bytes(nbytes)}{where}",
         )
         return True
+
+    def held(self) -> list[Slot]:
+        """Every model holding or reserving bytes on any device."""
+        found: dict[int, Slot] = {}
+        for device in self.budgets.devices:
+            for slot in self.budgets.budget(device).keys_lru_first():
+                found.setdefault(id(slot), slot)
+        return list(found.values())
 
     def _loads_running(self, slot: Slot) -> bool:
         """Whether another model's loader runs now (its bytes reserved, not waiting for room)."""
         return any(
             s is not slot and s.state is State.LOADING and s not in self._reserving
-            for s in self.budget.keys_lru_first()
+            for s in self.held()
         )
 
     def _evict(
@@ -209,26 +281,30 @@ class Room:
         """Unload `victims`; each log line says why the policy chose it."""
         if not victims:
             return
+        policy = self.budget.policy
         if reason is None:
-            reason = UnloadReason.COST if self.budget.policy == "cost" else UnloadReason.LRU
-        order = [s for s in self.budget.keys_lru_first() if s.evictable]
+            reason = UnloadReason.COST if policy == "cost" else UnloadReason.LRU
         for victim in victims:
-            priority = self.budget.priority(victim) or 0.0
+            budget = self.budgets.budget(self.budgets.home(victim) or CPU)  # its own device's
+            order = [s for s in budget.keys_lru_first() if s.evictable]
+            priority = budget.priority(victim) or 0.0
             rank = order.index(victim) + 1 if victim in order else 1
-            why = describe(self.budget.policy, priority, rank, len(order))
-            self.budget.evicted(victim)
+            why = describe(policy, priority, rank, len(order))
+            budget.evicted(victim)
             self.start_unload(victim, why, reason=reason, purpose=purpose)
 
     def _unloading(self) -> list[Slot]:
         """Models whose bytes are about to be released."""
-        return [s for s in self.budget.keys_lru_first() if s.state is State.UNLOADING]
+        return [s for s in self.held() if s.state is State.UNLOADING]
 
     def enforce_limit(self) -> None:
-        """After the budget shrank: unload models until the total fits again (restore.py)."""
-        idle, busy = over_budget(self.budget)
-        self._evict(idle, "because the memory budget was lowered", UnloadReason.BUDGET)
-        for slot in busy:  # no new lease; unloads once its in-flight requests end
-            self.request_unload(slot, UnloadReason.BUDGET)
+        """After a budget shrank: unload models until each device's total fits again
+        (restore.py)."""
+        for device in self.budgets.devices:
+            idle, busy = over_budget(self.budgets.budget(device))
+            self._evict(idle, "because the memory budget was lowered", UnloadReason.BUDGET)
+            for slot in busy:  # no new lease; unloads once its in-flight requests end
+                self.request_unload(slot, UnloadReason.BUDGET)
 
     # ----------------------------------------------------------------- unloading
 
@@ -267,7 +343,9 @@ class Room:
     ) -> None:
         started = time.monotonic()
         model, thread = slot.drop_model()
-        size = self.budget.size_of(slot)
+        held = self.budgets.holdings(slot)
+        size = sum(held.values())
+        home = self.budgets.home(slot)
         idle = time.monotonic() - slot.stats.last_used_mono
         if slot.stats.unused and why != "shutdown":
             self.unused_loads += 1
@@ -279,14 +357,24 @@ class Room:
             log.exception("error while unloading %s (its bytes are released anyway)", slot.name)
         finally:
             self.pool.retire(thread)
-            self.budget.release(slot)
+            self.budgets.release(slot)
             slot.unloaded()
             self.notify()
         verb = "evicted" if reason.eviction else "unloaded"
         seconds = time.monotonic() - started
         self.stats.of(slot.name).record_unload(reason, seconds)
         kind = EventKind.EVICTED if reason.eviction else EventKind.UNLOADED
-        self.events.emit(kind, slot.name, reason=reason.value, freed_bytes=size, seconds=seconds)
+        left = left_on_gpu(self.devices, model, home)  # a worker's bytes on its GPU: gone, checked
+        extra = {} if left is None else {"device_left_bytes": left}
+        self.events.emit(
+            kind,
+            slot.name,
+            reason=reason.value,
+            freed_bytes=size,
+            seconds=seconds,
+            device=home,
+            **extra,
+        )
         (log.debug if quiet else log.info)(
             f"{verb} %s (%s, idle %s, %s)%s",
             slot.name,

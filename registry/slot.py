@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from registry.events import UnloadReason
+from registry.loaders.interface import device_of
 
 if TYPE_CHECKING:
     from registry.batching import Batcher
@@ -165,6 +166,7 @@ class Slot:
     thread: ModelThread | None = None  # the model's inference thread while loaded
     batcher: Batcher | None = None
     isolation: str | None = None  # where the last load ran: "thread" or "process"
+    device: str | None = None  # the device the last load ran on ("cpu", "cuda:0"), if it says
     estimate: int | None = None  # bytes, before the load
     size_bytes: int | None = None  # measured after the last load
     stats: SlotStats = field(default_factory=SlotStats)
@@ -233,8 +235,10 @@ class Slot:
         self.isolation = isolation
 
     def loaded(self, model: Model, thread: ModelThread, seconds: float) -> None:
-        """The load succeeded: the model serves on `thread`; its failures are forgotten."""
+        """The load succeeded: the model serves on `thread` (and on the device it reports);
+        its failures are forgotten."""
         self.model = model
+        self.device = device_of(model)
         self.thread = thread
         self.state = State.LOADED
         self.stats.record_load(seconds)

@@ -7,6 +7,7 @@ durations unrounded seconds; rounding, ISO text, HTTP statuses and what an anony
 may see are app/'s decisions.
 
     RegistryView          ModelManager.snapshot(): the budget, the config, every model
+      DeviceView          one device's budget, overhead, used and reserved bytes
       ModelView           ModelManager.describe(name), load(name), unload(name)
         BatchStats        a batched model's batches (Batcher.stats())
         WorkerView        a process model's worker
@@ -26,12 +27,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from registry.devices import device_text
 from registry.slot import State
 from registry.workers import ProcessModel
 
 if TYPE_CHECKING:
     from registry.abandoned import AbandonedThread
     from registry.config import BatchSpec, InputKind
+    from registry.device_budgets import DeviceBudgets
+    from registry.devices import Device
     from registry.policy import Policy
     from registry.slot import Slot
     from registry.spare import SpareState
@@ -69,8 +73,10 @@ class Holding:
 
     eviction: Policy
     eviction_priority: float | None  # lower goes first; None while nothing is held
-    held_bytes: int  # loaded, or reserved for a load
+    held_bytes: int  # loaded, or reserved for a load, on its home device
     ttl_left_seconds: float | None  # until the idle TTL unloads it; None: no TTL, pinned, in use
+    home: str | None = None  # the device whose budget it spends (None: it holds nothing)
+    device_bytes: Mapping[str, int] | None = None  # bytes it holds on each device
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +105,9 @@ class ModelView:
     idle_ttl: float | None
     description: str
     isolation: str | None  # where the last load ran, else where the entry asks for
+    device: str  # the entry's `device`: cpu, cuda, cuda:N, mps or auto; a list as "cuda:1,cuda:0"
+    device_resolved: str | None  # the device the last load ran on (None: no load yet, or
+    # a model that does not tell: a plain callable)
     recycles: int
     worker_deaths: int
     worker: WorkerView | None  # a process model's worker while one runs
@@ -126,6 +135,20 @@ class ConfigRefusal:
 
 
 @dataclass(frozen=True, slots=True)
+class DeviceView:
+    """One device's budget and what models hold there (the host is `cpu`)."""
+
+    device: str  # cpu, cuda:0, ...
+    kind: str  # host, simulated, nvml or torch: where its total memory comes from
+    total_bytes: int  # the device's memory
+    budget_bytes: int  # its whole budget, the fixed overhead included
+    overhead_bytes: int  # what no model is charged for (the server's CUDA context)
+    used_bytes: int  # held by models at home there, host parts of GPU models, reservations
+    reserved_bytes: int  # reserved for loads in progress
+    models: int  # models whose home is this device
+
+
+@dataclass(frozen=True, slots=True)
 class RegistryView:
     """The whole registry: the budget, the config in use, every model (by name)."""
 
@@ -142,11 +165,14 @@ class RegistryView:
     models: tuple[ModelView, ...]
     last_event_id: int
     spare_worker: SpareState | None = None  # the idle worker kept for the next process load
+    devices: tuple[DeviceView, ...] = ()  # the host first, then each GPU
 
     @property
     def budget_state(self) -> BudgetState:
-        """Over the limit only after a reload lowered it: models unload until they fit."""
-        return BudgetState.RESTORING if self.used_bytes > self.budget_bytes else BudgetState.OK
+        """Over a limit only after a reload lowered it: models unload until they fit."""
+        over = any(d.used_bytes > d.budget_bytes - d.overhead_bytes for d in self.devices)
+        restoring = over or self.used_bytes > self.budget_bytes
+        return BudgetState.RESTORING if restoring else BudgetState.OK
 
     @property
     def abandoned_threads(self) -> int:
@@ -195,6 +221,8 @@ def model_view(slot: Slot, holding: Holding | None = None) -> ModelView:
         idle_ttl=spec.idle_ttl,
         description=spec.description,
         isolation="process" if worker is not None else slot.isolation or spec.isolation,
+        device=device_text(spec.device),
+        device_resolved=slot.device,
         recycles=slot.stats.recycles,
         worker_deaths=slot.stats.worker_deaths,
         worker=worker,
@@ -228,3 +256,26 @@ def _worker(model: object) -> WorkerView | None:
 
 def _datetime(timestamp: float | None) -> datetime | None:
     return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+def device_views(
+    budgets: DeviceBudgets[Slot], devices: Mapping[str, Device], loading: list[Slot]
+) -> tuple[DeviceView, ...]:
+    """Each device's budget and use; `loading` are the loads in progress."""
+    rows = []
+    for totals in budgets.totals():
+        budget = budgets.budget(totals.device)
+        device = devices.get(totals.device)
+        rows.append(
+            DeviceView(
+                device=totals.device,
+                kind=device.kind if device is not None else "host",
+                total_bytes=device.total if device is not None else totals.budget,
+                budget_bytes=totals.budget,
+                overhead_bytes=totals.overhead,
+                used_bytes=totals.used,
+                reserved_bytes=sum(budget.size_of(s) for s in loading),
+                models=totals.models,
+            )
+        )
+    return tuple(rows)

@@ -5,7 +5,7 @@ The parent side (starting, timing, killing, measuring) is registry/workers.py. M
     parent -> worker   ("load", ctx, torch_threads) once, then
                        ("predict", inputs, parameters) | ("close",)
     worker -> parent   ("ready", memory) once started, ("loading",) once it read its load,
-                       then ("loaded", param_bytes, memory) | ("ok", outputs, memory)
+                       then ("loaded", param_bytes, memory, device) | ("ok", outputs, memory)
                        | ("raise", exception) | ("closed",)
 
 A worker is started before it has a model (the spare, registry/spare.py): it sends
@@ -116,6 +116,7 @@ def main(conn: Connection, parent: int) -> None:
     gc.freeze()
     _die_with_parent(parent)
     from registry.loaders import load_model
+    from registry.loaders.interface import device_of
     from registry.loaders.torch_setup import configure
     from registry.memory import measure_bytes
     from registry.payload import to_jsonable
@@ -141,7 +142,7 @@ def main(conn: Connection, parent: int) -> None:
         wire.send(conn, ("raise", portable(exc)))
         return
     gc.freeze()  # the load's objects too: a full collection walking them stalls every call
-    wire.send(conn, ("loaded", param_bytes, memory_figures()))
+    wire.send(conn, ("loaded", param_bytes, memory_figures(), device_of(model)))
     measured = time.monotonic()
     peak = _peak_rss()
     pending: dict[str, int] = {}  # measured after a reply, sent with the next one

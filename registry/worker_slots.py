@@ -25,6 +25,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from registry.device_charges import follow_gpu
 from registry.errors import ModelFailed, RegistryError
 from registry.events import EventKind, UnloadReason
 from registry.slot import Slot, State
@@ -75,7 +76,7 @@ def worker_gone(life: Lifecycle, slot: Slot, model: ProcessModel) -> None:
         return
     _, thread = slot.drop_model()
     life.pool.retire(thread)
-    freed = life.budget.release(slot)
+    freed = sum(life.budgets.release(slot).values())
     slot.stats.record_worker_death()
     slot.measured(model.reserved or None)  # what a fresh worker held, not what this one grew to
     slot.unloaded()
@@ -119,7 +120,7 @@ def _fail(life: Lifecycle, slot: Slot, model: ProcessModel, message: str) -> Non
     if batcher is not None:
         batcher.fail_queued(error)
     life.pool.retire(thread)
-    life.budget.release(slot)
+    life.budgets.release(slot)
     slot.stats.record_worker_death()
     slot.retirement.cancel_unload()
     log.error("%s (next load in %s)", message, format_duration(delay))
@@ -138,7 +139,9 @@ def _queued_error(slot: Slot, how: str) -> ModelFailed:
 
 def after_request(life: Lifecycle, slot: Slot) -> None:
     """Follow the worker's measured memory, making room for its growth; recycle a worker
-    that leaks or that no room can be made for."""
+    that leaks or that no room can be made for. A GPU model's charge there follows what it
+    holds there (registry/device_charges.py)."""
+    follow_gpu(life, slot)
     model = slot.model
     if not isinstance(model, ProcessModel) or slot.state is not State.LOADED:
         return

@@ -97,6 +97,7 @@ class ProcessModel:
         self.pid = worker.pid
         self.predict_timeout = predict_timeout
         self.param_bytes = 0
+        self.device: str | None = None  # where the worker's model runs, as it reported
         self.memory: dict[str, int] = {}
         self.reserved = 0  # bytes the budget held when the load ended (set by the manager)
         self.exited = False  # the death watch saw the process end (registry/worker_slots.py)
@@ -325,8 +326,9 @@ def _load_in(worker: Worker, conn: Connection, job: _Job, *, spare: bool) -> Pro
         model._end()
         error = reply[1]
         raise error if isinstance(error, Exception | RegistryError) else RuntimeError(str(error))
-    _, param_bytes, memory = reply
+    _, param_bytes, memory, device = reply
     model.param_bytes = int(param_bytes or 0)
+    model.device = device
     model.memory = memory
     model.reserved = model.size_bytes
     return model

@@ -17,9 +17,9 @@ What it does, on the first GPU (cuda:0), with a real model (default: the BERT me
 5. Exit: SIGTERM, the exit code and seconds, and the VRAM the server's processes still hold
    on the GPU afterwards (0 MiB expected).
 
-Per-device figures in GET /models and /metrics, per-device eviction and the tracked figure
-for a GPU that includes each worker's whole footprint need the lifecycle's wiring: the
-script says "not available in this version" for them rather than make them up.
+Per-device figures come from GET /models' `devices` (each device's tracked bytes, a worker's
+whole footprint included, and the server's own overhead). The host-RAM tier is not wired in
+this version: the script says "not available in this version" for it rather than make it up.
 
 On a machine without a GPU it prints "no GPU found: ..." and exits 0. `--host-dry-run` runs
 every step on the host instead (no VRAM figures), to check the script itself on a CPU.
@@ -53,7 +53,7 @@ from registry.units import format_bytes
 
 MIB = 1024 * 1024
 TOKEN = "gpu-check"
-NOT_WIRED = "not available in this version (needs the lifecycle's per-device wiring)"
+NOT_WIRED = "not available in this version (the host-RAM tier is not wired yet)"
 MODELS = {
     "bert-memory-demo": ("sentence-embeddings", "a test sentence for the GPU check"),
     "langid-bert": ("text-classification", "Der schnelle braune Fuchs springt."),
@@ -208,7 +208,27 @@ def server_checks(
                 None if ratio is None else round(ratio, 2),
                 "n/a" if ratio is None else f"{ratio:.2f}x (target: within 10%, i.e. <= 1.10x)",
             )
-        report.add("tracked_per_device", None, NOT_WIRED)
+        for device in body.get("devices", []):  # each device's budget and what it tracks
+            name, held = device["device"], device["used_bytes"]
+            report.add(
+                f"tracked_{name}_used_bytes",
+                held,
+                f"{mib(held)} of {mib(device['budget_bytes'])} "
+                f"(overhead {mib(device['overhead_bytes'])})",
+            )
+        gpu_name = gpu.name if gpu is not None else None
+        on_gpu = [d for d in body.get("devices", []) if d["device"] == gpu_name]
+        if on_gpu and seen is not None:
+            charged = on_gpu[0]["used_bytes"] + on_gpu[0]["overhead_bytes"]
+            ratio = sum(seen.values()) / charged if charged else None
+            report.add(
+                "nvml_over_tracked_gpu",
+                None if ratio is None else round(ratio, 2),
+                "n/a"
+                if ratio is None
+                else f"{ratio:.2f}x of {gpu_name}'s tracked bytes + "
+                "its overhead (target: within 10%)",
+            )
 
         report.section("2b. VRAM given back by an unload")
         for name in ("in-worker", "in-server"):
@@ -236,7 +256,12 @@ def server_checks(
         report.section("4. the host-RAM tier through the server")
         report.add("server_reload_from_host_seconds", None, NOT_WIRED)
         report.section("5. per-device figures for operators")
-        report.add("models_json_per_device", None, NOT_WIRED)
+        devices = client.get("/models").json().get("devices", [])
+        report.add(
+            "models_json_per_device",
+            len(devices),
+            ", ".join(f"{d['device']}: {mib(d['used_bytes'])}" for d in devices),
+        )
 
         report.section("exit")
         pids = server_pids(server, client.get("/models").json())
@@ -360,7 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             used = device_used(device)
             report.add(f"{device.name}_used_before_bytes", used, mib(used))
-    report.add("per_device_eviction", None, NOT_WIRED)
+    report.add(
+        "per_device_eviction",
+        None,
+        "wired; checked on simulated GPUs by tests/test_device_placement.py (not measured here)",
+    )
     gpu = gpus[0] if gpus else None
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         server_checks(report, gpu, args.model, text, args.requests, Path(tmp))

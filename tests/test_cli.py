@@ -13,6 +13,7 @@ import httpx
 import pytest
 from support import served
 
+from app.client import device_text
 from devkit.server import CLI, Process, environ, free_port
 
 pytestmark = pytest.mark.slow
@@ -21,7 +22,7 @@ CONFIG = """\
 server: {memory_budget: 100MB, watch: false, idle_ttl: 1h}
 models:
   big: {loader: fake, options: {size: 60MB, load_seconds: 0.6}}
-  small: {loader: fake, options: {size: 1MB}}
+  small: {loader: fake, device: auto, options: {size: 1MB}}
 """
 
 
@@ -58,12 +59,14 @@ def test_load_shows_progress_ends_with_its_time_and_ls_shows_it(server: Process)
     listing = cli("ls", "--url", server.url, token=None)
     assert listing.returncode == 0, listing.stderr
     lines = listing.stdout.splitlines()
-    assert lines[0].split() == ["NAME", "STATE", "SIZE", "IN-FLIGHT", "LAST-USED", "TTL-LEFT"]
+    header = ["NAME", "STATE", "DEVICE", "SIZE", "IN-FLIGHT", "LAST-USED", "TTL-LEFT"]
+    assert lines[0].split() == header
     big = next(line.split() for line in lines if line.startswith("big "))
-    assert big[1:5] == ["loaded", "60.0", "MB", "0"]
+    assert big[1:6] == ["loaded", "cpu", "60.0", "MB", "0"]
     assert big[-1] in ("1h00m", "59m")  # idle_ttl 1h, just used
     small = next(line.split() for line in lines if line.startswith("small "))
-    assert small[1] == "unloaded" and small[-2:] == ["never", "-"]
+    assert small[1:3] == ["unloaded", "auto"]  # where models.yaml asks: not loaded yet
+    assert small[-2:] == ["never", "-"]
     assert "budget 100.0 MB, used 60.0 MB (60%)" in listing.stdout
 
     unloaded = cli("unload", "big", "--url", server.url)
@@ -95,6 +98,34 @@ def test_errors_are_one_line_and_exit_1(server: Process, args, token, message) -
     assert len(result.stderr.splitlines()) == 1
     assert result.stderr.startswith("model-registry: ")
     assert message in result.stderr
+
+
+def test_ls_shows_where_device_auto_went(server: Process) -> None:
+    """`ls` shows the device a load ran on next to the one models.yaml asks for: the fake
+    holds plain bytes in RAM, so `device: auto` went to the CPU ("auto->cpu")."""
+    assert httpx.post(f"{server.url}/models/small/predict", json={"inputs": "x"}).is_success
+    listing = cli("ls", "--url", server.url, token=None)
+    assert listing.returncode == 0, listing.stderr
+    small = next(line.split() for line in listing.stdout.splitlines() if line.startswith("small"))
+    assert small[1:3] == ["loaded", "auto->cpu"]
+    # the module's server again as the later tests expect it: `small` not loaded
+    assert cli("unload", "small", "--url", server.url).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("configured", "resolved", "shown"),
+    [
+        ("auto", None, "auto"),
+        ("auto", "cuda:0", "auto->cuda:0"),
+        ("cuda", "cuda:0", "cuda:0"),
+        ("cuda:1", "cuda:1", "cuda:1"),
+        ("cuda", "cpu", "cuda->cpu"),
+        (None, None, "-"),  # a server from before the device keys
+    ],
+)
+def test_the_device_column(configured: str | None, resolved: str | None, shown: str) -> None:
+    """One word per model: the device it ran on, and the entry's where that differs."""
+    assert device_text(configured, resolved) == shown
 
 
 def test_no_server_is_one_line_and_exit_1() -> None:

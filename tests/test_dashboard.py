@@ -39,7 +39,7 @@ def config_text() -> str:
         "server: {memory_budget: 100MB, watch: false, capacity_wait: 1}",
         "models:",
         "  big: {loader: fake, options: {size: 60MB, load_seconds: 0.2}}",
-        "  other: {loader: fake, options: {size: 60MB}}",
+        "  other: {loader: fake, device: auto, options: {size: 60MB}}",
     ]
     lines += [f"  m{i:03d}: {{loader: fake, options: {{size: 100kB}}}}" for i in range(98)]
     return "\n".join(lines) + "\n"
@@ -101,6 +101,28 @@ def test_a_load_through_the_api_shows_on_the_page(server: Process, browser) -> N
     wait_for(browser, '#events li[data-type="loaded"][data-model="big"]')
     row = browser.find_element(By.CSS_SELECTOR, 'tr[data-model="big"]')
     assert "60.0 MB" in row.text
+    assert device_cell(browser, "big") == "cpu"
+
+
+def device_cell(driver: WebDriver, model: str) -> str:
+    return str(driver.find_element(By.CSS_SELECTOR, f'tr[data-model="{model}"] td.c-device').text)
+
+
+def test_the_device_column_shows_where_auto_went(server: Process, browser) -> None:
+    """Each row shows the device its model runs on: the entry's `auto` before the first load,
+    then where it went ("auto->cpu": the fake holds plain bytes in RAM), with both in the
+    cell's title."""
+    open_dashboard(browser, server)
+    wait_for(browser, 'tr[data-model="other"][data-state="unloaded"]')
+    assert device_cell(browser, "other") == "auto"
+    response = httpx.post(
+        f"{server.url}/models/other/load", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+    )
+    assert response.status_code == 200, response.text
+    wait_for(browser, 'tr[data-model="other"][data-state="loaded"][data-device="cpu"]')
+    assert device_cell(browser, "other") == "auto->cpu"
+    cell = browser.find_element(By.CSS_SELECTOR, 'tr[data-model="other"] td.c-device')
+    assert cell.get_attribute("title") == "models.yaml: auto; last load ran on cpu"
 
 
 def test_admin_buttons_ask_for_the_token_and_act(server: Process, browser) -> None:
@@ -146,3 +168,44 @@ def test_a_wrong_token_is_reported_on_the_page(server: Process, browser) -> None
     wait_for(browser, "#message.error")
     assert "missing or wrong admin token" in browser.find_element(By.ID, "message").text
     assert httpx.get(f"{server.url}/models/m000").json()["state"] == "unloaded"
+
+
+GPU_CONFIG = """\
+server:
+  memory_budget: {cpu: 100MB, cuda:0: 300MB, cuda:1: 200MB}
+  simulated_devices: {cuda:0: 1GB, cuda:1: 1GB}
+  watch: false
+models:
+  g1: {loader: fake, device: cuda:1, options: {size: 1MB, device_bytes: 150MB}}
+"""
+
+
+@pytest.fixture
+def gpu_server(tmp_path: Path) -> Iterator[Process]:
+    config = tmp_path / "models.yaml"
+    config.write_text(GPU_CONFIG)
+    with serve(config, env={**os.environ, "MODEL_REGISTRY_ADMIN_TOKEN": TOKEN}) as process:
+        process.wait_live(30.0)
+        yield process
+        assert process.stop() == 0, process.log
+
+
+def test_one_memory_bar_per_device(gpu_server: Process, browser) -> None:
+    """Under the host's bar, one bar per GPU: a model on cuda:1 is a segment of cuda:1's bar
+    sized by its bytes there (its host-side bytes are in the host's bar), and cuda:0's bar
+    stays empty."""
+    browser.get(gpu_server.url + "/")
+    wait_for(browser, '#connection[data-state="live"]')
+    wait_for(browser, '#device-bars [data-device="cuda:0"] .memory-bar')
+    wait_for(browser, '#device-bars [data-device="cuda:1"] .memory-bar')
+    response = httpx.post(f"{gpu_server.url}/models/g1/predict", json={"inputs": "x"}, timeout=30)
+    assert response.status_code == 200, response.text
+    on_gpu = '#device-bars [data-device="cuda:1"] [data-model="g1"][data-state="loaded"]'
+    wait_for(browser, on_gpu)
+    segment = browser.find_element(By.CSS_SELECTOR, on_gpu)
+    assert segment.get_attribute("data-bytes") == str(150 * 10**6)
+    host = browser.find_element(By.CSS_SELECTOR, '#memory-bar [data-model="g1"]')
+    assert host.get_attribute("data-bytes") == str(10**6)
+    assert not browser.find_elements(By.CSS_SELECTOR, '#device-bars [data-device="cuda:0"] .seg')
+    text = browser.find_element(By.CSS_SELECTOR, '#device-bars [data-device="cuda:1"] .device-text')
+    assert text.text == "used 150.0 MB (reserved 0 B) of 200.0 MB, 1 model(s)"

@@ -51,6 +51,17 @@ SERVER_KEYS = [
     "models",
     "last_event_id",
     "spare_worker",
+    "devices",
+]
+DEVICE_KEYS = [
+    "device",
+    "kind",
+    "total_bytes",
+    "budget_bytes",
+    "overhead_bytes",
+    "used_bytes",
+    "reserved_bytes",
+    "models",
 ]
 SLOT_KEYS = [
     "name",
@@ -75,6 +86,8 @@ SLOT_KEYS = [
     "idle_ttl",
     "description",
     "isolation",
+    "device",
+    "device_resolved",
     "recycles",
     "worker_deaths",
 ]
@@ -85,7 +98,14 @@ WORKER_KEYS = [
     "worker_uss_bytes",
     "worker_pss_bytes",
 ]
-HOLDING_KEYS = ["eviction", "eviction_priority", "held_bytes", "ttl_left_seconds"]
+HOLDING_KEYS = [
+    "eviction",
+    "eviction_priority",
+    "held_bytes",
+    "ttl_left_seconds",
+    "home_device",
+    "device_bytes",
+]
 MODEL_KEYS = SLOT_KEYS + HOLDING_KEYS
 HIDDEN = {"source", "config_path"}
 
@@ -110,6 +130,14 @@ def test_get_models_keys_are_pinned_for_the_server_and_each_model(client: TestCl
     admin = client.get("/models", headers=ADMIN).json()
     assert list(admin) == SERVER_KEYS
     assert [list(entry) for entry in admin["models"]] == [MODEL_KEYS, MODEL_KEYS]
+    assert [list(device) for device in admin["devices"]] == [DEVICE_KEYS]
+    host = admin["devices"][0]
+    assert (host["device"], host["kind"], host["budget_bytes"]) == ("cpu", "host", 100 * 10**6)
+    assert host["used_bytes"] == admin["used_bytes"] == 10 * 10**6
+    assert (admin["models"][0]["home_device"], admin["models"][0]["device_bytes"]) == (
+        "cpu",
+        {"cpu": 10 * 10**6},
+    )
     anonymous = client.get("/models").json()
     assert list(anonymous) == [k for k in SERVER_KEYS if k not in HIDDEN]
     assert list(anonymous["models"][0]) == [k for k in MODEL_KEYS if k not in HIDDEN]
@@ -164,6 +192,8 @@ def test_the_json_rounds_and_formats_what_the_views_hold() -> None:
         idle_ttl=30.0,
         description="a process model",
         isolation="process",
+        device="auto",
+        device_resolved="cuda:0",
         recycles=1,
         worker_deaths=0,
         worker=WorkerView(
@@ -191,6 +221,7 @@ def test_the_json_rounds_and_formats_what_the_views_hold() -> None:
         7,
     )
     assert body["batches"] == {"batches": 5, "inputs": 9}
+    assert (body["device"], body["device_resolved"]) == ("auto", "cuda:0")
     view = RegistryView(
         budget_bytes=10,
         used_bytes=11,
@@ -235,6 +266,54 @@ def test_a_slot_outside_a_manager_has_no_budget_keys(tmp_path: Path) -> None:
     body = model_json(model_view(Slot(name="m", spec=spec, source=None)))
     assert list(body) == SLOT_KEYS
     assert (body["state"], body["isolation"], body["size_bytes"]) == ("unloaded", "process", None)
+    assert (body["device"], body["device_resolved"]) == ("cpu", None)  # no load: not known yet
+
+
+def test_get_models_shows_the_device_asked_for_and_the_one_each_load_ran_on(
+    tmp_path: Path, model_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each entry's `device` is the one models.yaml asks for, and `device_resolved` the one its
+    load ran on: `auto` resolves to the GPU where there is one, else the CPU, in the server's
+    process and in a worker; a custom torch module reports its tensors' device; the fake holds
+    plain bytes in RAM whatever its entry says; before a load nothing is claimed."""
+    import torch
+
+    here = "cuda:0" if torch.cuda.is_available() else "cpu"
+    monkeypatch.setenv("MODEL_REGISTRY_ADMIN_TOKEN", TOKEN)
+    langid = f"task: text-classification, source: {model_store}/langid-bert, device: auto"
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "server: {watch: false, memory_budget: 1GB}\n"
+        "models:\n"
+        f"  auto-thread: {{{langid}, isolation: thread}}\n"
+        f"  auto-process: {{{langid}, isolation: process}}\n"
+        "  iris:\n"
+        "    loader: registry.demo.iris:load\n"
+        f"    source: {model_store}/iris-mlp\n"
+        "    input: json\n"
+        "    isolation: thread\n"
+        "  fake-cuda: {loader: fake, device: cuda}\n"
+        "  never: {loader: fake, device: auto}\n"
+    )
+    with TestClient(create_app(path)) as client:
+        for name in ("auto-thread", "auto-process", "iris", "fake-cuda"):
+            response = client.post(f"/models/{name}/load", headers=ADMIN)
+            assert response.status_code == 200, response.text
+        listing = {m["name"]: m for m in client.get("/models").json()["models"]}
+        shown = {
+            name: (m["isolation"], m["device"], m["device_resolved"]) for name, m in listing.items()
+        }
+        assert shown == {
+            "auto-process": ("process", "auto", here),
+            "auto-thread": ("thread", "auto", here),
+            "fake-cuda": ("thread", "cuda", "cpu"),
+            "iris": ("thread", "cpu", "cpu"),
+            "never": (None, "auto", None),
+        }
+        # an unload keeps where the last load ran, as `isolation` does
+        assert client.post("/models/auto-thread/unload", headers=ADMIN).status_code == 200
+        one = client.get("/models/auto-thread").json()
+        assert (one["state"], one["device_resolved"]) == ("unloaded", here)
 
 
 @pytest.mark.parametrize(

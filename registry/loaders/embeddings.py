@@ -91,12 +91,13 @@ def load(ctx: LoadContext) -> EmbeddingModel:
         kwargs["use_safetensors"] = True
     if spec.dtype is not None:
         kwargs["dtype"] = spec.dtype
-    device = resolve_device(spec.device)
+    device = ctx.device or resolve_device(spec.device)  # where placement put it
     with one_build_at_a_time():
         module = AutoModel.from_pretrained(where, **kwargs)
     module = module.to(device).eval()
     max_length = int(ctx.options.get("max_length", min(512, tokenizer.model_max_length)))
-    return EmbeddingModel(tokenizer, module, device, max_length)
+    # the module's own device: "cuda:0" where `auto` (or `cuda`) resolved to the first GPU
+    return EmbeddingModel(tokenizer, module, str(module.device), max_length)
 
 
 def estimate_bytes(spec: ModelSpec, source: Source | None) -> int | None:

@@ -179,9 +179,10 @@ class FakeModel:
         return self.device_claim.nbytes if self.device_claim is not None else 0
 
     @property
-    def device(self) -> str | None:
-        """The simulated GPU this model claims memory on (None when none)."""
-        return self.device_claim.path.parent.name if self.device_claim is not None else None
+    def device(self) -> str:
+        """Where the model runs: the simulated GPU it claims memory on, else "cpu" (whatever
+        the entry's `device`: it holds plain bytes in the server's RAM)."""
+        return self.device_claim.path.parent.name if self.device_claim is not None else "cpu"
 
     def close(self) -> None:
         """Drop the ballast and give the simulated GPU's bytes back."""

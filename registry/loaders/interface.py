@@ -20,6 +20,11 @@ class Model(Protocol):
     calls it once from another thread so that the stuck call can be stopped (a model that runs
     in a worker process kills the worker there). It must be safe to call while predict runs
     and must not block for long; the model is closed once the stuck call returns.
+
+    Optional attribute: `device`, where the model runs (a str or a torch.device: "cpu",
+    "cuda:0", ...). It is read once the load has finished (`device_of`; without it, the
+    device of the torch modules in the model) and shown in GET /models: that is how an
+    entry with `device: auto` tells where it went.
     """
 
     def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
@@ -29,6 +34,17 @@ class Model(Protocol):
     def close(self) -> None:
         """Drop every reference to weights so that memory can be freed."""
         ...
+
+
+def device_of(model: object) -> str | None:
+    """Where a loaded model runs: its `device`, else that of the torch modules in it (None:
+    neither tells)."""
+    device = getattr(model, "device", None)
+    if device is not None:
+        return str(device)
+    from registry.memory import tensor_device
+
+    return tensor_device(model)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ class PipelineModel:
         self._defaults = {"truncation": True} if task in _TRUNCATING else {}
         self._single_fast = task in _SINGLE_FAST and hasattr(pipe, "run_single")
         self.module = pipe.model  # what memory.measure_bytes counts
+        self.device = str(pipe.device)  # "cpu", "cuda:0": where `device: auto` went
         limits = model_limits(pipe)
         self._checks = checks_for(limits)
         # Texts are counted before a call with truncation off (a too long one fails in the model).
@@ -114,7 +115,7 @@ def load(ctx: LoadContext) -> PipelineModel:
     kwargs.setdefault("model_kwargs", {}).update(model_kwargs)
     if spec.dtype is not None:
         kwargs["dtype"] = spec.dtype
-    device = resolve_device(spec.device)
+    device = ctx.device or resolve_device(spec.device)  # where placement put it
     with one_build_at_a_time():
         pipe = pipeline(
             task=spec.task,

@@ -39,6 +39,14 @@ function colorOf(name) {
   return COLORS[Math.max(0, index) % COLORS.length];
 }
 
+// Where a model runs, as `model-registry ls` shows it: "cpu", "cuda:0", "auto->cpu" where the
+// entry's device resolved to another, the entry's own before the first load.
+function deviceText(configured, resolved) {
+  if (!resolved || !configured) return resolved || configured || "-";
+  if (resolved === configured || resolved.startsWith(configured + ":")) return resolved;
+  return `${configured}->${resolved}`;
+}
+
 function setText(el, text) { if (el.textContent !== text) el.textContent = text; }
 
 function showMessage(text, isError) {
@@ -61,18 +69,21 @@ function render(data) {
   }
 }
 
-function renderMemory(data) {
-  const budget = data.budget_bytes;
-  const bar = $("memory-bar");
-  // held_bytes is what the budget holds; a server without it: the size of what is in memory
-  for (const m of data.models) {
-    if (m.held_bytes === undefined) {
-      m.held_bytes = ["loading", "loaded", "unloading"].includes(m.state) ? (m.size_bytes || 0) : 0;
-    }
-  }
-  const held = data.models.filter((m) => m.held_bytes > 0);
+// What a model holds on `device`: its device_bytes there; a server without them: held_bytes
+// (all on the host), else the size of what is in memory.
+function bytesOn(m, device) {
+  if (m.device_bytes) return m.device_bytes[device] || 0;
+  if (device !== "cpu") return 0;
+  if (m.held_bytes !== undefined) return m.held_bytes;
+  return ["loading", "loaded", "unloading"].includes(m.state) ? (m.size_bytes || 0) : 0;
+}
+
+// One bar: a segment per model holding bytes on `device`, sized against `budget`.
+function renderBar(bar, models, device, budget) {
+  const held = models.filter((m) => bytesOn(m, device) > 0);
   const seen = new Set();
   for (const m of held) {
+    const nbytes = bytesOn(m, device);
     seen.add(m.name);
     let seg = bar.querySelector(`[data-model="${CSS.escape(m.name)}"]`);
     if (!seg) {
@@ -85,13 +96,58 @@ function renderMemory(data) {
     const reserved = m.state === "loading";
     seg.classList.toggle("loading", reserved);
     seg.dataset.state = m.state;
-    seg.dataset.bytes = String(m.held_bytes);
-    seg.style.width = (100 * m.held_bytes / budget).toFixed(3) + "%";
-    seg.title = `${m.name}: ${bytes(m.held_bytes)} ${reserved ? "reserved (loading)" : m.state}`;
+    seg.dataset.bytes = String(nbytes);
+    seg.style.width = (100 * nbytes / budget).toFixed(3) + "%";
+    seg.title = `${m.name}: ${bytes(nbytes)} ${reserved ? "reserved (loading)" : m.state}`;
   }
   for (const seg of Array.from(bar.children)) {
     if (!seen.has(seg.dataset.model)) seg.remove();
   }
+  return held;
+}
+
+// A bar per GPU (GET /models' `devices`), under the host's.
+function renderDeviceBars(data) {
+  const box = $("device-bars");
+  const gpus = (data.devices || []).filter((d) => d.device !== "cpu");
+  const seen = new Set();
+  for (const d of gpus) {
+    seen.add(d.device);
+    let row = box.querySelector(`[data-device="${CSS.escape(d.device)}"]`);
+    if (!row) {
+      row = document.createElement("div");
+      row.className = "device-row";
+      row.dataset.device = d.device;
+      const head = document.createElement("div");
+      head.className = "memory-head";
+      const name = document.createElement("h3");
+      name.textContent = d.device;
+      const text = document.createElement("span");
+      text.className = "device-text";
+      head.append(name, text);
+      const bar = document.createElement("div");
+      bar.className = "memory-bar";
+      bar.setAttribute("role", "img");
+      bar.setAttribute("aria-label", `memory budget of ${d.device}`);
+      row.append(head, bar);
+      box.appendChild(row);
+    }
+    const models = renderBar(row.querySelector(".memory-bar"), data.models, d.device, d.budget_bytes);
+    const text = row.querySelector(".device-text");
+    setText(text,
+      `used ${bytes(d.used_bytes)} (reserved ${bytes(d.reserved_bytes)}) of ${bytes(d.budget_bytes)}` +
+      `, ${models.length} model(s)`);
+    text.dataset.used = String(d.used_bytes);
+  }
+  for (const row of Array.from(box.children)) {
+    if (!seen.has(row.dataset.device)) row.remove();
+  }
+}
+
+function renderMemory(data) {
+  const budget = data.budget_bytes;
+  const held = renderBar($("memory-bar"), data.models, "cpu", budget);
+  renderDeviceBars(data);
   const used = data.used_bytes, reserved = data.reserved_bytes || 0;
   setText($("memory-text"),
     `loaded ${bytes(used - reserved)} + reserved ${bytes(reserved)} of ${bytes(budget)}` +
@@ -102,12 +158,12 @@ function renderMemory(data) {
     const span = document.createElement("span");
     const swatch = document.createElement("i");
     swatch.style.background = colorOf(m.name);
-    span.append(swatch, `${m.name} ${bytes(m.held_bytes)}${m.state === "loading" ? " (reserved)" : ""}`);
+    span.append(swatch, `${m.name} ${bytes(bytesOn(m, "cpu"))}${m.state === "loading" ? " (reserved)" : ""}`);
     return span;
   }));
 }
 
-const COLUMNS = ["name", "state", "size", "in_flight", "queued", "served", "last_used",
+const COLUMNS = ["name", "state", "device", "size", "in_flight", "queued", "served", "last_used",
                  "load_seconds", "ttl_left", "error", "actions"];
 
 function makeRow(name) {
@@ -152,6 +208,10 @@ function renderRows(models) {
     setText(c.stateBadge, m.state);
     c.stateBadge.dataset.state = m.state;
     row.tr.dataset.state = m.state;
+    setText(c.device, deviceText(m.device, m.device_resolved));
+    c.device.title = `models.yaml: ${m.device || "-"}; ` +
+      (m.device_resolved ? `last load ran on ${m.device_resolved}` : "not loaded yet");
+    row.tr.dataset.device = m.device_resolved || "";
     setText(c.size, bytes(m.size_bytes) + (m.size_measured || m.size_bytes === null ? "" : " (est.)"));
     setText(c.in_flight, String(m.in_flight));
     setText(c.queued, String(m.queued));
