@@ -104,6 +104,7 @@ class RegistryCollector(Collector):
         yield CounterMetricFamily(
             P + "events", "Model events emitted", value=float(self.manager.events.last_id)
         )
+        yield from _devices(snapshot)
         policy = GaugeMetricFamily(
             P + "eviction_policy", "1 for the eviction policy in use", labels=["policy"]
         )
