@@ -18,8 +18,10 @@ from app.v2_tensors import HEADER_LENGTH
 from registry.config import Config
 from registry.loaders import fake
 
+# request_timeout: how long the gated models' requests wait before their 503; the other
+# models must load within it, so not so short that a busy machine's load misses it.
 CONFIG = """
-server: {memory_budget: 100MB, request_timeout: 0.2, admin_token: secret}
+server: {memory_budget: 100MB, request_timeout: 1.5, admin_token: secret}
 models:
   echo: {loader: fake, input: text, options: {size: 1MB}}
   rows: {loader: fake, options: {size: 1MB}}
