@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from support import wait_for
 
 from app.main import create_app
 from app.views_json import model_json, readiness_json, registry_json
@@ -153,6 +154,7 @@ def test_get_models_keys_are_pinned_for_the_server_and_each_model(client: TestCl
 
 def test_readiness_words_and_statuses_are_the_apps(client: TestClient) -> None:
     """The core says what is pending or failed; the app says 503 and 'starting'."""
+    wait_for(lambda: client.get("/models/a").json()["state"] == "loaded", "a has loaded")
     response = client.get("/health/ready")
     assert response.status_code == 503
     assert response.json() == {
