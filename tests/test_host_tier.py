@@ -1,0 +1,187 @@
+"""The host-RAM tier, through the real manager on simulated GPUs: a fake model evicted from
+a GPU is kept in host memory (state `offloaded`, counted on the host), comes back by a copy
+instead of a load, and leaves the host by the host's own policy, an admin unload or
+shutdown; with `server.host_tier: false`, or no room on the host, it is unloaded."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+from support import running, wait_until
+
+from registry.config import Config
+from registry.device_memory import ledger
+from registry.events import EventKind
+from registry.loaders import fake
+from registry.manager import ModelManager
+from registry.payload import TextRequest
+
+WriteConfig = Callable[[str], Config]
+MB = 10**6
+
+
+def server(host: str = "500MB", extra: str = "") -> str:
+    return (
+        "server:\n"
+        f"  memory_budget: {{cpu: {host}, cuda:0: 300MB}}\n"
+        "  simulated_devices: {cuda:0: 1GB}\n"
+        "  watch: false\n  capacity_wait: 0.5s\n  isolation: thread\n"
+        f"{extra}models:\n"
+    )
+
+
+def gpu(name: str, options: str = "offload: true") -> str:
+    """A fake model holding 1 MB on the host and 200 MB on cuda:0."""
+    return (
+        f"  {name}:\n    loader: fake\n    device: cuda:0\n"
+        f"    options: {{size: 1MB, device_bytes: 200MB, {options}}}\n"
+    )
+
+
+def host(name: str, size: str) -> str:
+    return f"  {name}:\n    loader: fake\n    options: {{size: {size}}}\n"
+
+
+def used(manager: ModelManager) -> dict[str, int]:
+    """Bytes used on each device, as GET /models shows them."""
+    return {d.device: d.used_bytes for d in manager.snapshot().devices}
+
+
+def state(manager: ModelManager, name: str) -> str:
+    return manager.describe(name).state
+
+
+def within_budgets(manager: ModelManager) -> bool:
+    return all(d.used_bytes <= d.budget_bytes for d in manager.snapshot().devices)
+
+
+def on_gpu() -> int:
+    """Bytes this process claims on the simulated cuda:0."""
+    return ledger().claimed("cuda:0", os.getpid())
+
+
+def kinds(manager: ModelManager, name: str) -> list[EventKind]:
+    return [e.kind for e in manager.events.recent() if e.model == name]
+
+
+async def offload_a(manager: ModelManager) -> None:
+    """Load a, then b on the same full GPU: a is evicted from cuda:0 into host memory."""
+    await manager.predict("a", TextRequest("x"))
+    await manager.predict("b", TextRequest("x"))
+    await wait_until(lambda: state(manager, "a") == "offloaded", "a is offloaded")
+
+
+@pytest.mark.anyio
+async def test_a_model_evicted_from_a_gpu_is_kept_in_host_memory_and_restored_by_a_copy(
+    write_config: WriteConfig,
+) -> None:
+    """Evicted from cuda:0 for another model, a is offloaded: its 200 MB leave the GPU (the
+    simulated claim too) and its 201 MB count on the host. A request for it restores it by
+    a copy (no second load from disk), evicting b from the GPU into host memory in turn;
+    no device goes over its budget at any point."""
+    config = write_config(server() + gpu("a") + gpu("b"))
+    async with running(config) as manager:
+        await offload_a(manager)
+        assert used(manager) == {"cpu": 201 * MB + 1 * MB, "cuda:0": 200 * MB}
+        assert on_gpu() == 200 * MB  # only b's claim is left on the GPU
+        assert manager.describe("a").holding.home == "cpu"  # type: ignore[union-attr]
+        assert within_budgets(manager)
+        answer = await manager.predict("a", TextRequest("x"))
+        assert answer
+        await wait_until(lambda: state(manager, "b") == "offloaded", "b is offloaded")
+        assert state(manager, "a") == "loaded"
+        assert manager.describe("a").holding.home == "cuda:0"  # type: ignore[union-attr]
+        assert fake.attempts("a") == 1  # restored by the copy, not loaded again
+        assert used(manager) == {"cpu": 1 * MB + 201 * MB, "cuda:0": 200 * MB}
+        assert on_gpu() == 200 * MB
+        assert within_budgets(manager)
+        assert kinds(manager, "a") == [
+            EventKind.LOADING,
+            EventKind.LOADED,
+            EventKind.OFFLOADED,
+            EventKind.LOADING,  # from host memory (`restore: true`)
+            EventKind.RESTORED,
+        ]
+        loading = [e for e in manager.events.recent() if e.kind is EventKind.LOADING]
+        assert [e.data.get("restore", False) for e in loading if e.model == "a"] == [False, True]
+        assert manager.stats.of("a").restores == 1
+
+
+@pytest.mark.anyio
+async def test_with_the_tier_off_a_model_evicted_from_a_gpu_is_unloaded(
+    write_config: WriteConfig,
+) -> None:
+    """`server.host_tier: false`: a is unloaded when b needs its GPU, as before the tier,
+    and its next request loads it from disk again."""
+    config = write_config(server(extra="  host_tier: false\n") + gpu("a") + gpu("b"))
+    async with running(config) as manager:
+        await manager.predict("a", TextRequest("x"))
+        await manager.predict("b", TextRequest("x"))
+        await wait_until(lambda: state(manager, "a") == "unloaded", "a is unloaded")
+        assert used(manager) == {"cpu": 1 * MB, "cuda:0": 200 * MB}
+        await manager.predict("a", TextRequest("x"))
+        assert fake.attempts("a") == 2
+
+
+@pytest.mark.anyio
+async def test_a_model_without_the_hooks_or_without_host_room_is_unloaded(
+    write_config: WriteConfig,
+) -> None:
+    """A fake without `offload: true` is unloaded when evicted from its GPU; and with a host
+    budget that has no free room for the 201 MB, an offloadable model is unloaded too,
+    without evicting the idle host model for it."""
+    config = write_config(
+        server(host="300MB")
+        + gpu("a")
+        + gpu("b")
+        + gpu("plain", "offload: false")
+        + host("h", "150MB")
+    )
+    async with running(config) as manager:
+        await manager.predict("plain", TextRequest("x"))
+        await manager.predict("a", TextRequest("x"))
+        await wait_until(lambda: state(manager, "plain") == "unloaded", "plain is unloaded")
+        await manager.predict("h", TextRequest("x"))
+        # host: h's 150 MB, a's 1 MB, b's 1 MB: a's 201 MB would take it to 351 MB of 300
+        await manager.predict("b", TextRequest("x"))
+        await wait_until(lambda: state(manager, "a") == "unloaded", "a is unloaded")
+        assert state(manager, "h") == "loaded"
+        assert used(manager) == {"cpu": 151 * MB, "cuda:0": 200 * MB}
+
+
+@pytest.mark.anyio
+async def test_an_offloaded_model_is_evicted_from_the_host_by_the_hosts_policy(
+    write_config: WriteConfig,
+) -> None:
+    """The offloaded a is the least recently used model at home on the host: a host model
+    that needs its room evicts it (it is unloaded, its host bytes given back)."""
+    config = write_config(server(host="400MB") + gpu("a") + gpu("b") + host("h", "250MB"))
+    async with running(config) as manager:
+        await offload_a(manager)
+        await manager.predict("h", TextRequest("x"))
+        await wait_until(lambda: state(manager, "a") == "unloaded", "a is evicted from the host")
+        assert used(manager) == {"cpu": 250 * MB + 1 * MB, "cuda:0": 200 * MB}
+        assert kinds(manager, "a")[-1] == EventKind.EVICTED
+        assert within_budgets(manager)
+
+
+@pytest.mark.anyio
+async def test_admin_unload_and_shutdown_close_an_offloaded_model(
+    write_config: WriteConfig,
+) -> None:
+    """An admin unload of an offloaded model unloads it and gives back its host bytes; an
+    offloaded model left at shutdown is unloaded too (its `unloaded` event says shutdown)."""
+    config = write_config(server() + gpu("a") + gpu("b") + gpu("c"))
+    async with running(config) as manager:
+        await offload_a(manager)
+        view = await manager.unload("a")
+        assert view.state == "unloaded"
+        assert used(manager) == {"cpu": 1 * MB, "cuda:0": 200 * MB}
+        await manager.predict("c", TextRequest("x"))  # b is offloaded
+        await wait_until(lambda: state(manager, "b") == "offloaded", "b is offloaded")
+    events = [(e.kind, e.model, e.data.get("reason")) for e in manager.events.recent()]
+    assert (EventKind.UNLOADED, "a", "admin") in events
+    assert (EventKind.UNLOADED, "b", "shutdown") in events
+    assert on_gpu() == 0
