@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 from support import running, wait_until
 
+from app.main import create_app
 from registry.config import Config
 from registry.device_memory import ledger
+from registry.errors import CapacityExceeded
 from registry.events import EventKind
 from registry.loaders import fake
 from registry.manager import ModelManager
@@ -185,3 +190,81 @@ async def test_admin_unload_and_shutdown_close_an_offloaded_model(
     assert (EventKind.UNLOADED, "a", "admin") in events
     assert (EventKind.UNLOADED, "b", "shutdown") in events
     assert on_gpu() == 0
+
+
+@pytest.mark.anyio
+async def test_an_offloaded_model_stays_offloaded_when_no_gpu_has_room_for_its_restore(
+    write_config: WriteConfig,
+) -> None:
+    """With the GPU held by a pinned model, a request for the offloaded a gets the 503
+    `capacity` naming cuda:0 after capacity_wait; a stays offloaded, its bytes on the host,
+    and a later admin unload still closes it."""
+    pinned = "  b:\n    loader: fake\n    device: cuda:0\n    pinned: true\n"
+    pinned += "    options: {size: 1MB, device_bytes: 200MB}\n"
+    config = write_config(server() + gpu("a") + pinned)
+    async with running(config) as manager:
+        await offload_a(manager)
+        with pytest.raises(CapacityExceeded) as refused:
+            await manager.predict("a", TextRequest("x"))
+        assert refused.value.device == "cuda:0"
+        assert state(manager, "a") == "offloaded"
+        assert used(manager) == {"cpu": 201 * MB + 1 * MB, "cuda:0": 200 * MB}
+        assert (await manager.unload("a")).state == "unloaded"
+        assert used(manager) == {"cpu": 1 * MB, "cuda:0": 200 * MB}
+        assert on_gpu() == 200 * MB
+
+
+@pytest.mark.anyio
+async def test_an_offloaded_model_is_unloaded_by_its_ttl_and_by_a_reload_that_removes_it(
+    tmp_path: Path, write_config: WriteConfig
+) -> None:
+    """An offloaded model past its idle_ttl is unloaded from the host; one removed from
+    models.yaml by a reload is unloaded too (both give back their host bytes)."""
+    ttl = "  t:\n    loader: fake\n    device: cuda:0\n    idle_ttl: 0.3s\n"
+    ttl += "    options: {size: 1MB, device_bytes: 200MB, offload: true}\n"
+    config = write_config(server() + gpu("a") + gpu("b") + ttl)
+    async with running(config) as manager:
+        await manager.predict("t", TextRequest("x"))
+        await offload_a(manager)  # t is offloaded for a, then a for b
+        await wait_until(lambda: state(manager, "t") == "unloaded", "t's TTL unloads it")
+        assert [e.kind for e in manager.events.recent() if e.model == "t"][-1] is (
+            EventKind.UNLOADED
+        )
+        assert state(manager, "a") == "offloaded"
+        (tmp_path / "models.yaml").write_text(server() + gpu("b") + ttl)
+        await manager.reload()
+        await wait_until(lambda: used(manager)["cpu"] == 1 * MB, "a's host bytes are released")
+        removed = [e for e in manager.events.recent() if e.model == "a"][-1]
+        assert (removed.kind, removed.data.get("reason")) == (EventKind.UNLOADED, "reload")
+        assert on_gpu() == 200 * MB
+
+
+def test_get_models_and_metrics_show_an_offloaded_model(tmp_path: Path) -> None:
+    """Through the real app: GET /models shows the offloaded model at home on the host with
+    all its bytes there, /metrics its state and its offload; after a request restores it,
+    its restore is counted."""
+    path = tmp_path / "models.yaml"
+    path.write_text(server() + gpu("a") + gpu("b"))
+    with TestClient(create_app(path)) as client:
+        for name in ("a", "b"):
+            assert client.post(f"/models/{name}/predict", json={"inputs": "x"}).status_code == 200
+        models = {m["name"]: m for m in client.get("/models").json()["models"]}
+        assert models["a"]["state"] == "offloaded"
+        assert (models["a"]["home_device"], models["a"]["device_bytes"]) == (
+            "cpu",
+            {"cpu": 201 * MB},
+        )
+        assert metric(client, "model_registry_model_state", model="a", state="offloaded") == 1
+        assert metric(client, "model_registry_offloads_total", model="a") == 1
+        assert client.post("/models/a/predict", json={"inputs": "x"}).status_code == 200
+        assert metric(client, "model_registry_restores_total", model="a") == 1
+        assert metric(client, "model_registry_offloads_total", model="b") == 1
+
+
+def metric(client: TestClient, name: str, **labels: str) -> float:
+    text = client.get("/metrics").text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    raise AssertionError(f"no sample {name} {labels}")
