@@ -19,9 +19,11 @@ from registry.config import Config
 from registry.device_memory import ledger
 from registry.errors import CapacityExceeded
 from registry.events import EventKind
-from registry.loaders import fake
+from registry.loaders import LoadContext, fake, load_model
+from registry.loaders.interface import can_offload, device_of
 from registry.manager import ModelManager
 from registry.payload import TextRequest
+from registry.sources import resolve_source
 
 WriteConfig = Callable[[str], Config]
 MB = 10**6
@@ -268,3 +270,36 @@ def metric(client: TestClient, name: str, **labels: str) -> float:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return sample.value
     raise AssertionError(f"no sample {name} {labels}")
+
+
+@pytest.mark.parametrize(
+    ("folder", "task", "text"),
+    [
+        ("langid-bert", "text-classification", "Der schnelle braune Fuchs springt."),
+        ("bert-memory-demo", "sentence-embeddings", "a test sentence"),
+    ],
+)
+def test_the_real_loaders_hooks_move_the_weights_and_keep_the_answers(
+    model_store: Path, write_config: WriteConfig, folder: str, task: str, text: str
+) -> None:
+    """The pipeline and sentence-embeddings models' offload() and restore(device) move their
+    torch module with `.to()` and the answers stay the same. On this machine both ends of
+    the move are the CPU, so this checks that the hooks keep the model usable (the pipeline
+    follows its module's device), not the speed of a copy (scripts/gpu_check.sh does)."""
+    config = write_config(
+        "server: {watch: false}\nmodels:\n"
+        f"  m: {{task: {task}, source: {model_store / folder}}}\n"
+    )
+    spec = config.models["m"]
+    source = resolve_source(spec.source, config.base_dir)
+    model = load_model(LoadContext("m", spec, source, config.base_dir))
+    try:
+        assert can_offload(model)
+        before = model.predict([text], {})
+        model.offload()  # type: ignore[attr-defined]
+        assert device_of(model) == "cpu"
+        model.restore("cpu")  # type: ignore[attr-defined]
+        assert device_of(model) == "cpu"
+        assert model.predict([text], {}) == before
+    finally:
+        model.close()
