@@ -5,6 +5,7 @@ shutdown; with `server.host_tier: false`, or no room on the host, it is unloaded
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
-from support import running, wait_until
+from support import ask, running, wait_until
 
 from app.main import create_app
 from registry.config import Config
@@ -303,3 +304,47 @@ def test_the_real_loaders_hooks_move_the_weights_and_keep_the_answers(
         assert model.predict([text], {}) == before
     finally:
         model.close()
+
+
+@pytest.mark.anyio
+async def test_concurrent_requests_for_an_offloaded_model_make_one_restore(
+    write_config: WriteConfig,
+) -> None:
+    """Requests that arrive while a is being copied to the host, and more after, all get
+    their answer from one restore (single flight); no load from disk, no device over its
+    budget, and b (idle by then) goes to the host in its turn."""
+    slow = "offload: true, offload_seconds: 0.3, restore_seconds: 0.2"
+    config = write_config(server() + gpu("a", slow) + gpu("b", slow))
+    async with running(config) as manager:
+        await manager.predict("a", TextRequest("x"))
+        b = ask(manager, "b")  # waits for a's GPU bytes, released once a's copy ends
+        await wait_until(lambda: state(manager, "a") == "offloading", "a is being offloaded")
+        early = [ask(manager, "a", f"early {i}") for i in range(8)]
+        await wait_until(lambda: state(manager, "a") != "offloading", "a's copy ended")
+        late = [ask(manager, "a", f"late {i}") for i in range(8)]
+        answers = await asyncio.gather(b, *early, *late)
+        assert len(answers) == 17 and all(answers)
+        assert manager.stats.of("a").restores == 1
+        assert fake.attempts("a") == 1
+        await wait_until(lambda: state(manager, "b") == "offloaded", "b is offloaded")
+        assert within_budgets(manager)
+        assert used(manager) == {"cpu": 1 * MB + 201 * MB, "cuda:0": 200 * MB}
+
+
+@pytest.mark.anyio
+async def test_an_admin_unload_during_the_copy_to_the_host_unloads_the_model(
+    write_config: WriteConfig,
+) -> None:
+    """An admin unload that arrives while a is being copied to the host waits for the copy,
+    then unloads a: nothing of it is left on any device."""
+    slow = "offload: true, offload_seconds: 0.3"
+    config = write_config(server() + gpu("a", slow) + gpu("b"))
+    async with running(config) as manager:
+        await manager.predict("a", TextRequest("x"))
+        b = ask(manager, "b")  # waits for a's GPU bytes, released once a's copy ends
+        await wait_until(lambda: state(manager, "a") == "offloading", "a is being offloaded")
+        view = await manager.unload("a")
+        assert view.state == "unloaded"
+        assert await b
+        assert used(manager) == {"cpu": 1 * MB, "cuda:0": 200 * MB}
+        assert on_gpu() == 200 * MB

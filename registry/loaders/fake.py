@@ -17,6 +17,7 @@ Memory on a simulated GPU (`server.simulated_devices`; registry/device_memory.py
   device_leak: 5MB     each predict call claims this many more there (an allocator cache)
   offload: true        evicted from its GPU, it may be kept in host memory (the host-RAM
                        tier): its claim is given back and its bytes count on the host
+  offload_seconds: 0.1 time the copy to the host takes
   restore_seconds: 0.1 time the copy back to a GPU takes (a load takes load_seconds)
 
 Worker-process faults (for `isolation: process`; in a thread model they would hit the server):
@@ -152,6 +153,7 @@ class FakeModel:
         self.faults = WorkerFaults(options)
         self.offloadable = bool(options.get("offload")) and device_claim is not None
         self.restore_seconds = float(options.get("restore_seconds", 0.0))
+        self.offload_seconds = float(options.get("offload_seconds", 0.0))
         self.restores = 0
         self._offloaded_bytes = 0
 
@@ -194,6 +196,8 @@ class FakeModel:
     def offload(self) -> None:
         """The host-RAM tier's copy to the host: the simulated GPU's bytes are given back
         (the registry counts them on the host from now on)."""
+        if self.offload_seconds:
+            time.sleep(self.offload_seconds)
         if self.device_claim is not None:
             self._offloaded_bytes = self.device_claim.nbytes
             self.device_claim.release()
