@@ -16,6 +16,7 @@ copy instead of a load from disk (docs/gpus.md).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -32,6 +33,8 @@ from registry.units import format_bytes, format_duration
 from registry.workers import ProcessModel
 
 if TYPE_CHECKING:
+    from registry.abandoned import AbandonedThread
+    from registry.lifecycle import Lifecycle
     from registry.loaders import Model
     from registry.room import Room
     from registry.slot import Slot
@@ -116,25 +119,33 @@ def _restore_blocking(model: Model, device: str) -> int | None:
     return measure_bytes(model)
 
 
-async def restore(life: Room, slot: Slot, device: str) -> tuple[Model, int | None, float]:
+async def restore(life: Lifecycle, slot: Slot, device: str) -> tuple[Model, int | None, float]:
     """Copy an offloaded model back to `device` (its room there is reserved): the model,
-    its measured host size and the seconds the copy took. If the copy fails or is stopped,
-    the model is closed and its bytes released (the slot holds no model then)."""
+    its measured host size and the seconds the copy took. If the copy fails, the model is
+    closed and its bytes released; if it is stopped (model replaced or removed, shutdown),
+    the slot lets go of it at once but its bytes stay reserved until the copy's thread
+    ends, which then closes it (as for a load the registry stops waiting for)."""
     model = slot.model
     assert model is not None
     started = time.monotonic()
+    records: list[AbandonedThread] = []
     job = run_in_thread(
         functools.partial(_restore_blocking, model, device),
         name=f"restore-{slot.name}",
         on_orphan=lambda _: dispose((model, None)),  # stopped: closed once the copy ends
+        on_exit=lambda: life.reclaim(records[0]) if records else None,
     )
     try:
-        size = await job
+        size = await asyncio.shield(job)  # a stopped restore leaves the copy running
     except BaseException:
-        stopped = not job.done()
-        forget(life, slot)
-        if not stopped:  # the copy raised: its thread is over, close the model now
+        _, thread = slot.drop_model()
+        life.pool.retire(thread)
+        if job.done():  # the copy raised: its thread is over, close the model now
+            life.budgets.release(slot)
             await run_in_thread(functools.partial(dispose, (model, None)), name="dispose")
+        else:
+            job.cancel()  # the copy's result comes as an orphan: closed in its thread
+            records.append(life.abandoned.add(slot, "restore", "stopped during its restore"))
         raise
     return model, size, time.monotonic() - started
 
