@@ -398,3 +398,22 @@ def fake_restoring(manager: ModelManager) -> bool:
     """Whether a's restore holds its GPU room (b evicted, a loading on cuda:0)."""
     view = manager.describe("a")
     return view.state == "loading" and view.holding.home == "cuda:0"  # type: ignore[union-attr]
+
+
+@pytest.mark.anyio
+async def test_shutdown_during_the_copy_to_the_host_unloads_the_model(
+    write_config: WriteConfig,
+) -> None:
+    """A shutdown that begins while a is being copied to the host waits for the copy, then
+    unloads a: its `unloaded` event says shutdown, and nothing is left on the GPU."""
+    slow = "offload: true, offload_seconds: 0.5"
+    config = write_config(server() + gpu("a", slow) + gpu("b"))
+    async with running(config) as manager:
+        await manager.predict("a", TextRequest("x"))
+        b = ask(manager, "b")
+        await wait_until(lambda: state(manager, "a") == "offloading", "a is being offloaded")
+    await asyncio.gather(b, return_exceptions=True)
+    events = [(e.kind, e.model, e.data.get("reason")) for e in manager.events.recent()]
+    assert (EventKind.UNLOADED, "a", "shutdown") in events
+    assert state(manager, "a") == "unloaded"
+    assert on_gpu() == 0
