@@ -27,6 +27,7 @@ from registry.events import EventKind, UnloadReason
 from registry.health import dispose
 from registry.loaders.interface import can_offload
 from registry.memory import measure_bytes
+from registry.placement import measured_charge
 from registry.slot import State
 from registry.threads import run_in_thread
 from registry.units import format_bytes, format_duration
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from registry.abandoned import AbandonedThread
     from registry.lifecycle import Lifecycle
     from registry.loaders import Model
+    from registry.placement import Charge
     from registry.room import Room
     from registry.slot import Slot
 
@@ -148,6 +150,20 @@ async def restore(life: Lifecycle, slot: Slot, device: str) -> tuple[Model, int 
             records.append(life.abandoned.add(slot, "restore", "stopped during its restore"))
         raise
     return model, size, time.monotonic() - started
+
+
+async def restore_load(life: Lifecycle, slot: Slot, charge: Charge) -> None:
+    """The load of an offloaded model, once its room is reserved (`charge`): the copy back,
+    then its measured charge in place of the estimate (closed if that finds no room)."""
+    model, size, seconds = await restore(life, slot, charge.placed or charge.device)
+    measured = measured_charge(model, charge, size or slot.size_bytes or 0, life.devices)
+    try:
+        await life.settle_size(slot, model, measured)  # closes the model if no room
+    except BaseException:
+        forget(life, slot)
+        raise
+    restored(life, slot, seconds)
+    life.unload_when_idle(slot)
 
 
 def let_go(life: Room, slot: Slot) -> None:

@@ -44,7 +44,7 @@ from registry.drain import Drain
 from registry.errors import CapacityExceeded, InferenceTimeout, ModelTooLarge
 from registry.events import EventBus, EventKind
 from registry.health import Health, dispose, predict_json
-from registry.host_tier import forget, let_go, restore, restored
+from registry.host_tier import let_go, restore_load
 from registry.loaders import LoadContext, Model, load_model
 from registry.memory import measure_bytes
 from registry.placement import measured_charge, place_load
@@ -218,18 +218,8 @@ class Lifecycle(Room):
                     self.budgets.release(slot)
                     raise asyncio.CancelledError
                 if slot.model is not None:  # offloaded: a copy back, not a load from disk
-                    model, size, seconds = await restore(self, slot, charge.placed or charge.device)
-                    measured = measured_charge(
-                        model, charge, size or slot.size_bytes or 0, self.devices
-                    )
-                    loaded = True
-                    try:
-                        await self.settle_size(slot, model, measured)  # closes it if no room
-                    except BaseException:
-                        forget(self, slot)
-                        raise
-                    restored(self, slot, seconds)
-                    self.unload_when_idle(slot)
+                    loaded = True  # a measured size that finds no room is a failure, as below
+                    await restore_load(self, slot, charge)
                     return None
                 started = time.monotonic()
                 isolation = isolation_of(slot.spec, slot.estimate, self.settings)
