@@ -34,6 +34,8 @@ REPOSITORY_STATE = {
     State.UNLOADING: "UNLOADING",
     State.UNLOADED: "UNAVAILABLE",
     State.FAILED: "UNAVAILABLE",
+    State.OFFLOADING: "UNLOADING",
+    State.OFFLOADED: "UNAVAILABLE",  # kept in host memory: a request loads it (by a copy)
 }
 
 

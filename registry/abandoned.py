@@ -23,7 +23,7 @@ class AbandonedThread:
     """One thread that outlived the wait for it."""
 
     slot: Slot
-    kind: str  # "load" or "inference"
+    kind: str  # "load", "restore" (a copy back from host memory) or "inference"
     why: str
     since: float = field(default_factory=time.time)
 

@@ -267,8 +267,7 @@ class Admission:
                 if life.closing and slot.state is not State.LOADING and slot.load_task is None:
                     raise ShuttingDown()  # admitted, but its model cannot load any more
                 now = time.monotonic()
-                unloaded = slot.state in (State.UNLOADED, State.FAILED)
-                if unloaded and not slot.retirement.unload_requested:
+                if slot.needs_load and not slot.retirement.unload_requested:
                     life.start_load(slot)
                 remaining = deadline - now
                 if remaining <= 0:

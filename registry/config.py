@@ -97,6 +97,9 @@ class ServerSettings(_Strict):
     simulated_devices: Annotated[dict[str, ByteSize], AfterValidator(check_simulated)] = Field(
         default_factory=dict
     )
+    # The host-RAM tier: a model evicted from a GPU is kept in host memory while the host
+    # budget has room, and comes back by a copy (docs/gpus.md). false: unloaded, as before.
+    host_tier: bool = True
     preload: Literal["background", "wait"] = "background"
     max_upload_size: ByteSize = Field(default=10 * 1000**2, gt=0)
     max_header_size: ByteSize = Field(default=64 * 1024, ge=1024)  # request line + headers

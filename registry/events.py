@@ -55,6 +55,8 @@ class EventKind(enum.StrEnum):
     EVICTED = "evicted"  # unloaded by the registry for memory (lru, cost, budget)
     UNLOADED = "unloaded"  # unloaded for any other reason (ttl, admin, reload, shutdown)
     FAILED = "failed"
+    OFFLOADED = "offloaded"  # evicted from a GPU, kept in host memory (the host-RAM tier)
+    RESTORED = "restored"  # copied back from host memory to a GPU
     CONFIG_APPLIED = "config_applied"
     CONFIG_REFUSED = "config_refused"
     GAP = "gap"  # only in a subscription: events were dropped or are no longer kept

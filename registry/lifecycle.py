@@ -44,6 +44,7 @@ from registry.drain import Drain
 from registry.errors import CapacityExceeded, InferenceTimeout, ModelTooLarge
 from registry.events import EventBus, EventKind
 from registry.health import Health, dispose, predict_json
+from registry.host_tier import let_go, restore_load
 from registry.loaders import LoadContext, Model, load_model
 from registry.memory import measure_bytes
 from registry.placement import measured_charge, place_load
@@ -183,7 +184,10 @@ class Lifecycle(Room):
         self._loads.add(task)
         task.add_done_callback(self._loads.discard)
         asked = device_text(slot.spec.device)
-        self.events.emit(EventKind.LOADING, slot.name, estimate_bytes=slot.estimate, device=asked)
+        extra = {"restore": True} if slot.model is not None else {}  # from host memory
+        self.events.emit(
+            EventKind.LOADING, slot.name, estimate_bytes=slot.estimate, device=asked, **extra
+        )
 
     def retire(self, slot: Slot) -> None:
         """A slot the roster let go (registry/roster.py): its load stops, and it unloads
@@ -213,6 +217,10 @@ class Lifecycle(Room):
                 if self.closing and not slot.waiting:  # shutdown began; nobody waits for it
                     self.budgets.release(slot)
                     raise asyncio.CancelledError
+                if slot.model is not None:  # offloaded: a copy back, not a load from disk
+                    loaded = True  # a measured size that finds no room is a failure, as below
+                    await restore_load(self, slot, charge)
+                    return None
                 started = time.monotonic()
                 isolation = isolation_of(slot.spec, slot.estimate, self.settings)
                 slot.runs_in(isolation)
@@ -227,6 +235,12 @@ class Lifecycle(Room):
             self._loaded(slot, model, seconds)
             return None
         except CapacityExceeded as exc:
+            if not loaded and slot.model is not None:  # no room on a GPU: it stays offloaded
+                slot.restore_refused(exc.message)
+                log.warning("cannot restore %s: %s", slot.name, exc.message)
+                self._record_failure(slot, exc.message)
+                return exc
+            let_go(self, slot)
             if loaded:  # the measured size found no room: back off, do not load it per request
                 self.failed(slot, exc, timeout)
                 return exc
@@ -235,9 +249,11 @@ class Lifecycle(Room):
             self._record_failure(slot, exc.message)
             return exc
         except asyncio.CancelledError:
+            let_go(self, slot)
             slot.load_cancelled()
             raise
         except Exception as exc:
+            let_go(self, slot)
             self.failed(slot, exc, timeout)
             return exc
         finally:

@@ -302,7 +302,9 @@ class ModelManager:
             self._life.notify()  # requests parked behind the pending unload may go
         if slot.state is State.UNLOADING and slot.unload_task is not None:
             await asyncio.wait({slot.unload_task})
-        if slot.state in (State.UNLOADED, State.FAILED):
+        if slot.state is State.OFFLOADING and slot.unload_task is not None:
+            await asyncio.wait({slot.unload_task})  # a copy to host memory ends first
+        if slot.needs_load:
             self._life.start_load(slot)
         task = slot.load_task
         outcome = None
@@ -321,10 +323,12 @@ class ModelManager:
         """Unload a model once its in-flight requests finish (up to drain_timeout)."""
         slot = self._lookup(name)
         life = self._life
-        if slot.state in (State.LOADING, State.LOADED, State.UNLOADING):
+        held = (State.LOADING, State.LOADED, State.UNLOADING, State.OFFLOADING, State.OFFLOADED)
+        if slot.state in held:
             life.request_unload(slot, UnloadReason.ADMIN)
             deadline = time.monotonic() + self.config.server.drain_timeout
-            waiting = (State.LOADING, State.LOADED)  # for the load, or for the leases to end
+            # for the load, for the leases to end, or for a copy to host memory to end
+            waiting = (State.LOADING, State.LOADED, State.OFFLOADING)
             while slot.state in waiting and time.monotonic() < deadline:
                 await life.wait_changed(deadline - time.monotonic())
                 life.request_unload(slot, UnloadReason.ADMIN)  # stands even if a load withdrew it

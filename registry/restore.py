@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from registry.budget import ByteBudget
-from registry.slot import Slot, State
+from registry.slot import HOLDING, Slot, State
 
 
 def over_budget(budget: ByteBudget[Slot]) -> tuple[list[Slot], list[Slot]]:
@@ -23,7 +23,7 @@ def over_budget(budget: ByteBudget[Slot]) -> tuple[list[Slot], list[Slot]]:
     candidates = [
         s
         for s in order
-        if s.state is State.LOADED and not s.spec.pinned and not s.retirement.unload_requested
+        if s.state in HOLDING and not s.spec.pinned and not s.retirement.unload_requested
     ]
     candidates.sort(key=lambda s: not s.evictable)  # stable: idle first, each LRU first
     idle: list[Slot] = []

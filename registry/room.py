@@ -32,11 +32,12 @@ from registry.devices import CPU, Device
 from registry.errors import CapacityExceeded, ModelTooLarge
 from registry.events import EventBus, EventKind, UnloadReason
 from registry.health import dispose
+from registry.host_tier import may_offload, start_offload
 from registry.loaders import Model
 from registry.placement import Charge
 from registry.policy import describe
 from registry.restore import over_budget
-from registry.slot import Slot, State
+from registry.slot import HOLDING, Slot, State
 from registry.stats import Stats
 from registry.threads import InferencePool, run_in_thread
 from registry.units import format_bytes, format_duration
@@ -59,6 +60,11 @@ class Room:
     unused_loads: int
     _reserving: set[Slot]
     _in_line: dict[Slot, tuple[str, bool]]
+
+    @property
+    def closing(self) -> bool:
+        """Whether shutdown has begun (Lifecycle.closing)."""
+        raise NotImplementedError
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Start a task that the lifecycle keeps referenced (Lifecycle.spawn)."""
@@ -93,13 +99,17 @@ class Room:
         for task in loads:
             task.cancel()
         await asyncio.gather(*loads, return_exceptions=True)
+        # A copy to host memory under way ends first; its model is unloaded after it.
+        offloads = [s.unload_task for s in slots if s.state is State.OFFLOADING and s.unload_task]
+        if offloads:
+            await asyncio.wait(offloads, timeout=grace)
         unloaded, freed = 0, 0
         for slot in slots:
             if slot.batcher is not None:
                 slot.batcher.cancel()
             # Never close a thread model under a call; a worker under one can be ended.
             killable = isinstance(slot.model, ProcessModel)
-            if slot.state is State.LOADED and (slot.leases == 0 or killable):
+            if slot.state in HOLDING and (slot.leases == 0 or killable):
                 freed += sum(self.budgets.holdings(slot).values())
                 unloaded += 1
                 self.start_unload(slot, "shutdown", reason=UnloadReason.SHUTDOWN, quiet=True)
@@ -143,7 +153,8 @@ class Room:
         asked = time.monotonic()
         stuck_since: float | None = None  # since when nothing could be evicted for it
         budgets = self.budgets
-        mine = slot if replacing else None
+        # A restore from host memory replaces what the offloaded model holds on the host.
+        own = slot if replacing or slot.model is not None else None
         wanted = {device: nbytes} if device == CPU else {device: nbytes, CPU: host_bytes}
         self._reserving.add(slot)
         if not replacing:  # a loaded model settling its measured size is not in line
@@ -153,7 +164,7 @@ class Room:
                 now = time.monotonic()
                 patient = asked + wait - now  # > 0: it keeps its place in line
                 ahead = not replacing and patient > 0 and self._ahead(slot)
-                fits = all(budgets.fits(d, n, replacing=mine) for d, n in wanted.items())
+                fits = all(budgets.fits(d, n, replacing=own) for d, n in wanted.items())
                 if not ahead and fits:
                     budgets.reserve(slot, device, nbytes, host_bytes=host_bytes)
                     self.record_peak()
@@ -163,7 +174,7 @@ class Room:
                     # then is really idle, not a model whose next request is on its way.
                     await self.wait_changed(patient)
                     continue
-                victims, short = self._victims_for(slot, wanted, mine)
+                victims, short = self._victims_for(slot, wanted, own)
                 if not replacing:  # cannot make room now: let the loads behind it try
                     self._in_line[slot] = (device, victims is None)
                 self._evict(victims or [], f"to fit {slot.name}")
@@ -291,11 +302,17 @@ class Room:
             rank = order.index(victim) + 1 if victim in order else 1
             why = describe(policy, priority, rank, len(order))
             budget.evicted(victim)
-            self.start_unload(victim, why, reason=reason, purpose=purpose)
+            if may_offload(self, victim):  # the host-RAM tier keeps it (registry/host_tier.py)
+                start_offload(self, victim, why, reason, purpose)
+            else:
+                self.start_unload(victim, why, reason=reason, purpose=purpose)
 
     def _unloading(self) -> list[Slot]:
-        """Models whose bytes are about to be released."""
-        return [s for s in self.held() if s.state is State.UNLOADING]
+        """Models whose bytes are about to be released (a copy to host memory releases its
+        GPU bytes; its host bytes are already reserved, so counting them is only optimistic:
+        reservations check what is really held)."""
+        going = (State.UNLOADING, State.OFFLOADING)
+        return [s for s in self.held() if s.state in going]
 
     def enforce_limit(self) -> None:
         """After a budget shrank: unload models until each device's total fits again
@@ -318,7 +335,7 @@ class Room:
         """The one rule for a model on its way out (retired from models.yaml, or an unload
         requested): it unloads as soon as no request holds it. Called whenever that may have
         become true: a lease ended, a load finished, the model was retired."""
-        if slot.retirement.due and slot.state is State.LOADED and slot.leases == 0:
+        if slot.retirement.due and slot.state in HOLDING and slot.leases == 0:
             why, reason = slot.retirement.why()
             self.start_unload(slot, why, reason=reason)
 
@@ -331,9 +348,9 @@ class Room:
         quiet: bool = False,
         purpose: str | None = None,
     ) -> None:
-        """Start unloading a loaded model; `why` is for people, `reason` for the stream, and
-        `purpose` (an eviction's) ends its log line."""
-        if slot.state is not State.LOADED:
+        """Start unloading a loaded (or offloaded) model; `why` is for people, `reason` for
+        the stream, and `purpose` (an eviction's) ends its log line."""
+        if slot.state not in HOLDING:
             return
         unload = self._unload(slot, why, reason, quiet, purpose)
         slot.begin_unload(self.spawn(unload, name=f"unload {slot.name}"))

@@ -41,6 +41,13 @@ class State(enum.StrEnum):
     LOADED = "loaded"
     UNLOADING = "unloading"
     FAILED = "failed"
+    OFFLOADING = "offloading"  # evicted from its GPU: being copied to host memory
+    OFFLOADED = "offloaded"  # kept in host memory; a load restores it by a copy
+
+
+# The states in which a slot holds a model (loaded, or kept in host memory) that an unload
+# closes.
+HOLDING = (State.LOADED, State.OFFLOADED)
 
 
 @dataclass
@@ -176,9 +183,9 @@ class Slot:
 
     @property
     def evictable(self) -> bool:
-        """Idle (no lease, no request waiting for it), loaded and not pinned."""
+        """Idle (no lease, no request waiting for it), loaded (or offloaded) and not pinned."""
         return (
-            self.state is State.LOADED
+            self.state in HOLDING
             and self.leases == 0
             and self.waiting == 0
             and not self.spec.pinned
@@ -188,6 +195,12 @@ class Slot:
     def ready(self) -> bool:
         """Loaded and staying: a request may take a lease on it."""
         return self.state is State.LOADED and not self.retirement.unload_requested
+
+    @property
+    def needs_load(self) -> bool:
+        """A request must start a load first: nothing loaded, failed, or kept in host memory
+        (whose load is a copy back to a GPU)."""
+        return self.state in (State.UNLOADED, State.FAILED, State.OFFLOADED)
 
     def idle_ttl(self, default: float) -> float:
         """Seconds idle before an unload: the entry's idle_ttl, else the server's (0: never)."""
@@ -288,6 +301,40 @@ class Slot:
         """An abandoned thread ended; True if it was the last."""
         self.abandoned -= 1
         return self.abandoned == 0
+
+    def restored(self, seconds: float) -> None:
+        """An offloaded model was copied back to its GPU in `seconds`: it serves again (a
+        restore counts as a use, not as a load from disk)."""
+        assert self.model is not None
+        self.device = device_of(self.model)
+        self.state = State.LOADED
+        self.stats.touch()
+        self.failures = 0
+        self.error = None
+        self.failure = None
+
+    def restore_refused(self, error: str) -> None:
+        """No GPU had room to restore the offloaded model: it stays in host memory."""
+        self.state = State.OFFLOADED
+        self.error = error
+
+    # --------------------------------------------------------------- offloading
+
+    def begin_offload(self, task: asyncio.Task[None]) -> None:
+        """Evicted from its GPU: `task` copies the model to host memory from now on."""
+        self.state = State.OFFLOADING
+        self.unload_task = task
+
+    def offloaded(self) -> None:
+        """The model is kept in host memory (it keeps its model and thread)."""
+        self.state = State.OFFLOADED
+        self.unload_task = None
+        self.device = "cpu"
+
+    def offload_failed(self) -> None:
+        """The copy to host memory failed: the model is loaded again, for an unload."""
+        self.state = State.LOADED
+        self.unload_task = None
 
     # ---------------------------------------------------------------- unloading
 

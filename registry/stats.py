@@ -86,6 +86,9 @@ class ModelStats:
     load_seconds: Histogram = field(default_factory=lambda: Histogram(LOAD_BUCKETS))
     unload_seconds: Histogram = field(default_factory=lambda: Histogram(LOAD_BUCKETS))
     loads: int = 0
+    offloads: int = 0  # evicted from a GPU into host memory (the host-RAM tier)
+    restores: int = 0  # copied back from host memory to a GPU
+    restore_seconds: Histogram = field(default_factory=lambda: Histogram(LOAD_BUCKETS))
     failures: int = 0
     unloads: Counter[str] = field(default_factory=Counter)  # by UnloadReason value
     generated_tokens: int = 0  # text-generation: tokens generated, streamed or not
@@ -95,6 +98,15 @@ class ModelStats:
         """A load finished."""
         self.loads += 1
         self.load_seconds.observe(seconds)
+
+    def record_offload(self) -> None:
+        """The model went from its GPU into host memory."""
+        self.offloads += 1
+
+    def record_restore(self, seconds: float) -> None:
+        """The model came back from host memory to a GPU in `seconds`."""
+        self.restores += 1
+        self.restore_seconds.observe(seconds)
 
     def record_failure(self) -> None:
         """A load failed, or found no room."""

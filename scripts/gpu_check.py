@@ -10,16 +10,18 @@ What it does, on the first GPU (cuda:0), with a real model (default: the BERT me
    unloaded and the VRAM it gave back is read on the GPU.
 3. Warm p50: sequential requests to the server's GPU model, against the same model's
    `predict` called in this process (the same loader, no HTTP).
-4. The host-RAM tier: reload from host memory against a cold load. Through the server this
-   needs the tier (not wired in this version): reported as not available. Measured in this
-   process instead, labelled so: a host-to-device copy of the loaded weights against a load
-   of the same model from disk to the GPU.
+4. The host-RAM tier: reload from host memory against a cold load, through the server. A
+   second copy of the thread model is added by a reload of models.yaml, with a GPU budget
+   that holds one of the two: loading it evicts the first into host memory (`offloaded`),
+   and the next request for the first restores it by a copy. Its request time and the
+   restore's own time (/metrics) are put beside the first model's load from disk. Measured
+   in this process too: a host-to-device copy of the weights against a load from disk.
 5. Exit: SIGTERM, the exit code and seconds, and the VRAM the server's processes still hold
    on the GPU afterwards (0 MiB expected).
 
 Per-device figures come from GET /models' `devices` (each device's tracked bytes, a worker's
-whole footprint included, and the server's own overhead). The host-RAM tier is not wired in
-this version: the script says "not available in this version" for it rather than make it up.
+whole footprint included, and the server's own overhead). The tier's figures need a GPU:
+with `--host-dry-run` they say "n/a on the host".
 
 On a machine without a GPU it prints "no GPU found: ..." and exits 0. `--host-dry-run` runs
 every step on the host instead (no VRAM figures), to check the script itself on a CPU.
@@ -53,7 +55,7 @@ from registry.units import format_bytes
 
 MIB = 1024 * 1024
 TOKEN = "gpu-check"
-NOT_WIRED = "not available in this version (the host-RAM tier is not wired yet)"
+ON_HOST = "n/a on the host (the host-RAM tier keeps models evicted from a GPU)"
 MODELS = {
     "bert-memory-demo": ("sentence-embeddings", "a test sentence for the GPU check"),
     "langid-bert": ("text-classification", "Der schnelle braune Fuchs springt."),
@@ -129,14 +131,26 @@ def timed(calls: int, call: Callable[[], object]) -> list[float]:
 # ---------------------------------------------------------------------- the server part
 
 
-def write_config(folder: Path, model: str, task: str, device: str) -> Path:
+def write_config(
+    folder: Path, model: str, task: str, device: str, gpu_budget: int | None = None
+) -> Path:
+    """The check's models.yaml; with `gpu_budget`, that budget on `device` and a second
+    thread model of the same files (the host-RAM tier's check)."""
     source = STORE / model
     path = folder / "models.yaml"
+    budget = "8GiB" if gpu_budget is None else f"{{cpu: 8GiB, {device}: {gpu_budget}}}"
+    second = (
+        ""
+        if gpu_budget is None
+        else f"  in-server-2: {{task: {task}, source: {source}, device: {device}, "
+        "isolation: thread}\n"
+    )
     path.write_text(
-        "server:\n  memory_budget: 8GiB\n  watch: false\n  load_timeout: 10m\n"
+        f"server:\n  memory_budget: {budget}\n  watch: false\n  load_timeout: 10m\n"
         "  request_timeout: 10m\nmodels:\n"
         f"  in-server: {{task: {task}, source: {source}, device: {device}, isolation: thread}}\n"
         f"  in-worker: {{task: {task}, source: {source}, device: {device}, isolation: process}}\n"
+        f"{second}"
     )
     return path
 
@@ -162,6 +176,72 @@ def gpu_bytes(gpu: Device | None, pids: dict[str, int]) -> dict[str, int] | None
 
 def unloaded(client: httpx.Client, name: str) -> bool:
     return bool(client.get(f"/models/{name}").json()["state"] == "unloaded")
+
+
+def in_state(client: httpx.Client, name: str, state: str) -> bool:
+    return bool(client.get(f"/models/{name}").json()["state"] == state)
+
+
+def metric_sum(client: httpx.Client, name: str, model: str) -> float | None:
+    """A sample of /metrics for one model (None when it is not there)."""
+    prefix = f'{name}{{model="{model}"}} '
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(prefix):
+            return float(line[len(prefix) :])
+    return None
+
+
+def tier_checks(
+    report: Report,
+    server: Process,
+    client: httpx.Client,
+    headers: dict[str, str],
+    gpu: Device,
+    folder: Path,
+    model: str,
+    text: str,
+) -> None:
+    """Evict the loaded in-server into host memory (a second copy that does not fit beside
+    it on the GPU), then time the request that restores it against its load from disk."""
+    task = MODELS[model][0]
+    body = client.get("/models").json()
+    entry = {m["name"]: m for m in body["models"]}["in-server"]
+    cold = entry["load_seconds"]  # section 3's load (files cached, imports done)
+    device = {d["device"]: d for d in body["devices"]}[gpu.name]
+    weights = (entry.get("device_bytes") or {}).get(gpu.name) or entry["size_bytes"] or 0
+    # Room for in-server and half of another: in-server-2's load must evict in-server.
+    budget = device["overhead_bytes"] + device["used_bytes"] + weights // 2
+    write_config(folder, model, task, gpu.name, gpu_budget=budget)
+    client.post("/admin/reload", headers=headers).raise_for_status()
+    client.post("/models/in-server-2/predict", json={"inputs": text}).raise_for_status()
+    offloaded = functools.partial(in_state, client, "in-server", "offloaded")
+    try:
+        server.wait_until(offloaded, "in-server offloaded", timeout=120)
+    except Exception as exc:  # reported, not raised: the other checks go on
+        state = client.get("/models/in-server").json()["state"]
+        report.add("server_reload_from_host_seconds", None, f"not offloaded ({state}): {exc}")
+        return
+    host = client.get("/models/in-server").json()
+    report.add("offloaded_host_bytes", host["held_bytes"], mib(host["held_bytes"]))
+    started = time.perf_counter()
+    client.post("/models/in-server/predict", json={"inputs": text}).raise_for_status()
+    took = time.perf_counter() - started
+    restored = client.get("/models/in-server").json()
+    copy = metric_sum(client, "model_registry_restore_duration_seconds_sum", "in-server")
+    report.add("server_cold_load_seconds", cold, f"{cold:.3f} s (in-server's load from disk)")
+    report.add(
+        "server_reload_from_host_seconds",
+        round(took, 3),
+        f"{took:.3f} s (the request that restored it; state now {restored['state']})",
+    )
+    if copy is not None:
+        report.add("server_restore_copy_seconds", round(copy, 3), f"{copy:.3f} s (/metrics)")
+    ratio = took / cold if cold else None
+    report.add(
+        "server_reload_over_cold_load",
+        None if ratio is None else round(ratio, 3),
+        "n/a" if ratio is None else f"{ratio:.3f}x (target: <= 0.3x)",
+    )
 
 
 def server_checks(
@@ -254,7 +334,10 @@ def server_checks(
         report.add("server_warm_p50_ms", p50_ms(samples), f"{p50_ms(samples)} ms")
 
         report.section("4. the host-RAM tier through the server")
-        report.add("server_reload_from_host_seconds", None, NOT_WIRED)
+        if gpu is None:
+            report.add("server_reload_from_host_seconds", None, ON_HOST)
+        else:
+            tier_checks(report, server, client, headers, gpu, folder, model, text)
         report.section("5. per-device figures for operators")
         devices = client.get("/models").json().get("devices", [])
         report.add(

@@ -209,3 +209,35 @@ def test_one_memory_bar_per_device(gpu_server: Process, browser) -> None:
     assert not browser.find_elements(By.CSS_SELECTOR, '#device-bars [data-device="cuda:0"] .seg')
     text = browser.find_element(By.CSS_SELECTOR, '#device-bars [data-device="cuda:1"] .device-text')
     assert text.text == "used 150.0 MB (reserved 0 B) of 200.0 MB, 1 model(s)"
+
+
+TIER_CONFIG = """\
+server:
+  memory_budget: {cpu: 400MB, cuda:1: 200MB}
+  simulated_devices: {cuda:1: 1GB}
+  watch: false
+models:
+  g1: {loader: fake, device: cuda:1, options: {size: 1MB, device_bytes: 150MB, offload: true}}
+  g2: {loader: fake, device: cuda:1, options: {size: 1MB, device_bytes: 150MB, offload: true}}
+"""
+
+
+def test_an_offloaded_model_moves_to_the_hosts_bar(tmp_path: Path, browser) -> None:
+    """A model evicted from cuda:1 into host memory (the host-RAM tier) is shown offloaded:
+    its row says so, and its segment leaves cuda:1's bar for the host's, with all its bytes."""
+    config = tmp_path / "models.yaml"
+    config.write_text(TIER_CONFIG)
+    with serve(config, env={**os.environ, "MODEL_REGISTRY_ADMIN_TOKEN": TOKEN}) as server:
+        server.wait_live(30.0)
+        browser.get(server.url + "/")
+        wait_for(browser, '#connection[data-state="live"]')
+        for name in ("g1", "g2"):
+            response = httpx.post(f"{server.url}/models/{name}/predict", json={"inputs": "x"})
+            assert response.status_code == 200, response.text
+        wait_for(browser, 'tr[data-model="g1"][data-state="offloaded"]')
+        on_host = '#memory-bar [data-model="g1"][data-state="offloaded"]'
+        wait_for(browser, on_host)
+        segment = browser.find_element(By.CSS_SELECTOR, on_host)
+        assert segment.get_attribute("data-bytes") == str(151 * 10**6)
+        gone(browser, '#device-bars [data-device="cuda:1"] [data-model="g1"]')
+        assert server.stop() == 0, server.log

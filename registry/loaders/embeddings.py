@@ -62,6 +62,21 @@ class EmbeddingModel:
             encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         return [len(ids) for ids in encoded["input_ids"]]
 
+    def offload(self) -> None:
+        """The host-RAM tier: move the weights to host memory (docs/gpus.md)."""
+        with self._lock:
+            if self.module is not None:
+                self.module = self.module.to("cpu")
+            self.device = "cpu"
+
+    def restore(self, device: str) -> None:
+        """Move the weights back to `device` after an offload."""
+        with self._lock:
+            if self.module is None:
+                raise RuntimeError("the model was unloaded")
+            self.module = self.module.to(device)
+            self.device = str(self.module.device)
+
     def close(self) -> None:
         """Drop the model and tokenizer."""
         with self._lock:

@@ -15,6 +15,10 @@ Memory on a simulated GPU (`server.simulated_devices`; registry/device_memory.py
   device_bytes: 100MB  bytes the model claims on its device (`device: cuda:1`; `cuda` or a
                        list: the placed device, else the first GPU named, cuda:0 for `cuda`)
   device_leak: 5MB     each predict call claims this many more there (an allocator cache)
+  offload: true        evicted from its GPU, it may be kept in host memory (the host-RAM
+                       tier): its claim is given back and its bytes count on the host
+  offload_seconds: 0.1 time the copy to the host takes
+  restore_seconds: 0.1 time the copy back to a GPU takes (a load takes load_seconds)
 
 Worker-process faults (for `isolation: process`; in a thread model they would hit the server):
   crash: SIGSEGV       die by this signal (or "exit:3": os._exit(3)) ...
@@ -147,6 +151,11 @@ class FakeModel:
         self.batch_sizes: list[int] = []
         self._ballast = bytearray(self.size_bytes) if options.get("allocate") else None
         self.faults = WorkerFaults(options)
+        self.offloadable = bool(options.get("offload")) and device_claim is not None
+        self.restore_seconds = float(options.get("restore_seconds", 0.0))
+        self.offload_seconds = float(options.get("offload_seconds", 0.0))
+        self.restores = 0
+        self._offloaded_bytes = 0
 
     def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
         """One {label, score} per input; `parameters` are echoed back."""
@@ -183,6 +192,23 @@ class FakeModel:
         """Where the model runs: the simulated GPU it claims memory on, else "cpu" (whatever
         the entry's `device`: it holds plain bytes in the server's RAM)."""
         return self.device_claim.path.parent.name if self.device_claim is not None else "cpu"
+
+    def offload(self) -> None:
+        """The host-RAM tier's copy to the host: the simulated GPU's bytes are given back
+        (the registry counts them on the host from now on)."""
+        if self.offload_seconds:
+            time.sleep(self.offload_seconds)
+        if self.device_claim is not None:
+            self._offloaded_bytes = self.device_claim.nbytes
+            self.device_claim.release()
+            self.device_claim = None
+
+    def restore(self, device: str) -> None:
+        """The copy back to simulated GPU `device`: it claims the bytes it gave back."""
+        if self.restore_seconds:
+            time.sleep(self.restore_seconds)
+        self.device_claim = ledger().claim(device, self._offloaded_bytes, owner=self.name)
+        self.restores += 1
 
     def close(self) -> None:
         """Drop the ballast and give the simulated GPU's bytes back."""

@@ -25,6 +25,13 @@ class Model(Protocol):
     "cuda:0", ...). It is read once the load has finished (`device_of`; without it, the
     device of the torch modules in the model) and shown in GET /models: that is how an
     entry with `device: auto` tells where it went.
+
+    Optional hooks for the host-RAM tier (docs/gpus.md): `offload() -> None` moves the
+    model's weights from its GPU to host memory (torch: `module.to("cpu")`), and
+    `restore(device: str) -> None` moves them back to `device` ("cuda:N"). Both are called
+    from a thread while no request holds the model. A model with both (and without
+    `offloadable = False`) evicted from a GPU is kept in host memory when the host budget
+    has room; any other model is unloaded, as always.
     """
 
     def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
@@ -34,6 +41,12 @@ class Model(Protocol):
     def close(self) -> None:
         """Drop every reference to weights so that memory can be freed."""
         ...
+
+
+def can_offload(model: object) -> bool:
+    """Whether the model has the host-RAM tier's hooks (`offload`, `restore`) and uses them."""
+    hooks = callable(getattr(model, "offload", None)) and callable(getattr(model, "restore", None))
+    return hooks and bool(getattr(model, "offloadable", True))
 
 
 def device_of(model: object) -> str | None:

@@ -85,6 +85,24 @@ class PipelineModel:
             {**pipe._postprocess_params, **post},
         )
 
+    def offload(self) -> None:
+        """The host-RAM tier: move the weights to host memory (docs/gpus.md)."""
+        self._move("cpu")
+
+    def restore(self, device: str) -> None:
+        """Move the weights back to `device` after an offload."""
+        self._move(device)
+
+    def _move(self, device: str) -> None:
+        import torch
+
+        with self._lock:
+            if self._pipe is None:
+                raise RuntimeError("the model was unloaded")
+            self._pipe.model.to(device)
+            self._pipe.device = torch.device(device)  # where the pipeline puts its inputs
+            self.device = str(self._pipe.device)
+
     def close(self) -> None:
         """Drop the pipeline and its model."""
         with self._lock:

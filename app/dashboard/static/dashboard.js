@@ -75,7 +75,8 @@ function bytesOn(m, device) {
   if (m.device_bytes) return m.device_bytes[device] || 0;
   if (device !== "cpu") return 0;
   if (m.held_bytes !== undefined) return m.held_bytes;
-  return ["loading", "loaded", "unloading"].includes(m.state) ? (m.size_bytes || 0) : 0;
+  const holding = ["loading", "loaded", "unloading", "offloading", "offloaded"];
+  return holding.includes(m.state) ? (m.size_bytes || 0) : 0;
 }
 
 // One bar: a segment per model holding bytes on `device`, sized against `budget`.
