@@ -81,7 +81,7 @@ def create_app(config: Config | str | Path) -> FastAPI:
     app.include_router(events.router)
     app.include_router(dashboard_router)
     app.include_router(v2.router)
-    app.include_router(openai_generation.router)  # before openai_api: its /v1/models lists more
+    app.include_router(openai_generation.router)  # /v1/models, chat and completions
     app.include_router(openai_api.router)
     return app
 

@@ -1,4 +1,5 @@
-"""OpenAI-compatible embeddings: POST /v1/embeddings, GET /v1/models.
+"""OpenAI-compatible embeddings: POST /v1/embeddings (GET /v1/models, which lists the
+embedding models with the generation models, is app/openai_generation.py's).
 
 A thin adapter over the same `manager.predict` call as the native predict route. Serves
 every model whose task produces embeddings; `usage` counts tokens with the model's own
@@ -53,24 +54,6 @@ router = APIRouter(prefix="/v1", route_class=shaped_route(render), tags=["OpenAI
 
 def _embedding_names(manager: Manager) -> list[str]:
     return [n for n in manager.names() if manager.spec(n).task in EMBEDDING_TASKS]
-
-
-def _model_entry(manager: Manager, name: str) -> dict[str, Any]:
-    created = int(manager.config_loaded_at.timestamp())
-    return {"id": name, "object": "model", "created": created, "owned_by": OWNER}
-
-
-@router.get("/models")
-async def list_models(manager: Manager) -> dict[str, Any]:
-    """The models /v1/embeddings serves."""
-    return {"object": "list", "data": [_model_entry(manager, n) for n in _embedding_names(manager)]}
-
-
-@router.get("/models/{name}")
-async def get_model(name: str, manager: Manager) -> dict[str, Any]:
-    """One embedding model."""
-    _embedding_spec(manager, name)
-    return _model_entry(manager, name)
 
 
 def _embedding_spec(manager: Manager, name: str) -> ModelSpec:
