@@ -24,6 +24,7 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from app import json_body
 from app.errors import status_of
 from app.openai_api import EMBEDDING_TASKS, OWNER, RequestError, render
 from app.protocol_errors import shaped_route
@@ -240,8 +241,10 @@ def _error_event(exc: Exception) -> dict[str, Any]:
 
 def _body(raw: bytes, fields: frozenset[str], required: str) -> dict[str, Any]:
     try:
-        body = json.loads(raw) if raw.strip() else None
-    except (ValueError, UnicodeDecodeError, RecursionError):
+        body = json_body.parse(raw) if raw.strip() else None
+    except json_body.MalformedJSON as exc:
+        if "levels deep" in exc.message:
+            raise RequestError(exc.message, None) from None
         body = None
     if not isinstance(body, dict):
         raise RequestError(f'send a JSON object: {{"model": "...", "{required}": ...}}', None)

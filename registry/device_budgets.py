@@ -283,6 +283,15 @@ class DeviceBudgets(Generic[K]):
                 self._budgets[where].release(key)
         self._homes[key] = device
 
+    def move_home(self, key: K, device: str) -> None:
+        """`key` now lives on `device` alone, whose bytes it already holds: its entries on
+        the other devices go (no fit check: nothing new is reserved)."""
+        assert key in self._budgets[device], "move_home needs the bytes reserved there first"
+        for where, budget in self._budgets.items():
+            if where != device and key in budget:
+                budget.release(key)
+        self._homes[key] = device
+
     def release(self, key: K) -> dict[str, int]:
         """Forget `key` everywhere; the bytes it held on each device."""
         self._homes.pop(key, None)

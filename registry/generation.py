@@ -14,6 +14,7 @@ token counts for `usage`. A model provides a `Session`: tokens in, one token's t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -72,7 +73,7 @@ def check_number(
         return default
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise BadInput(f"'{name}' must be a number, not {value!r}")
-    if value > high or value < low or (low_open and value == low):
+    if not math.isfinite(value) or value > high or value < low or (low_open and value == low):
         bracket = "(" if low_open else "["
         raise BadInput(f"'{name}' must be in {bracket}{low:g}, {high:g}], not {value!r}")
     return float(value)

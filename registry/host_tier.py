@@ -87,7 +87,7 @@ async def _offload(
         slot.offload_failed()
         life.start_unload(slot, why, reason=reason, purpose=purpose)
         return
-    life.budgets.reserve(slot, CPU, total)  # the GPU's bytes go; the host's were reserved
+    life.budgets.move_home(slot, CPU)  # the GPU's bytes go; the host's were reserved
     slot.offloaded()
     life.stats.of(slot.name).record_offload()
     life.notify()
@@ -137,8 +137,12 @@ async def restore(life: Lifecycle, slot: Slot, device: str) -> tuple[Model, int 
         on_orphan=lambda _: dispose((model, None)),  # stopped: closed once the copy ends
         on_exit=lambda: life.reclaim(records[0]) if records else None,
     )
+    timeout = slot.spec.load_timeout or life.settings.load_timeout
     try:
-        size = await asyncio.shield(job)  # a stopped restore leaves the copy running
+        try:  # a stopped (or timed-out) restore leaves the copy running
+            size = await asyncio.wait_for(asyncio.shield(job), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"restore timed out after {timeout:g}s (load_timeout)") from None
     except BaseException:
         _, thread = slot.drop_model()
         life.pool.retire(thread)

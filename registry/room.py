@@ -155,6 +155,10 @@ class Room:
         budgets = self.budgets
         # A restore from host memory replaces what the offloaded model holds on the host.
         own = slot if replacing or slot.model is not None else None
+        if not replacing and slot.model is not None and device != CPU:
+            # A restore from host memory: its weights stay on the host until the copy ends
+            # (the measured size settled after it gives the rest back).
+            host_bytes = max(host_bytes, budgets.holdings(slot).get(CPU, 0))
         wanted = {device: nbytes} if device == CPU else {device: nbytes, CPU: host_bytes}
         self._reserving.add(slot)
         if not replacing:  # a loaded model settling its measured size is not in line

@@ -26,6 +26,7 @@ import time
 from typing import TYPE_CHECKING
 
 from registry.device_charges import follow_gpu
+from registry.devices import CPU
 from registry.errors import ModelFailed, RegistryError
 from registry.events import EventKind, UnloadReason
 from registry.slot import Slot, State
@@ -153,7 +154,8 @@ def after_request(life: Lifecycle, slot: Slot) -> None:
     budget = life.budget
     if size != budget.size_of(slot):
         budget.follow(slot, size)  # the measured truth, even before room is made for it
-        slot.measured(size)
+        if life.budgets.home(slot) in (None, CPU):  # a GPU model's size is its GPU charge
+            slot.measured(size)
         life.record_peak()
     # Its growth does not fit: evict idle models; if nothing can make the room, recycle it.
     grown = size > model.reserved and budget.used > budget.limit

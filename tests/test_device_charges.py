@@ -71,6 +71,8 @@ async def test_a_workers_gpu_charge_follows_its_footprint_after_requests(
         await manager.predict("w", TextRequest("y"))
         assert held(manager, "w", "cuda:0") == process_bytes(gpu0, pid) == 170 * MB
         assert used(manager)["cuda:0"] == 170 * MB
+        # its size is its charge on its home device, not its host memory in between
+        assert manager.describe("w").size_bytes == 170 * MB
         await manager.unload("w")
         unloaded = [e for e in manager.events.recent() if e.kind is EventKind.UNLOADED]
         assert unloaded[-1].data["device"] == "cuda:0"

@@ -307,3 +307,40 @@ models:
         assert not reader.is_alive()
         assert failure and "shutting" in str(failure[0]).lower(), failure
         assert process.wait(timeout=60) in (0, 3)
+
+
+def test_a_nan_or_tiny_temperature_is_never_a_500(server: Process) -> None:
+    """NaN (which Python's JSON reads) is a 400 naming `temperature`; a positive temperature
+    too small for the softmax samples greedily instead of failing inside the model."""
+    url = f"{server.url}/v1/completions"
+    nan = httpx.post(
+        url,
+        content=b'{"model": "counter", "prompt": "three four", "temperature": NaN}',
+        headers={"content-type": "application/json"},
+        timeout=60,
+    )
+    assert nan.status_code == 400, nan.text
+    assert "temperature" in nan.json()["error"]["message"]
+    tiny = httpx.post(
+        url,
+        json={"model": "counter", "prompt": "three four", "max_tokens": 3, "temperature": 1e-40},
+        timeout=60,
+    )
+    assert tiny.status_code == 200, tiny.text
+    assert tiny.json()["choices"][0]["text"] == " five six seven"
+
+
+def test_deep_json_on_the_generation_routes_follows_the_shared_rule(server: Process) -> None:
+    """The chat and completions bodies are read by the one JSON parser: 65 levels is a 400
+    saying how deep JSON may nest (not 'send a JSON object')."""
+    deep = "[" * 65 + "]" * 65
+    for path in ("/v1/completions", "/v1/chat/completions"):
+        body = f'{{"model": "counter", "prompt": {deep}}}'.encode()
+        answer = httpx.post(
+            f"{server.url}{path}",
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=60,
+        )
+        assert answer.status_code == 400, answer.text
+        assert "levels deep" in answer.json()["error"]["message"], answer.text

@@ -417,3 +417,38 @@ async def test_shutdown_during_the_copy_to_the_host_unloads_the_model(
     assert (EventKind.UNLOADED, "a", "shutdown") in events
     assert state(manager, "a") == "unloaded"
     assert on_gpu() == 0
+
+
+@pytest.mark.anyio
+async def test_a_restore_keeps_its_host_bytes_until_the_copy_back_ends(
+    write_config: WriteConfig,
+) -> None:
+    """While a is copied back to cuda:0 its weights are still in host memory: the host
+    budget keeps counting them until the copy ends, so no host load can take that room."""
+    slow = "offload: true, restore_seconds: 1.0"
+    config = write_config(server() + gpu("a", slow) + gpu("b", "offload: false"))
+    async with running(config) as manager:
+        await offload_a(manager)
+        back = ask(manager, "a")  # b, which cannot be offloaded, is unloaded for it
+        await wait_until(lambda: state(manager, "a") == "loading", "a's restore runs")
+        await wait_until(lambda: state(manager, "b") == "unloaded", "b is unloaded")
+        assert used(manager)["cpu"] == 201 * MB  # a's weights, still on the host
+        await back
+        assert within_budgets(manager)
+
+
+@pytest.mark.anyio
+async def test_a_restore_is_bounded_by_load_timeout(write_config: WriteConfig) -> None:
+    """A copy back that hangs ends at the model's load_timeout like a load from disk: the
+    request gets an error instead of waiting for ever, and the model is not held."""
+    stuck = "offload: true, restore_seconds: 30"
+    config = write_config(
+        server()
+        + gpu("a", stuck).replace("device: cuda:0\n", "device: cuda:0\n    load_timeout: 1s\n")
+        + gpu("b")
+    )
+    async with running(config) as manager:
+        await offload_a(manager)
+        with pytest.raises(Exception, match="timed out after 1s"):
+            await asyncio.wait_for(manager.predict("a", TextRequest("x")), 20)
+        assert state(manager, "a") in ("failed", "unloaded")

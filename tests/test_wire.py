@@ -21,8 +21,8 @@ def round_trip(message: Any) -> Any:
     try:
         return wire.recv(ours)
     finally:
-        writer.join()
-        ours.close()
+        ours.close()  # first: a writer blocked on a half-read message then fails, not hangs
+        writer.join(timeout=30)
         theirs.close()
 
 

@@ -219,7 +219,7 @@ class _Session:
     def _sample(self, logits: Any) -> int:
         import torch
 
-        if self._temperature <= 0:
+        if self._temperature < 1e-4:  # 0 is greedy; a tinier one would overflow the softmax
             return int(logits.argmax())
         probs = torch.softmax(logits / self._temperature, dim=-1)
         if self._top_p < 1:
