@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from registry.config_file import load_config
+from registry.config.file import load_config
 from registry.errors import ConfigError
 from registry.units import format_bytes
 

@@ -17,8 +17,8 @@ from app import admin, errors, events, metrics, openai_api, openai_generation, r
 from app.dashboard import router as dashboard_router
 from app.fast_path import PredictFastPath
 from app.limits import BodyLimit
-from registry.config import Config
-from registry.config_file import load_config
+from registry.config.file import load_config
+from registry.config.schema import Config
 from registry.manager import ModelManager
 from registry.units import format_bytes
 

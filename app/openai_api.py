@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from app import json_body
 from app.protocol_errors import Failure, shaped_route
 from app.routes import Manager
-from registry.config import ModelSpec
+from registry.config.schema import ModelSpec
 from registry.errors import BadInput, InferenceError
 from registry.payload import TextRequest
 

@@ -29,7 +29,7 @@ from app.errors import status_of
 from app.openai_api import EMBEDDING_TASKS, OWNER, RequestError, render
 from app.protocol_errors import shaped_route
 from app.routes import Manager
-from registry.config import GENERATION_TASK
+from registry.config.schema import GENERATION_TASK
 from registry.errors import BadInput, RegistryError
 from registry.generation import (
     Chunk,

@@ -32,8 +32,8 @@ from app.ray_replica import Answer, Forwarded, RegistryReplica
 from app.views_json import model_json
 from app.visibility import bearer_matches, public
 from registry.admin_token import admin_token
-from registry.config import Config
-from registry.config_file import load_config
+from registry.config.file import load_config
+from registry.config.schema import Config
 from registry.errors import UnknownModel
 from registry.slot import Slot
 from registry.sources import Source

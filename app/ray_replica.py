@@ -21,7 +21,7 @@ from fastapi import FastAPI
 
 from app.main import create_app
 from app.views_json import model_json, readiness_json, registry_json
-from registry.config_file import load_config
+from registry.config.file import load_config
 from registry.manager import ModelManager
 from registry.slot import State
 

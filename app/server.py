@@ -24,7 +24,7 @@ import uvicorn
 
 from app.http_limits import limited_protocol
 from app.main import create_app
-from registry.config import Config
+from registry.config.schema import Config
 
 log = logging.getLogger("app")
 EXIT_ABANDONED = 3

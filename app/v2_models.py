@@ -20,7 +20,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from app.v2_tensors import Tensor, TensorError, json_document
-from registry.config import ModelSpec
+from registry.config.schema import ModelSpec
 from registry.payload import to_jsonable
 
 if TYPE_CHECKING:

@@ -174,7 +174,7 @@ def generation(ctx: Context) -> tuple[list[Row], dict[str, Any]]:
 
 def _in_process(source: Path, count: int) -> dict[str, Any]:
     """Load with the server's loader; time start + one step, and one long stream."""
-    from registry.config import ModelSpec
+    from registry.config.schema import ModelSpec
     from registry.generation import GenerateRequest, run_to_end
     from registry.loaders import LoadContext, load_model
     from registry.sources import resolve_source

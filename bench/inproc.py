@@ -86,7 +86,7 @@ def cold(job: dict[str, Any], pipeline: Any) -> dict[str, Any]:
 
 def embedding_model(source: str) -> Callable[[Any], Any]:
     """A sentence-embeddings model loaded by the registry's loader; one input per call."""
-    from registry.config import ModelSpec
+    from registry.config.schema import ModelSpec
     from registry.loaders import LoadContext, load_model
     from registry.sources import resolve_source
 

@@ -139,7 +139,7 @@ def inner(requests: int, replica_counts: list[int], ray_dir: Path) -> dict[str, 
 
 def single_registry(requests: int, directory: Path) -> dict[str, Any]:
     """The baseline: one in-process registry with three replicas' budget, same trace."""
-    from registry.config_file import load_config
+    from registry.config.file import load_config
     from registry.manager import ModelManager
     from registry.payload import TextRequest
 

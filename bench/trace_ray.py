@@ -67,7 +67,7 @@ def inner(job: dict[str, Any]) -> dict[str, Any]:
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
             from bench.trace_run import warm_imports
-            from registry.config_file import load_config
+            from registry.config.file import load_config
 
             self.config = load_config(Path(config))
             self.loads = 0

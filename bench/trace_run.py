@@ -79,7 +79,7 @@ class Recorder(logging.Handler):
 
 async def replay(config_path: Path, trace: list[str], clients: int) -> dict[str, Any]:
     """One trace with `clients` closed-loop clients against a fresh manager."""
-    from registry.config_file import load_config
+    from registry.config.file import load_config
     from registry.manager import ModelManager
     from registry.payload import TextRequest
 
@@ -129,7 +129,7 @@ async def replay(config_path: Path, trace: list[str], clients: int) -> dict[str,
 
 def warm_imports(model_dir: Path) -> None:
     """Pay torch/transformers imports once, before any measured load."""
-    from registry.config import ModelSpec
+    from registry.config.schema import ModelSpec
     from registry.loaders import LoadContext, load_model
 
     spec = ModelSpec(task="sentence-embeddings", source=str(model_dir))

@@ -12,8 +12,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Mapping, Sequence
 
-from registry.budget import ByteBudget
-from registry.policy import Policy
+from registry.memory.budget import ByteBudget
+from registry.memory.policy import Policy
 
 Trace = list[str]
 

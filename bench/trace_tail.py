@@ -164,7 +164,7 @@ class Request:
 
 async def replay(config: Path, trace: list[str], clients: int) -> dict[str, Any]:
     """One replay with the probe; returns the requests, loads and figures."""
-    from registry.config_file import load_config
+    from registry.config.file import load_config
     from registry.manager import ModelManager
     from registry.payload import TextRequest
 

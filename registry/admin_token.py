@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from registry.config import ServerSettings
+    from registry.config.schema import ServerSettings
 
 
 def admin_token(settings: ServerSettings) -> str | None:

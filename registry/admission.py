@@ -18,7 +18,6 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from registry.blame import model_error
 from registry.errors import (
     BadInput,
     BusyQueueFull,
@@ -33,17 +32,18 @@ from registry.errors import (
     UnsupportedInput,
     WorkerDied,
 )
+from registry.fault import model_error
 from registry.lifecycle import Lifecycle
 from registry.payload import ImageRequest, PredictRequest, decode_image
+from registry.process.supervision import after_request, worker_lost
 from registry.roster import Roster
 from registry.slot import Slot, State
 from registry.stats import Timing
 from registry.threads import InferencePool, ModelThread
-from registry.worker_slots import after_request, worker_lost
 
 if TYPE_CHECKING:
     from registry.batching import Batcher
-    from registry.config import ModelSpec
+    from registry.config.schema import ModelSpec
 
 log = logging.getLogger("registry")
 

@@ -2,7 +2,7 @@
 
 - A model has at most one load task; the task belongs to this object, not to a request.
 - A load reserves its estimated bytes first, evicting idle models in the eviction policy's
-  order (registry/policy.py), only as many as the room needs, and waiting at most
+  order (registry/memory/policy.py), only as many as the room needs, and waiting at most
   `capacity_wait` when everything else is in use or pinned; it runs the loader in its own
   thread under `load_timeout`, then swaps the estimate for the measured size. The tracked
   total never exceeds the budget.
@@ -12,7 +12,7 @@
   (concurrent clients must not cost more loads than one client would). Loads take room in
   the order they asked for it, so that wait ends with the loads already running.
 - An unload runs in a thread and releases the bytes when the model is really gone.
-- Reserving, choosing victims and unloading live in registry/room.py (a base class).
+- Reserving, choosing victims and unloading live in registry/memory/making_room.py (a base class).
 - A load the registry stops waiting for (timeout, model replaced, shutdown): in a worker
   process it is killed, and its bytes are released once the worker is reaped; in a thread
   (which cannot be killed) it keeps its bytes reserved until the thread really ends, and the
@@ -34,27 +34,33 @@ from typing import Any
 
 from registry.abandoned import Abandoned, AbandonedThread
 from registry.batching import Batcher
-from registry.budget import ByteBudget
-from registry.config import ServerSettings
-from registry.config_devices import device_limits
-from registry.device_budgets import DeviceBudgets
-from registry.device_charges import measure_overhead
-from registry.devices import CPU, Device, device_text, host_device
+from registry.config.devices import device_limits
+from registry.config.schema import ServerSettings
 from registry.drain import Drain
 from registry.errors import CapacityExceeded, InferenceTimeout, ModelTooLarge
 from registry.events import EventBus, EventKind
-from registry.health import Health, dispose, predict_json
-from registry.host_tier import let_go, restore_load
 from registry.loaders import LoadContext, Model, load_model
-from registry.memory import measure_bytes
-from registry.placement import measured_charge, place_load
-from registry.room import Room
+from registry.memory.budget import ByteBudget
+from registry.memory.device_budgets import DeviceBudgets
+from registry.memory.devices import CPU, Device, device_text, host_device
+from registry.memory.gpu_charges import measure_overhead
+from registry.memory.host_tier import let_go, restore_load
+from registry.memory.making_room import Room
+from registry.memory.placement import measured_charge, place_load
+from registry.memory.sizes import measure_bytes
+from registry.process.proxy import (
+    KILL_GRACE,
+    ProcessModel,
+    WorkerLoad,
+    isolation_of,
+    load_in_worker,
+)
+from registry.process.supervision import watch as watch_worker
 from registry.slot import Slot, State
 from registry.stats import Stats, Timing
+from registry.stuck_calls import Health, dispose, predict_json
 from registry.threads import InferencePool, ModelThread, run_in_thread
 from registry.units import format_bytes, format_duration
-from registry.worker_slots import watch as watch_worker
-from registry.workers import KILL_GRACE, ProcessModel, WorkerLoad, isolation_of, load_in_worker
 
 log = logging.getLogger("registry")
 
@@ -73,7 +79,7 @@ class Lifecycle(Room):
         self.base_dir = base_dir
         self.pool = pool
         # The devices are discovered once (the manager passes config_devices(config));
-        # each has its own budget, and `budget` is the host's (registry/device_budgets.py).
+        # each has its own budget, and `budget` is the host's (registry/memory/device_budgets.py).
         found = list(devices) if devices is not None else [host_device()]
         self.devices: dict[str, Device] = {device.name: device for device in found}
         self.budgets: DeviceBudgets[Slot] = DeviceBudgets(
@@ -82,7 +88,7 @@ class Lifecycle(Room):
         self.budget: ByteBudget[Slot] = self.budgets.budget(CPU)
         self.overhead_measured: set[str] = set()  # GPUs whose server overhead is known
         self._reserving: set[Slot] = set()  # loads inside reserve(), waiting for room
-        # Loads waiting for room in the order they asked (room.py), with the device they
+        # Loads waiting for room in the order they asked (making_room.py), with the device they
         # wait on; True: it cannot make room now (nothing idle enough to evict), so it does
         # not hold up those behind it.
         self._in_line: dict[Slot, tuple[str, bool]] = {}

@@ -18,11 +18,11 @@ from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 from typing import Any
 
-from registry import views, workers
+from registry import views
 from registry.admission import Admission
-from registry.config import Config, ModelSpec
-from registry.config_devices import config_devices
-from registry.config_file import load_config
+from registry.config.devices import config_devices
+from registry.config.file import load_config
+from registry.config.schema import Config, ModelSpec
 from registry.errors import (
     CapacityExceeded,
     ConfigError,
@@ -33,8 +33,9 @@ from registry.events import EventBus, EventKind, UnloadReason
 from registry.generation import Chunk, GenerateRequest
 from registry.lifecycle import Lifecycle
 from registry.loaders.torch_setup import configure as configure_torch
-from registry.memory import release_memory
+from registry.memory.sizes import release_memory
 from registry.payload import PredictRequest
+from registry.process import proxy as workers
 from registry.reaper import reap
 from registry.reload import Changes, plan
 from registry.roster import Roster

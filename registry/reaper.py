@@ -6,10 +6,10 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from registry.config import ServerSettings
+from registry.config.schema import ServerSettings
 from registry.events import UnloadReason
 from registry.lifecycle import Lifecycle
-from registry.memory import compact
+from registry.memory.sizes import compact
 from registry.roster import Roster
 from registry.slot import State
 from registry.threads import run_in_thread

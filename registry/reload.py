@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-from registry.config import Config
+from registry.config.schema import Config
 
 # Server settings that are read once at start; a change needs a restart.
 RESTART_SETTINGS = (

@@ -10,8 +10,9 @@ A `Slot` is what the registry knows about one name of models.yaml, read top to b
   unload (admin, lowered budget) that waits for its last request.
 
 Its fields change only through the methods below, one per transition, called by the
-lifecycle (registry/lifecycle.py, registry/room.py), admission (registry/admission.py) and
-the roster (registry/roster.py). Everything runs on the event loop's thread.
+lifecycle (registry/lifecycle.py, registry/memory/making_room.py), admission
+(registry/admission.py) and the roster (registry/roster.py). Everything runs on the event
+loop's thread.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from registry.loaders.interface import device_of
 
 if TYPE_CHECKING:
     from registry.batching import Batcher
-    from registry.config import BackoffSpec, ModelSpec
+    from registry.config.schema import BackoffSpec, ModelSpec
     from registry.loaders import Model
     from registry.sources import Source
     from registry.threads import ModelThread

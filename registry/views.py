@@ -14,7 +14,7 @@ may see are app/'s decisions.
         Holding           what the budget holds for the model (absent outside a manager)
       AbandonedView       a thread the registry stopped waiting for
       ConfigRefusal       the last models.yaml edit that was refused
-      SpareState          the spare worker (registry/spare.py), if one is kept
+      SpareState          the spare worker (registry/process/spare.py), if one is kept
     Readiness             ModelManager.readiness(): hot models pending or failed, closing
 """
 
@@ -27,18 +27,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from registry.devices import device_text
+from registry.memory.devices import device_text
+from registry.process.proxy import ProcessModel
 from registry.slot import State
-from registry.workers import ProcessModel
 
 if TYPE_CHECKING:
     from registry.abandoned import AbandonedThread
-    from registry.config import BatchSpec, InputKind
-    from registry.device_budgets import DeviceBudgets
-    from registry.devices import Device
-    from registry.policy import Policy
+    from registry.config.schema import BatchSpec, InputKind
+    from registry.memory.device_budgets import DeviceBudgets
+    from registry.memory.devices import Device
+    from registry.memory.policy import Policy
+    from registry.process.spare import SpareState
     from registry.slot import Slot
-    from registry.spare import SpareState
 
 
 class BudgetState(enum.StrEnum):

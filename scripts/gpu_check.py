@@ -48,9 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # devkit, run f
 
 from devkit.demo import REPO, STORE
 from devkit.server import Process, environ, serve
-from registry.device_budgets import DEFAULT_GPU_SHARE
-from registry.device_memory import device_used, nvml_process_bytes
-from registry.devices import Device, discover, nvml
+from registry.memory.device_budgets import DEFAULT_GPU_SHARE
+from registry.memory.device_usage import device_used, nvml_process_bytes
+from registry.memory.devices import Device, discover, nvml
 from registry.units import format_bytes
 
 MIB = 1024 * 1024
@@ -366,7 +366,7 @@ def server_checks(
 
 
 def load_here(model: str, device: str) -> Any:
-    from registry.config import ModelSpec
+    from registry.config.schema import ModelSpec
     from registry.loaders import LoadContext, load_model
     from registry.sources import resolve_source
 

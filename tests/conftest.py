@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from devkit.demo import REPO, STORE, missing_builds
-from registry.config import Config
-from registry.config_file import load_config
+from registry.config.file import load_config
+from registry.config.schema import Config
 from registry.loaders import fake
 
 

@@ -17,8 +17,8 @@ import pytest
 
 from devkit.demo import REPO, builders
 from devkit.server import Process, serve
-from registry.config import Config
-from registry.config_file import load_config
+from registry.config.file import load_config
+from registry.config.schema import Config
 from registry.errors import ConfigError
 from registry.loaders import fake
 from registry.manager import ModelManager

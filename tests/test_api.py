@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from support import builders, digit_png, wait_for
 
 from app.main import create_app
-from registry.config_file import load_config
+from registry.config.file import load_config
 from registry.loaders import fake
 
 ENTRY_KEYS = {

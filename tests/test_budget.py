@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from support import anything
 
-from registry.budget import ByteBudget
+from registry.memory.budget import ByteBudget
 
 
 def budget_abc(limit: int = 100) -> ByteBudget[str]:

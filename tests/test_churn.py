@@ -11,8 +11,8 @@ from collections.abc import Callable, Iterator
 import pytest
 from support import ask, running
 
-from registry.config import Config
-from registry.memory import release_memory
+from registry.config.schema import Config
+from registry.memory.sizes import release_memory
 
 
 class Cycle:

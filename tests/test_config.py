@@ -10,7 +10,8 @@ import pytest
 from pydantic import ValidationError
 from support import problems_of
 
-from registry.config import (
+from registry.config.file import load_config
+from registry.config.schema import (
     DERIVED_KEYS,
     BackoffSpec,
     BatchSpec,
@@ -18,7 +19,6 @@ from registry.config import (
     ModelSpec,
     ServerSettings,
 )
-from registry.config_file import load_config
 from registry.errors import ConfigError
 from registry.units import parse_size
 

@@ -11,8 +11,8 @@ from fastapi.testclient import TestClient
 from support import problems_of, running, wait_until
 
 from app.main import create_app
-from registry.config_file import load_config
-from registry.config_yaml import MAX_DEPTH
+from registry.config.file import load_config
+from registry.config.yaml_text import MAX_DEPTH
 from registry.errors import ConfigError
 from registry.views import ConfigRefusal
 

@@ -14,17 +14,17 @@ ROOT = Path(registry.__file__).parent
 CONFIG_MODULES = frozenset(
     {
         "registry.admin_token",
-        "registry.config",
-        "registry.config_checks",
-        "registry.config_devices",
-        "registry.device_budgets",
-        "registry.device_memory",
-        "registry.devices",
-        "registry.config_file",
-        "registry.config_messages",
-        "registry.config_yaml",
+        "registry.config.schema",
+        "registry.config.checks",
+        "registry.config.devices",
+        "registry.memory.device_budgets",
+        "registry.memory.device_usage",
+        "registry.memory.devices",
+        "registry.config.file",
+        "registry.config.messages",
+        "registry.config.yaml_text",
         "registry.hfcache",
-        "registry.memory",
+        "registry.memory.sizes",
         "registry.sources",
         "registry.loaders",
     }
@@ -88,8 +88,8 @@ def cycles(graph: dict[str, set[str]]) -> list[set[str]]:
 
 def test_the_graph_sees_the_imports_of_this_change() -> None:
     graph = import_graph()
-    assert "registry.config" in graph["registry.config_file"]
-    assert "registry.loaders" in graph["registry.config_checks"]  # a function-level import too
+    assert "registry.config.schema" in graph["registry.config.file"]
+    assert "registry.loaders" in graph["registry.config.checks"]  # a function-level import too
     assert "registry.loaders.fake" in graph["registry.loaders"]
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [{"a", "b", "c"}]
 
@@ -114,7 +114,7 @@ def test_estimating_sizes_and_checking_a_config_import_no_torch(tmp_path: Path) 
     )
     code = f"""
 import sys
-from registry.config_file import load_config
+from registry.config.file import load_config
 from registry.loaders import estimate_bytes
 config = load_config({str(config)!r}, check_sizes=False)
 print([estimate_bytes(spec, config.source_of(name)) for name, spec in config.models.items()])

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import save_file
 from support import problems_of
 
-from registry.config import Config
-from registry.config_checks import check_config
-from registry.config_file import load_config
+from registry.config.checks import check_config
+from registry.config.file import load_config
+from registry.config.schema import Config
 from registry.errors import ConfigError
 from registry.sources import Source, resolve_source
 

@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 from support import ROOT, builders, digit_png
 
 from app.main import create_app
-from registry.config_file import load_config
+from registry.config.file import load_config
 
 pytestmark = pytest.mark.slow
 

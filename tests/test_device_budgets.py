@@ -8,8 +8,8 @@ from typing import Protocol
 
 import pytest
 
-from registry.budget import ByteBudget
-from registry.device_budgets import (
+from registry.memory.budget import ByteBudget
+from registry.memory.device_budgets import (
     DEFAULT_GPU_SHARE,
     DeviceBudgets,
     DeviceTotals,
@@ -17,7 +17,7 @@ from registry.device_budgets import (
     parse_share,
     resolve_limits,
 )
-from registry.devices import Device, Placement
+from registry.memory.devices import Device, Placement
 
 GiB = 1024**3
 

@@ -12,12 +12,12 @@ import pytest
 from support import problems_of, running, wait_until
 from worker_support import forkserver  # noqa: F401 (a fixture)
 
-from registry.config import Config
-from registry.config_devices import config_devices, device_limits
-from registry.device_budgets import Share
-from registry.device_memory import LEDGER_ENV, ledger, process_bytes
+from registry.config.devices import config_devices, device_limits
+from registry.config.schema import Config
 from registry.loaders import LoadContext, load_model
 from registry.loaders.fake import FakeModel
+from registry.memory.device_budgets import Share
+from registry.memory.device_usage import LEDGER_ENV, ledger, process_bytes
 from registry.payload import TextRequest
 from registry.reload import plan
 from registry.units import parse_size

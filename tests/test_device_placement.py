@@ -11,12 +11,12 @@ import pytest
 from support import ask, running, wait_until
 from worker_support import forkserver  # noqa: F401 (a fixture)
 
-from registry.config import Config
-from registry.config_devices import config_devices
-from registry.device_memory import process_bytes
+from registry.config.devices import config_devices
+from registry.config.schema import Config
 from registry.errors import CapacityExceeded
 from registry.loaders import fake
 from registry.manager import ModelManager
+from registry.memory.device_usage import process_bytes
 from registry.payload import TextRequest
 
 WriteConfig = Callable[[str], Config]

@@ -17,7 +17,7 @@ from support import running, served
 from app.client import Client, ls
 from app.main import create_app
 from devkit.server import environ
-from registry.config import Config
+from registry.config.schema import Config
 from registry.events import EventKind
 from registry.payload import TextRequest
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from devkit.demo import REPO
-from registry import devices
-from registry.device_memory import (
+from registry.memory import devices
+from registry.memory.device_usage import (
     LEDGER_ENV,
     Ledger,
     device_used,
@@ -22,7 +22,7 @@ from registry.device_memory import (
     process_bytes,
     processes_bytes,
 )
-from registry.devices import (
+from registry.memory.devices import (
     Device,
     DeviceRoom,
     Placement,
@@ -149,7 +149,7 @@ def test_no_gpu_asked_for_means_no_gpu_looked_for() -> None:
     nor NVML is imported (checked in a fresh interpreter)."""
     code = (
         "import sys\n"
-        "from registry.devices import discover\n"
+        "from registry.memory.devices import discover\n"
         "print([d.name for d in discover({}, gpus=False)])\n"
         "print('torch' in sys.modules, 'pynvml' in sys.modules)\n"
     )
@@ -169,7 +169,7 @@ def test_a_config_the_host_can_take_imports_no_torch(tmp_path: Path) -> None:
     )
     code = (
         "import sys\n"
-        "from registry.config_file import load_config\n"
+        "from registry.config.file import load_config\n"
         f"load_config({str(path)!r})\n"
         "print('torch' in sys.modules, 'pynvml' in sys.modules)\n"
     )
@@ -332,7 +332,7 @@ def test_a_child_process_claim_is_seen_and_its_death_gives_it_back(own_ledger: L
     once it has died without releasing it (as a GPU frees a dead process's memory)."""
     code = (
         "import os, sys\n"
-        "from registry.device_memory import ledger\n"
+        "from registry.memory.device_usage import ledger\n"
         "ledger().claim('cuda:1', 4096, owner='child')\n"
         "print(os.getpid(), flush=True)\n"
         "sys.stdin.readline()\n"

@@ -17,7 +17,7 @@ import pytest
 from support import problems_of, running, states, wait_until
 
 from devkit.demo import STORE
-from registry.config import Config
+from registry.config.schema import Config
 from registry.errors import BadInput, CapacityExceeded, GenerationTimeout, ShuttingDown
 from registry.generation import Chunk, GenerateRequest, Generation, Token, run_to_end
 from registry.loaders import fake_generation

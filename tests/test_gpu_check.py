@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from devkit.demo import REPO
-from registry.devices import discover
+from registry.memory.devices import discover
 
 SCRIPT = REPO / "scripts" / "gpu_check.sh"
 no_gpu_here = pytest.mark.skipif(

@@ -19,12 +19,12 @@ from support import ask, running, wait_until
 
 from app.main import create_app
 from devkit.demo import REPO
-from registry.config import Config
-from registry.device_memory import ledger
+from registry.config.schema import Config
 from registry.errors import CapacityExceeded, UnknownModel
 from registry.events import EventKind
 from registry.loaders import fake
 from registry.manager import ModelManager
+from registry.memory.device_usage import ledger
 from registry.payload import TextRequest
 
 WriteConfig = Callable[[str], Config]
@@ -279,7 +279,7 @@ def metric(client: TestClient, name: str, **labels: str) -> float:
 HOOKS_CHECK = """
 import sys
 from pathlib import Path
-from registry.config_file import load_config
+from registry.config.file import load_config
 from registry.loaders import LoadContext, load_model
 from registry.loaders.interface import can_offload, device_of
 from registry.sources import resolve_source

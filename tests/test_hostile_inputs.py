@@ -17,7 +17,7 @@ from PIL import Image
 from support import running
 
 from app.main import create_app
-from registry.config_file import load_config
+from registry.config.file import load_config
 from registry.errors import BadInput
 from registry.payload import ImageRequest
 

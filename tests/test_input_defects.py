@@ -15,7 +15,7 @@ from support import ask, running, served, wait_until
 
 from app.main import create_app
 from devkit.server import Process
-from registry.config import Config
+from registry.config.schema import Config
 from registry.errors import BusyQueueFull
 from registry.loaders import fake
 from registry.payload import TextRequest

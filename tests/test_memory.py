@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from registry.config import ModelSpec
+from registry.config.schema import ModelSpec
 from registry.loaders import embeddings, estimate_bytes, fake, loader_for, pipeline
 from registry.loaders import python as python_loader
-from registry.memory import (
+from registry.memory.sizes import (
     measure_bytes,
     release_memory,
     rss_bytes,

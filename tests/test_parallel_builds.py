@@ -18,7 +18,7 @@ from support import ROOT
 
 CHECK = """
 import asyncio, sys
-from registry.config_file import load_config
+from registry.config.file import load_config
 from registry.manager import ModelManager
 from registry.payload import TextRequest
 

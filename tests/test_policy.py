@@ -1,12 +1,12 @@
-"""Eviction policies (registry/policy.py) and the minimal victim set, on hand-built cases."""
+"""Eviction policies (registry/memory/policy.py) and the minimal victim set, on hand-built cases."""
 
 from __future__ import annotations
 
 import pytest
 from support import anything
 
-from registry.budget import ByteBudget
-from registry.policy import CostOrder, describe
+from registry.memory.budget import ByteBudget
+from registry.memory.policy import CostOrder, describe
 
 MIB = 1024 * 1024
 
@@ -118,7 +118,7 @@ def test_describe_says_why_the_victim(policy: str, rank: int, text: str) -> None
 
 def test_a_model_with_waiting_requests_is_not_evictable() -> None:
     """A request waiting for a model protects it like a lease."""
-    from registry.config import ModelSpec
+    from registry.config.schema import ModelSpec
     from registry.slot import Slot, State
 
     slot = Slot(name="m", spec=ModelSpec(loader="fake"), source=None, state=State.LOADED)

@@ -30,7 +30,7 @@ from tritonclient.utils import InferenceServerException
 from app.json_body import MAX_DEPTH
 from app.main import create_app
 from devkit.server import Process, serve
-from registry.config import Config
+from registry.config.schema import Config
 
 CONFIG = """
 server: {memory_budget: 100MB, admin_token: secret, watch: false}

@@ -11,8 +11,8 @@ import pytest
 from support import MB, ask, running, states, wait_until
 
 from registry import reaper
-from registry.config import ModelSpec
-from registry.config_file import load_config
+from registry.config.file import load_config
+from registry.config.schema import ModelSpec
 from registry.errors import (
     BusyQueueFull,
     ConfigError,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from registry.config import ModelSpec
+from registry.config.schema import ModelSpec
 from registry.errors import UnknownModel
 from registry.events import UnloadReason
 from registry.roster import Roster

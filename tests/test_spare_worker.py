@@ -12,11 +12,11 @@ import pytest
 from support import running, wait_until
 from worker_support import children_of, forkserver, worker_children  # noqa: F401 (a fixture)
 
-from registry import workers
-from registry.config import Config
+from registry.config.schema import Config
 from registry.manager import ModelManager
 from registry.payload import TextRequest
-from registry.spare import SpareState
+from registry.process import proxy as workers
+from registry.process.spare import SpareState
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.usefixtures("forkserver")]
 

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 
 from app.main import create_app
 from app.v2_tensors import HEADER_LENGTH
-from registry.config import Config
+from registry.config.schema import Config
 from registry.loaders import fake
 
 # request_timeout: how long the gated models' requests wait before their 503; the other

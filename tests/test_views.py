@@ -17,8 +17,8 @@ from support import wait_for
 from app.main import create_app
 from app.views_json import model_json, readiness_json, registry_json
 from registry.admission import check_input_kind
-from registry.config import BatchSpec, ModelSpec
-from registry.config_file import load_config
+from registry.config.file import load_config
+from registry.config.schema import BatchSpec, ModelSpec
 from registry.errors import UnsupportedInput
 from registry.slot import Slot, State
 from registry.views import (

@@ -65,7 +65,7 @@ def test_get_models_shows_paths_only_to_the_admin(client: TestClient, tmp_path: 
 HF_SCRIPT = """
 import asyncio, json, sys
 from app.views_json import model_json
-from registry.config_file import load_config
+from registry.config.file import load_config
 from registry.manager import ModelManager
 from registry.payload import ImageRequest
 from support import digit_png

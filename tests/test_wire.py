@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from registry import wire
+from registry.process import wire
 
 
 def round_trip(message: Any) -> Any:

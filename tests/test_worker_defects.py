@@ -18,11 +18,11 @@ import pytest
 from support import MB, ask, running, wait_until
 from worker_support import forkserver, worker_children  # noqa: F401 (a fixture)
 
-from registry import workers
-from registry.config import Config
+from registry.config.schema import Config
 from registry.errors import InferenceError, Unavailable, WorkerDied
 from registry.manager import ModelManager
-from registry.worker import memory_figures
+from registry.process import proxy as workers
+from registry.process.child import memory_figures
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.usefixtures("forkserver")]
 

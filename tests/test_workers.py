@@ -11,11 +11,11 @@ import pytest
 from support import running, wait_until
 from worker_support import forkserver, worker_children  # noqa: F401 (a fixture)
 
-from registry import workers
-from registry.config import Config
+from registry.config.schema import Config
 from registry.errors import InferenceTimeout, ModelFailed, WorkerDied
 from registry.manager import ModelManager
 from registry.payload import TextRequest
+from registry.process import proxy as workers
 from registry.slot import State
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.usefixtures("forkserver")]

@@ -15,7 +15,7 @@ from support import builders, digit_png, running, wait_for
 from worker_support import children_of
 
 from devkit.server import serve
-from registry.config import Config
+from registry.config.schema import Config
 from registry.payload import ImageRequest, TextRequest
 
 pytestmark = pytest.mark.slow

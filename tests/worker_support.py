@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from registry import workers
-from registry.config_file import parse_config
+from registry.config.file import parse_config
 from registry.loaders import LoadContext
+from registry.process import proxy as workers
 
 
 def children_of(pid: int) -> list[int]:

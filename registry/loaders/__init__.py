@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from registry.config import GENERATION_TASK
+from registry.config.schema import GENERATION_TASK
 from registry.loaders.interface import LoadContext, Loader, Model
 
 if TYPE_CHECKING:
-    from registry.config import ModelSpec
+    from registry.config.schema import ModelSpec
     from registry.sources import Source
 
 __all__ = ["LoadContext", "Loader", "Model", "estimate_bytes", "load_model", "loader_for"]

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 from registry.loaders.interface import LoadContext
 from registry.loaders.torch_setup import one_build_at_a_time, prepare_torch, resolve_device
-from registry.memory import weight_files_bytes
+from registry.memory.sizes import weight_files_bytes
 
 if TYPE_CHECKING:
-    from registry.config import ModelSpec
+    from registry.config.schema import ModelSpec
     from registry.sources import Source
 
 _PARAMETERS = frozenset({"normalize"})

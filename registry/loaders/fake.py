@@ -11,7 +11,7 @@
   predict_gate: "name"  each predict call waits for `open_gate(name)` first
   reject: "bad"        an input equal to this raises ValueError (one input fails, not its batch)
 
-Memory on a simulated GPU (`server.simulated_devices`; registry/device_memory.py's ledger):
+Memory on a simulated GPU (`server.simulated_devices`; registry/memory/device_usage.py's ledger):
   device_bytes: 100MB  bytes the model claims on its device (`device: cuda:1`; `cuda` or a
                        list: the placed device, else the first GPU named, cuda:0 for `cuda`)
   device_leak: 5MB     each predict call claims this many more there (an allocator cache)
@@ -47,16 +47,16 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from registry.config import GENERATION_TASK
-from registry.device_memory import Claim, ledger
-from registry.devices import is_gpu
+from registry.config.schema import GENERATION_TASK
 from registry.loaders import fake_generation
 from registry.loaders.fake_generation import FakeGenerator
 from registry.loaders.interface import LoadContext
+from registry.memory.device_usage import Claim, ledger
+from registry.memory.devices import is_gpu
 from registry.units import parse_size
 
 if TYPE_CHECKING:
-    from registry.config import ModelSpec
+    from registry.config.schema import ModelSpec
     from registry.sources import Source
 
 _gates: defaultdict[str, threading.Event] = defaultdict(threading.Event)

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from registry.config import DEFAULT_MAX_TOKENS
+from registry.config.schema import DEFAULT_MAX_TOKENS
 from registry.generation import GenerateRequest, Generation, Token, run_to_end
 from registry.units import parse_size
 

@@ -15,15 +15,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from registry.config import DEFAULT_MAX_TOKENS
+from registry.config.schema import DEFAULT_MAX_TOKENS
 from registry.errors import BadInput
 from registry.generation import GenerateRequest, Generation, Token, run_to_end
 from registry.loaders.interface import LoadContext
 from registry.loaders.torch_setup import one_build_at_a_time, prepare_torch, resolve_device
-from registry.memory import weight_files_bytes
+from registry.memory.sizes import weight_files_bytes
 
 if TYPE_CHECKING:
-    from registry.config import ModelSpec
+    from registry.config.schema import ModelSpec
     from registry.sources import Source
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from registry.config import ModelSpec
+    from registry.config.schema import ModelSpec
     from registry.sources import Source
 
 
@@ -55,7 +55,7 @@ def device_of(model: object) -> str | None:
     device = getattr(model, "device", None)
     if device is not None:
         return str(device)
-    from registry.memory import tensor_device
+    from registry.memory.sizes import tensor_device
 
     return tensor_device(model)
 

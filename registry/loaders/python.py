@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from registry.loaders.interface import LoadContext, Model
 from registry.loaders.torch_setup import prepare_torch
-from registry.memory import weight_files_bytes
+from registry.memory.sizes import weight_files_bytes
 
 if TYPE_CHECKING:
-    from registry.config import ModelSpec
+    from registry.config.schema import ModelSpec
     from registry.sources import Source
 
 

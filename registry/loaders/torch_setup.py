@@ -8,7 +8,7 @@ import os
 import threading
 from collections.abc import Iterator, Sequence
 
-from registry.devices import parse_device_spec
+from registry.memory.devices import parse_device_spec
 
 _lock = threading.Lock()
 _building = threading.Lock()

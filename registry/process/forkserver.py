@@ -8,7 +8,7 @@
   watch): they take turns, and it is reaped exactly once. `live_pids()` are those started
   and not yet reaped; `stop_all()` ends them at shutdown.
 - A `WorkerLoad` lets the event loop end a load running in a worker: it kills the worker.
-The model's side (the pipe protocol, timing, memory) is registry/workers.py.
+The model's side (the pipe protocol, timing, memory) is registry/process/proxy.py.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ if TYPE_CHECKING:
 # transformers, the registry's loaders, and the modules any transformers model or the
 # common pipelines import on their first load (a missing one is skipped).
 PRELOAD = [
-    "registry.worker",
-    "registry.config",  # a load's LoadContext holds a ModelSpec: unpickling it imports pydantic
+    "registry.process.child",
+    # a load's LoadContext holds a ModelSpec: unpickling it imports pydantic
+    "registry.config.schema",
     "registry.sources",
     "torch",
     "transformers",
@@ -42,7 +43,7 @@ PRELOAD = [
     "registry.loaders.pipeline",
     "registry.loaders.embeddings",
     "registry.loaders.fake",
-    "registry.memory",
+    "registry.memory.sizes",
     "registry.payload",
     "transformers.generation.utils",
     "transformers.masking_utils",
@@ -52,7 +53,7 @@ PRELOAD = [
     "transformers.pipelines.feature_extraction",
     "transformers.models.bert.modeling_bert",
     "PIL.Image",
-    "registry.preload",  # last: pays once, here, what each worker's first load would pay
+    "registry.process.preload",  # last: pays once, here, what each worker's first load would pay
 ]
 KILL_GRACE = 1.0  # seconds between SIGTERM and SIGKILL
 
@@ -153,7 +154,7 @@ class Worker:
 
     def __init__(self, process: BaseProcess, *, spare: bool = False) -> None:
         self.process = process
-        self.spare = spare  # started ahead, no model yet (registry/spare.py)
+        self.spare = spare  # started ahead, no model yet (registry/process/spare.py)
         self.pid: int | None = None
         self.code: int | None = None  # the exit code, once reaped
         self.reaped = False

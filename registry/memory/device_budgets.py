@@ -1,6 +1,6 @@
 """A byte budget per device: the host (`cpu`) and each GPU (`cuda:N`).
 
-Each device has its own `ByteBudget` (registry/budget.py, unchanged), so each keeps the
+Each device has its own `ByteBudget` (registry/memory/budget.py, unchanged), so each keeps the
 contract "the tracked total never exceeds the limit" on its own. A model has one home
 device (where it runs, or, offloaded, the host that keeps it) and may also hold host bytes
 while it runs on a GPU (its host-side part); `reserve()` takes both at once or neither.
@@ -21,9 +21,9 @@ from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from registry.budget import ByteBudget
-from registry.devices import CPU, Device, DeviceRoom, Placement, is_gpu, place
-from registry.policy import Policy
+from registry.memory.budget import ByteBudget
+from registry.memory.devices import CPU, Device, DeviceRoom, Placement, is_gpu, place
+from registry.memory.policy import Policy
 from registry.units import format_bytes, parse_size
 
 K = TypeVar("K", bound=Hashable)

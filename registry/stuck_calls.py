@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import BusyQueueFull, InferenceTimeout, ModelFailed
-from registry.memory import release_memory
+from registry.memory.sizes import release_memory
 from registry.payload import to_jsonable
 from registry.slot import Slot
 from registry.threads import ModelThread, run_in_thread

@@ -1,6 +1,6 @@
 """The memory budget: bytes held per model, in the eviction policy's order.
 
-A cachetools cache sized by bytes (registry/policy.py: LRU, or cost-aware) keeps the order
+A cachetools cache sized by bytes (registry/memory/policy.py: LRU, or cost-aware) keeps the order
 and the total. The budget never evicts on its own: `victims()` asks which idle models an
 insert would push out, by letting the cache's `popitem()` pick them on a copy, then gives
 back every pick the room does not need; the manager unloads them before it reserves. So the
@@ -16,7 +16,7 @@ from typing import Generic, TypeVar
 
 from cachetools import Cache
 
-from registry.policy import Order, Policy, new_order
+from registry.memory.policy import Order, Policy, new_order
 
 K = TypeVar("K", bound=Hashable)
 

@@ -1,6 +1,6 @@
 """models.yaml's schema: strict, frozen pydantic models, and the `Config` value they make.
 
-`registry/config_file.py` reads a file into a `Config`; see its docstring for the steps.
+`registry/config/file.py` reads a file into a `Config`; see its docstring for the steps.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from registry.device_budgets import Share, gpu_entries, host_budget, parse_share
-from registry.devices import DeviceSpec, check_simulated, device_value, parse_device_spec
+from registry.memory.device_budgets import Share, gpu_entries, host_budget, parse_share
+from registry.memory.devices import DeviceSpec, check_simulated, device_value, parse_device_spec
 from registry.sources import Source, resolve_source
 from registry.units import parse_duration, parse_size
 
@@ -90,7 +90,7 @@ class ServerSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     # A size (the host's budget), or a mapping by device: {cpu: 2GiB, cuda: 80%, cuda:1: 10GiB};
-    # the mapping's GPU entries land in device_budgets (registry/device_budgets.py).
+    # the mapping's GPU entries land in device_budgets (registry/memory/device_budgets.py).
     memory_budget: HostBudget = Field(default_factory=lambda: parse_size("50%"), gt=0)
     device_budgets: dict[str, BudgetShare] = Field(default_factory=dict)
     # GPUs that exist only on paper, for tests on a CPU: {cuda:0: 8GiB, cuda:1: 4GiB}.
@@ -111,7 +111,7 @@ class ServerSettings(_Strict):
     predict_timeout: Duration = Field(default=60.0, gt=0)
     drain_timeout: Duration = Field(default=30.0, ge=0)
     max_parallel_loads: int = Field(default=2, ge=1)
-    eviction: Literal["lru", "cost"] = "cost"  # registry/policy.py
+    eviction: Literal["lru", "cost"] = "cost"  # registry/memory/policy.py
     inference_workers: int | None = Field(default=None, ge=1)
     torch_threads: int | None = Field(default=None, ge=1)
     idle_ttl: Duration = 0.0

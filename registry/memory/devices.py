@@ -11,8 +11,8 @@
 - Placement: `place()` picks, among a model's candidate devices, the one that can take it with
   the least eviction cost (a pure function of the rooms it is given).
 
-Per-process memory on a device is `registry/device_memory.py`; budgets per device are
-`registry/device_budgets.py`.
+Per-process memory on a device is `registry/memory/device_usage.py`; budgets per device are
+`registry/memory/device_budgets.py`.
 """
 
 from __future__ import annotations

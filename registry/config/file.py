@@ -12,10 +12,10 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from registry.config import Config, Document
-from registry.config_checks import check_config
-from registry.config_messages import describe, name_problems
-from registry.config_yaml import read_document
+from registry.config.checks import check_config
+from registry.config.messages import describe, name_problems
+from registry.config.schema import Config, Document
+from registry.config.yaml_text import read_document
 from registry.errors import ConfigError
 
 

@@ -25,14 +25,14 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from registry.device_charges import follow_gpu
-from registry.devices import CPU
 from registry.errors import ModelFailed, RegistryError
 from registry.events import EventKind, UnloadReason
+from registry.memory.devices import CPU
+from registry.memory.gpu_charges import follow_gpu
+from registry.process.proxy import ProcessModel
 from registry.slot import Slot, State
 from registry.threads import run_in_thread
 from registry.units import format_bytes, format_duration
-from registry.workers import ProcessModel
 
 if TYPE_CHECKING:
     from registry.lifecycle import Lifecycle
@@ -141,7 +141,7 @@ def _queued_error(slot: Slot, how: str) -> ModelFailed:
 def after_request(life: Lifecycle, slot: Slot) -> None:
     """Follow the worker's measured memory, making room for its growth; recycle a worker
     that leaks or that no room can be made for. A GPU model's charge there follows what it
-    holds there (registry/device_charges.py)."""
+    holds there (registry/memory/gpu_charges.py)."""
     follow_gpu(life, slot)
     model = slot.model
     if not isinstance(model, ProcessModel) or slot.state is not State.LOADED:

@@ -9,7 +9,7 @@
   that dies gives its claims back the way a GPU frees a dead process's memory: the reader
   skips (and removes) the claims of pids that no longer run.
 
-The host is not measured here: a process's host memory is `registry/memory.py`'s job.
+The host is not measured here: a process's host memory is `registry/memory/sizes.py`'s job.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from registry.devices import Device, nvml, nvml_handles
+from registry.memory.devices import Device, nvml, nvml_handles
 
 LEDGER_ENV = "MODEL_REGISTRY_DEVICE_LEDGER"
 

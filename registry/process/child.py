@@ -1,6 +1,6 @@
 """The loop inside a model's worker process: load once, then answer calls over a pipe.
 
-The parent side (starting, timing, killing, measuring) is registry/workers.py. Messages:
+The parent side (starting, timing, killing, measuring) is registry/process/proxy.py. Messages:
 
     parent -> worker   ("load", ctx, torch_threads) once, then
                        ("predict", inputs, parameters) | ("close",)
@@ -8,7 +8,7 @@ The parent side (starting, timing, killing, measuring) is registry/workers.py. M
                        then ("loaded", param_bytes, memory, device) | ("ok", outputs, memory)
                        | ("raise", exception) | ("closed",)
 
-A worker is started before it has a model (the spare, registry/spare.py): it sends
+A worker is started before it has a model (the spare, registry/process/spare.py): it sends
 "ready" once its start-up is done and waits for its "load" (a "close" or EOF ends it).
 
 `memory` is the worker's own /proc/self/smaps_rollup figures, or `{}` (the server keeps its
@@ -33,8 +33,8 @@ import sys
 import time
 from multiprocessing.connection import Connection
 
-from registry import wire
 from registry.errors import RegistryError
+from registry.process import wire
 
 MEASURE_EVERY = 0.2  # seconds between two smaps_rollup reads in a busy worker
 _PR_SET_PDEATHSIG = 1
@@ -118,11 +118,11 @@ def main(conn: Connection, parent: int) -> None:
     from registry.loaders import load_model
     from registry.loaders.interface import device_of
     from registry.loaders.torch_setup import configure
-    from registry.memory import measure_bytes
+    from registry.memory.sizes import measure_bytes
     from registry.payload import to_jsonable
 
     if not conn.poll(0):  # a spare, with time to spare: pay the first-call costs now
-        from registry.preload import practice
+        from registry.process.preload import practice
 
         practice()
     try:

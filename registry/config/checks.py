@@ -1,6 +1,6 @@
 """The checks of models.yaml beyond its schema, which need the files: sources exist, sizes fit
 the budget (each model's size as its loader estimates it), on its device too
-(registry/config_devices.py)."""
+(registry/config/devices.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import difflib
 import os
 from pathlib import Path
 
-from registry.config import Config, ModelSpec
-from registry.config_devices import device_problems
+from registry.config.devices import device_problems
+from registry.config.schema import Config, ModelSpec
 from registry.errors import ConfigError
 from registry.hfcache import snapshot_dir
 from registry.loaders import estimate_bytes

@@ -2,7 +2,7 @@
 (registry/placement.measured_charge):
 
 - after each request, a process model's charge on its GPU follows its worker's whole
-  footprint there (registry/device_memory.process_bytes: NVML, torch's counters, or the
+  footprint there (registry.memory.device_usage.process_bytes: NVML, torch's counters, or the
   simulated ledger), as its host charge follows `worker_private_bytes`; a thread model's
   follows the `device_bytes` it reports (the fake's allocator cache). Growth that does not
   fit evicts idle models on that GPU (never elsewhere);
@@ -20,8 +20,8 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from registry.devices import Device, is_gpu
-from registry.workers import ProcessModel
+from registry.memory.devices import Device, is_gpu
+from registry.process.proxy import ProcessModel
 
 if TYPE_CHECKING:
     from registry.lifecycle import Lifecycle
@@ -34,7 +34,7 @@ log = logging.getLogger("registry")
 def gpu_bytes_now(life: Lifecycle, model: Model, device: str) -> int | None:
     """What `model` holds on GPU `device` now: its worker's footprint there, or the bytes a
     thread model reports (None where neither can be told)."""
-    from registry.device_memory import process_bytes
+    from registry.memory.device_usage import process_bytes
 
     if isinstance(model, ProcessModel):
         if model.pid is None:
@@ -69,7 +69,7 @@ def measure_overhead(life: Lifecycle, slot: Slot) -> None:
         return
     if home in life.overhead_measured:
         return
-    from registry.device_memory import process_bytes
+    from registry.memory.device_usage import process_bytes
 
     life.overhead_measured.add(home)
     mine = process_bytes(life.devices[home], os.getpid())
@@ -92,7 +92,7 @@ def left_on_gpu(devices: Mapping[str, Device], model: object, device: str | None
     ended); None for a thread model or a host model (the server's process keeps running)."""
     if device is None or not is_gpu(device) or not isinstance(model, ProcessModel):
         return None
-    from registry.device_memory import process_bytes
+    from registry.memory.device_usage import process_bytes
 
     if model.pid is None:
         return None

@@ -2,11 +2,11 @@
 
 Part of the lifecycle (Lifecycle inherits it), kept apart because it is one job: everything
 that decides which models hold the budgets' bytes and how they give them back.
-- Each device has its own budget (registry/device_budgets.py): a load is placed on one of
-  its devices (registry/placement.py) and evicts only models at home on the device that
+- Each device has its own budget (registry/memory/device_budgets.py): a load is placed on one of
+  its devices (registry/memory/placement.py) and evicts only models at home on the device that
   needs the room; no device's reservations ever exceed its budget.
 - A load reserves its bytes; when they do not fit, idle models are evicted in the policy's
-  order (registry/policy.py), only as many as the room needs; a load that must evict waits
+  order (registry/memory/policy.py), only as many as the room needs; a load that must evict waits
   until no other load runs, so that load's model serves its waiting requests first.
 - Loads take room in the order they asked for it: a later load, even one that fits, does
   not go ahead of an earlier one that can make room (else a big load starves behind small
@@ -24,24 +24,24 @@ import time
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from registry.budget import ByteBudget
-from registry.config import ServerSettings
-from registry.device_budgets import DeviceBudgets
-from registry.device_charges import left_on_gpu
-from registry.devices import CPU, Device
+from registry.config.schema import ServerSettings
 from registry.errors import CapacityExceeded, ModelTooLarge
 from registry.events import EventBus, EventKind, UnloadReason
-from registry.health import dispose
-from registry.host_tier import may_offload, start_offload
 from registry.loaders import Model
-from registry.placement import Charge
-from registry.policy import describe
-from registry.restore import over_budget
+from registry.memory.budget import ByteBudget
+from registry.memory.device_budgets import DeviceBudgets
+from registry.memory.devices import CPU, Device
+from registry.memory.gpu_charges import left_on_gpu
+from registry.memory.host_tier import may_offload, start_offload
+from registry.memory.lowered_budget import over_budget
+from registry.memory.placement import Charge
+from registry.memory.policy import describe
+from registry.process.proxy import ProcessModel
 from registry.slot import HOLDING, Slot, State
 from registry.stats import Stats
+from registry.stuck_calls import dispose
 from registry.threads import InferencePool, run_in_thread
 from registry.units import format_bytes, format_duration
-from registry.workers import ProcessModel
 
 log = logging.getLogger("registry")
 
@@ -306,7 +306,9 @@ class Room:
             rank = order.index(victim) + 1 if victim in order else 1
             why = describe(policy, priority, rank, len(order))
             budget.evicted(victim)
-            if may_offload(self, victim):  # the host-RAM tier keeps it (registry/host_tier.py)
+            if may_offload(
+                self, victim
+            ):  # the host-RAM tier keeps it (registry/memory/host_tier.py)
                 start_offload(self, victim, why, reason, purpose)
             else:
                 self.start_unload(victim, why, reason=reason, purpose=purpose)
@@ -320,7 +322,7 @@ class Room:
 
     def enforce_limit(self) -> None:
         """After a budget shrank: unload models until each device's total fits again
-        (restore.py)."""
+        (memory/lowered_budget.py)."""
         for device in self.budgets.devices:
             idle, busy = over_budget(self.budgets.budget(device))
             self._evict(idle, "because the memory budget was lowered", UnloadReason.BUDGET)

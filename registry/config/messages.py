@@ -10,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
-from registry.config import DERIVED_KEYS, NAME_PATTERN, Document, ModelSpec
+from registry.config.schema import DERIVED_KEYS, NAME_PATTERN, Document, ModelSpec
 
 
 def name_problems(models: object) -> list[str]:

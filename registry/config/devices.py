@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from registry.config import Config, ModelSpec, ServerSettings
-from registry.device_budgets import gpu_share, resolve_limits
-from registry.devices import CPU, Device, discover, is_gpu
+from registry.config.schema import Config, ModelSpec, ServerSettings
 from registry.loaders import estimate_bytes
+from registry.memory.device_budgets import gpu_share, resolve_limits
+from registry.memory.devices import CPU, Device, discover, is_gpu
 from registry.sources import Source
 from registry.units import format_bytes
 
@@ -43,7 +43,7 @@ def device_problems(config: Config, sources: Mapping[str, Source | None]) -> lis
 
     Only models that run on GPUs alone are checked, against the GPUs present (a model whose
     devices are all absent fails when it loads, as it always has); a model that may also
-    run on the host (`auto`, a list with `cpu`) is `registry/config_checks.py`'s host check.
+    run on the host (`auto`, a list with `cpu`) is `registry/config/checks.py`'s host check.
     GPUs are looked for only when such a model exists. `sources` are the models' resolved
     sources (those that could not be resolved are left out)."""
     problems = []

@@ -1,10 +1,10 @@
 """Process models: a model loaded and run in a worker process of its own (`isolation: process`).
 
 - Workers fork from a forkserver that imported torch and transformers once; starting,
-  stopping and reaping them exactly once is registry/processes.py. A load takes the spare
-  worker started ahead (registry/spare.py) when one is ready, else starts a worker.
+  stopping and reaping them exactly once is registry/process/forkserver.py. A load takes the spare
+  worker started ahead (registry/process/spare.py) when one is ready, else starts a worker.
 - Messages cross the pipe as one protocol-5 pickle, large buffers out of band
-  (registry/wire.py); the model's inference thread waits on the pipe, off the event loop.
+  (registry/process/wire.py); the model's inference thread waits on the pipe, off the event loop.
 - A `ProcessModel` is a `Model`: `predict()` is a pipe round trip; `close()` asks the worker
   to exit and reaps it (killing it if it does not go). It times itself: a load past
   load_timeout or a call past predict_timeout kills the worker (SIGTERM, then SIGKILL after
@@ -29,9 +29,11 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Literal
 
-from registry import wire
 from registry.errors import InferenceTimeout, RegistryError, WorkerDied
-from registry.processes import (
+from registry.process import wire
+from registry.process.child import main as worker_main
+from registry.process.child import memory_figures
+from registry.process.forkserver import (
     KILL_GRACE,
     Worker,
     WorkerLoad,
@@ -41,14 +43,12 @@ from registry.processes import (
     forkserver_pid,
     warm,
 )
-from registry.processes import live_pids as live_pids
-from registry.processes import stop_all as stop_workers
-from registry.spare import Spare, SpareKeeper
-from registry.worker import main as worker_main
-from registry.worker import memory_figures
+from registry.process.forkserver import live_pids as live_pids
+from registry.process.forkserver import stop_all as stop_workers
+from registry.process.spare import Spare, SpareKeeper
 
 if TYPE_CHECKING:
-    from registry.config import ModelSpec, ServerSettings
+    from registry.config.schema import ModelSpec, ServerSettings
     from registry.loaders import LoadContext
 
 __all__ = [
@@ -100,7 +100,7 @@ class ProcessModel:
         self.device: str | None = None  # where the worker's model runs, as it reported
         self.memory: dict[str, int] = {}
         self.reserved = 0  # bytes the budget held when the load ended (set by the manager)
-        self.exited = False  # the death watch saw the process end (registry/worker_slots.py)
+        self.exited = False  # the death watch saw the process end (registry/process/supervision.py)
         self.lost_in_call = False  # a call saw the worker die, or killed it (a timeout)
         self._worker = worker
         self._conn = conn
@@ -148,7 +148,7 @@ class ProcessModel:
             raise reply[1]
         _, outputs, memory = reply
         if memory:
-            self.memory = memory  # measured after this call (registry/worker.py)
+            self.memory = memory  # measured after this call (registry/process/child.py)
         return list(outputs)
 
     def _round_trip(self, message: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -213,7 +213,7 @@ class ProcessModel:
 
 def start_worker(*, spare: bool = False) -> tuple[Worker, Connection]:
     """Fork a worker from the forkserver (blocking); it starts, says "ready" and waits for
-    its "load" (registry/worker.py)."""
+    its "load" (registry/process/child.py)."""
     mp = context()
     parent_end, child_end = mp.Pipe()
     forkserver = multiprocessing.forkserver._forkserver
@@ -232,7 +232,7 @@ def start_worker(*, spare: bool = False) -> tuple[Worker, Connection]:
 
 spares = SpareKeeper(
     functools.partial(start_worker, spare=True)
-)  # the spare worker (registry/spare.py)
+)  # the spare worker (registry/process/spare.py)
 
 
 def stop_all() -> int:

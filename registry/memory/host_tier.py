@@ -22,23 +22,23 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from registry.devices import CPU, is_gpu
 from registry.events import EventKind, UnloadReason
-from registry.health import dispose
 from registry.loaders.interface import can_offload
-from registry.memory import measure_bytes
-from registry.placement import measured_charge
+from registry.memory.devices import CPU, is_gpu
+from registry.memory.placement import measured_charge
+from registry.memory.sizes import measure_bytes
+from registry.process.proxy import ProcessModel
 from registry.slot import State
+from registry.stuck_calls import dispose
 from registry.threads import run_in_thread
 from registry.units import format_bytes, format_duration
-from registry.workers import ProcessModel
 
 if TYPE_CHECKING:
     from registry.abandoned import AbandonedThread
     from registry.lifecycle import Lifecycle
     from registry.loaders import Model
-    from registry.placement import Charge
-    from registry.room import Room
+    from registry.memory.making_room import Room
+    from registry.memory.placement import Charge
     from registry.slot import Slot
 
 log = logging.getLogger("registry")

@@ -1,6 +1,6 @@
 """What a process pays on its first load, paid before a worker's load: once in the worker
-forkserver (imported last by it, see PRELOAD in registry/processes.py; importing this module
-runs `warm_up`), and by each spare worker while it waits (`practice`).
+forkserver (imported last by it, see PRELOAD in registry/process/forkserver.py; importing
+this module runs `warm_up`), and by each spare worker while it waits (`practice`).
 
 A process model's worker makes exactly one load, so every cost that a process pays on its
 first load only is paid on every worker's load. Measured on a langid load in a fresh

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from registry.budget import ByteBudget
+from registry.memory.budget import ByteBudget
 from registry.slot import HOLDING, Slot, State
 
 

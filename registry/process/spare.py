@@ -6,7 +6,7 @@
   start would compete with the load for the CPU), by the keeper's thread.
 - Started only once some model runs in a worker: `enable()` is called when the config at
   startup has process models, and by every process model's load; never otherwise.
-- While it waits it practises (registry/preload.py: tiny models built and run once), so the
+- While it waits it practises (registry/process/preload.py: tiny models built and run once), so the
   load it takes does not pay the first-call costs of transformers and torch.
 - Its memory: it holds no model, so the budget counts no bytes for it; its own fixed memory
   (a forked interpreter, ~16 MiB private after its practice) is real and shown in GET
@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Literal
 
-from registry import wire
-from registry.processes import Worker, describe_exit
+from registry.process import wire
+from registry.process.forkserver import Worker, describe_exit
 
 log = logging.getLogger("registry")
 

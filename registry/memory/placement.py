@@ -12,7 +12,7 @@ budget and, on a GPU, the bytes its host-side part holds in the host's budget.
   charged on the host and its loader decides (it fails there, as it always has).
 - The charge before the load is an estimate: on a GPU the loader's weights (the fake: its
   `device_bytes`, and its `size` on the host). After the load it is measured: a worker's
-  whole footprint on its GPU (registry/device_memory.process_bytes: NVML, torch, or the
+  whole footprint on its GPU (registry.memory.device_usage.process_bytes: NVML, torch, or the
   simulated ledger) and its private host memory; a thread model's `device_bytes` where it
   reports them (the fake), else its tensor bytes.
 """
@@ -24,15 +24,15 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from registry.devices import CPU, Device, budget_device, is_gpu
 from registry.errors import ModelTooLarge
 from registry.loaders import estimate_bytes
+from registry.memory.devices import CPU, Device, budget_device, is_gpu
+from registry.process.proxy import ProcessModel
 from registry.threads import run_in_thread
-from registry.workers import ProcessModel
 
 if TYPE_CHECKING:
-    from registry.device_budgets import DeviceBudgets
     from registry.loaders import Model
+    from registry.memory.device_budgets import DeviceBudgets
     from registry.slot import Slot
 
 
@@ -140,7 +140,7 @@ def measured_charge(
         return Charge(charge.device, measured, 0, charge.placed)
     device = devices[charge.device]
     if isinstance(model, ProcessModel):
-        from registry.device_memory import process_bytes
+        from registry.memory.device_usage import process_bytes
 
         on_gpu = None if model.pid is None else process_bytes(device, model.pid)
         gpu = charge.nbytes if on_gpu is None else on_gpu

@@ -1,0 +1,1 @@
+"""models.yaml: its schema, reading, checks and the messages a user reads."""

@@ -1,0 +1,1 @@
+"""Memory: budgets per device, eviction policies, making room, sizes, placement, the host tier."""
