@@ -34,7 +34,7 @@ def fmt(value: float, unit: str) -> str:
 def cells(row: Row) -> list[str]:
     """A row as table cells."""
     value = f"{row.value:.2f}x" if row.compare == "ratio" else f"{row.value:+.2f} {row.unit}"
-    met = {True: "yes", False: "NO", None: "-"}[row.met]
+    met = "noise" if row.noise else {True: "yes", False: "NO", None: "-"}[row.met]
     return [
         row.scenario,
         fmt(row.measured, row.unit),

@@ -19,6 +19,9 @@ class Row:
     target: float | None  # the ratio or delta bound; None for rows given for comparison
     higher_is_better: bool = False
     note: str = ""
+    # Set when the figure moved by more than a third between its rounds: reported as noise,
+    # neither met nor missed.
+    noise: bool = False
 
     @property
     def value(self) -> float:
@@ -30,7 +33,7 @@ class Row:
     @property
     def met(self) -> bool | None:
         """Whether the target is met (None: no target)."""
-        if self.target is None or math.isnan(self.value):
+        if self.target is None or self.noise or math.isnan(self.value):
             return None
         if self.higher_is_better:
             return self.value >= self.target
@@ -56,5 +59,6 @@ class Row:
             "value": self.value,
             "target": self.target_text(),
             "met": self.met,
+            "noise": self.noise,
             "note": self.note,
         }

@@ -24,6 +24,7 @@ from bench import (
     startup,
     throughput,
     trace,
+    vs_litserve,
     warm,
     workers,
 )
@@ -40,6 +41,7 @@ SCENARIOS: dict[str, tuple[Scenario, bool]] = {  # name -> (function, needs wrk)
     "cold": (cold.cold_load, False),
     "warm": (warm.warm_latency, True),
     "throughput": (throughput.throughput, True),
+    "litserve": (vs_litserve.litserve, True),
     "isolation": (isolation.isolation, True),
     "stampede": (stampede.stampede, False),
     "memory": (memory.memory, False),

