@@ -1,49 +1,83 @@
-"""The one place where registry errors become HTTP responses."""
+"""How errors become answers: one body shape, one status table per protocol, the handlers.
+
+A registry error carries a `kind`, never an HTTP status. Each protocol maps kinds to statuses
+in one table: `STATUS` here for the native API, `app/v2/errors.py` and `app/openai/errors.py`
+for the Open Inference Protocol and OpenAI. The native API answers every error with
+`{"error": {"type": kind, "message": message, ...}}` (`error_body`; `error_bytes` for the
+parts that write a response below the framework: the upload limit, the header limit, the Ray
+gateway). The other protocols' routes render their own bodies (`shaped_route`) from a
+protocol-neutral `Failure`, with their own table's statuses and the same Retry-After.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from collections.abc import Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from app.limits import BodyTooLarge, too_large_message
-from app.problem import error_body
 from app.visibility import is_admin, public, redact
-from registry.errors import (
-    BadInput,
-    ConfigError,
-    GenerationTimeout,
-    InferenceError,
-    InferenceTimeout,
-    ModelTooLarge,
-    RegistryError,
-    Unavailable,
-    UnknownModel,
-    UnsupportedInput,
-    WorkerDied,
-)
+from registry.errors import ConfigError, RegistryError, Unavailable, UnknownModel
 
 log = logging.getLogger("app")
 
-# Most specific first: the first class an error is an instance of gives its status.
-_STATUS: list[tuple[type[RegistryError], int]] = [
-    (UnknownModel, 404),
-    (UnsupportedInput, 415),
-    (BadInput, 422),
-    (ConfigError, 422),
-    (Unavailable, 503),
-    (ModelTooLarge, 507),
-    (InferenceTimeout, 504),
-    (GenerationTimeout, 504),
-    (WorkerDied, 502),  # the front is fine; its upstream (the worker) failed
-    (InferenceError, 500),
-]
+StatusTable = Mapping[str, int]
+"""HTTP status by `RegistryError.kind`."""
+
+# The native API's statuses. A kind not listed takes the status of the nearest parent class's
+# kind (a new kind of Unavailable is a 503); a kind nothing matches is a 500.
+STATUS: StatusTable = MappingProxyType(
+    {
+        "unknown_model": 404,
+        "unsupported_input": 415,
+        "bad_input": 422,
+        "config_error": 422,
+        "unavailable": 503,
+        "model_too_large": 507,
+        "inference_timeout": 504,
+        "generation_timeout": 504,
+        "worker_died": 502,  # the front is fine; its upstream (the worker) failed
+        "inference_error": 500,
+    }
+)
+
+
+def status_of(error: RegistryError | type[RegistryError], table: StatusTable = STATUS) -> int:
+    """The status `table` gives the error's kind, else its nearest parent class's; else 500."""
+    cls = error if isinstance(error, type) else type(error)
+    kinds = [error.kind] + [vars(base)["kind"] for base in cls.__mro__ if "kind" in vars(base)]
+    for kind in kinds:
+        if kind in table:
+            return table[kind]
+    return 500
+
+
+def error_body(kind: str, message: str, **extra: Any) -> dict[str, Any]:
+    """The native error shape: a type a program can switch on and a message that says what to
+    do."""
+    return {"error": {"type": kind, "message": message, **extra}}
+
+
+def error_bytes(kind: str, message: str, **extra: Any) -> bytes:
+    """The same, encoded, for responses written below the framework."""
+    return json.dumps(error_body(kind, message, **extra)).encode()
+
+
+def error_response(
+    status: int, kind: str, message: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    """The JSON error answer of the native API."""
+    return JSONResponse(error_body(kind, message, **extra), status_code=status, headers=headers)
 
 
 class HTTPError(Exception):
@@ -59,24 +93,11 @@ class HTTPError(Exception):
         self.headers = headers or {}
 
 
-def error_response(
-    status: int, kind: str, message: str, headers: dict[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    """The JSON error shape of every non-2xx answer."""
-    return JSONResponse(error_body(kind, message, **extra), status_code=status, headers=headers)
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
 
 
-def status_of(exc: RegistryError) -> int:
-    """HTTP status for a registry error."""
-    return status_of_class(type(exc))
-
-
-def status_of_class(error: type[RegistryError]) -> int:
-    """HTTP status for a registry error class."""
-    for cls, status in _STATUS:
-        if issubclass(error, cls):
-            return status
-    return 500
+# The native API's handlers.
 
 
 async def _registry_error(request: Request, exc: Exception) -> JSONResponse:
@@ -127,22 +148,12 @@ async def _starlette_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-    return error_response(422, "bad_request", problems or "invalid request")
-
-
-class ClientGone(Exception):
-    """The client closed the connection before its answer was ready."""
+    return error_response(422, "bad_request", _problems(exc))
 
 
 async def _client_went_away(request: Request, exc: Exception) -> JSONResponse:
     # Nobody reads this answer: the client closed the connection (nginx's 499).
     return error_response(499, "client_closed_request", "the client went away")
-
-
-async def _body_too_large(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, BodyTooLarge)
-    return error_response(413, "too_large", too_large_message(exc.limit))
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -151,12 +162,77 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 
 def install(app: FastAPI) -> None:
-    """Register the handlers on `app`."""
+    """Register the native API's handlers on `app`."""
     app.add_exception_handler(RegistryError, _registry_error)
     app.add_exception_handler(HTTPError, _http_error)
     app.add_exception_handler(StarletteHTTPException, _starlette_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ClientDisconnect, _client_gone)
-    app.add_exception_handler(BodyTooLarge, _body_too_large)
     app.add_exception_handler(ClientGone, _client_went_away)
     app.add_exception_handler(Exception, _unexpected)
+
+
+def _problems(exc: RequestValidationError) -> str:
+    problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+    return problems or "invalid request"
+
+
+# Other protocols' routes: errors in the protocol's own body.
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What went wrong, protocol-neutral."""
+
+    status: int
+    kind: str
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+    param: str | None = None  # the request field at fault, where the error names one
+
+
+Render = Callable[[Failure], Response]
+Handler = Callable[[Request], Coroutine[Any, Any, Response]]
+
+
+def failure_of(request: Request, exc: Exception, table: StatusTable) -> Failure | None:
+    """The failure an exception stands for, with `table`'s status; None for one no handler
+    knows (re-raised)."""
+    if isinstance(exc, RegistryError):
+        status = status_of(exc, table)
+        headers = {}
+        if isinstance(exc, Unavailable):
+            headers["Retry-After"] = str(math.ceil(exc.retry_after))
+        elif status >= 500:
+            log.error("%s %s: %s", request.method, request.url.path, exc.message)
+        return Failure(status, exc.kind, exc.message, headers, getattr(exc, "param", None))
+    if isinstance(exc, HTTPError):
+        return Failure(exc.status, exc.kind, exc.message, exc.headers)
+    if isinstance(exc, RequestValidationError):
+        return Failure(422, "bad_request", _problems(exc))
+    if isinstance(exc, StarletteHTTPException):
+        headers = dict(exc.headers) if exc.headers else {}
+        return Failure(exc.status_code, "http_error", str(exc.detail), headers)
+    return None
+
+
+def shaped_route(render: Render, table: StatusTable) -> type[APIRoute]:
+    """An APIRoute class whose errors (dependencies' too) are rendered by `render`, with the
+    statuses of `table`."""
+
+    class ShapedRoute(APIRoute):
+        def get_route_handler(self) -> Handler:
+            handler = super().get_route_handler()
+
+            async def run(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except Exception as exc:
+                    failure = failure_of(request, exc, table)
+                    if failure is None:
+                        raise
+                    return render(failure)
+
+            return run
+
+    return ShapedRoute

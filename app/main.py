@@ -1,26 +1,33 @@
-"""The app factory: a FastAPI app whose lifespan owns the ModelManager."""
+"""The app factory: a FastAPI app with every protocol's routes, serving a host's manager.
+
+The lifespan uses the host that serves the app (app/host.py, set on `app.state.host` by the
+front end); without one (the app driven by its lifespan alone: tests, the Ray replicas) it
+starts a host of its own and drains it when the lifespan ends.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
-import signal
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 
-from app import admin, errors, events, metrics, openai_api, openai_generation, routes, v2
-from app.dashboard import router as dashboard_router
-from app.fast_path import PredictFastPath
-from app.limits import BodyLimit
+from app import errors
+from app.host import Host, reload_on_sighup
+from app.http import admin, routes
+from app.http.body_limit import BodyLimit
+from app.http.fast_path import PredictFastPath
+from app.openai import embeddings, generation
+from app.operations import events, metrics
+from app.operations.dashboard import router as dashboard_router
+from app.v2 import routes as v2_routes
 from registry.config.file import load_config
 from registry.config.schema import Config
 from registry.manager import ModelManager
-from registry.units import format_bytes
 
 log = logging.getLogger("app")
 # FastAPI's native OpenTelemetry (0.16x) looks up the global providers on every request, even
@@ -41,27 +48,18 @@ def create_app(config: Config | str | Path) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        manager = ModelManager(initial)
-        app.state.manager = manager
-        hot = [name for name, spec in initial.models.items() if spec.hot]
-        wait = initial.server.preload == "wait" and bool(hot)
-        # Served by app/server.py, hot models start loading once the socket listens (it
-        # calls manager.preload()): their imports (torch) would delay the first answer.
-        await manager.start(preload=wait or not app.state.preload_when_listening)
-        if wait:
-            log.info("waiting for hot models before serving: %s", ", ".join(hot))
-            await manager.wait_hot()
-        log.info(
-            "serving %d model(s) from %s with a %s budget",
-            len(initial.models),
-            initial.path,
-            format_bytes(initial.server.memory_budget),
-        )
-        with _reload_on_sighup(manager):
+        host: Host | None = app.state.host
+        if host is not None:  # a host serves the app: it started the manager and drains it
+            app.state.manager = host.manager
+            yield
+            return
+        host = Host(initial)
+        manager = app.state.manager = await host.start()
+        with reload_on_sighup(manager):
             try:
                 yield
             finally:
-                await manager.shutdown()
+                await host.stop()
 
     app = FastAPI(
         title="model-registry-server",
@@ -71,7 +69,7 @@ def create_app(config: Config | str | Path) -> FastAPI:
         **_NO_TELEMETRY,
     )
     app.state.manager = None
-    app.state.preload_when_listening = False  # app/server.py sets it: it calls preload()
+    app.state.host = None  # a front end sets the host that serves the app (app/host.py)
     app.add_middleware(PredictFastPath)  # inside the upload limit: added first
     app.add_middleware(BodyLimit, limit=lambda: _upload_limit(app, initial))
     errors.install(app)
@@ -80,25 +78,10 @@ def create_app(config: Config | str | Path) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(events.router)
     app.include_router(dashboard_router)
-    app.include_router(v2.router)
-    app.include_router(openai_generation.router)  # /v1/models, chat and completions
-    app.include_router(openai_api.router)
+    app.include_router(v2_routes.router)
+    app.include_router(generation.router)  # /v1/models, chat and completions
+    app.include_router(embeddings.router)
     return app
-
-
-@contextmanager
-def _reload_on_sighup(manager: ModelManager) -> Iterator[None]:
-    """SIGHUP reloads models.yaml (only where the loop runs in the main thread)."""
-    loop = asyncio.get_running_loop()
-    try:
-        loop.add_signal_handler(signal.SIGHUP, manager.reload_soon)
-    except (NotImplementedError, RuntimeError, ValueError, AttributeError):
-        yield
-        return
-    try:
-        yield
-    finally:
-        loop.remove_signal_handler(signal.SIGHUP)
 
 
 def _upload_limit(app: FastAPI, fallback: Config) -> int:

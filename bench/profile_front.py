@@ -45,9 +45,9 @@ CATEGORIES: list[tuple[str, str]] = [
     (
         "response: encode + headers + send",
         r"jsonable_encoder|serialize_response|dump_json|\(.*json/encoder|starlette/responses\.py"
-        r"|\(app/problem\.py|RequestResponseCycle\.send",
+        r"|\(app/errors\.py|RequestResponseCycle\.send",
     ),
-    ("disconnect watcher", r"unless_disconnected|watch \(app/routes"),
+    ("disconnect watcher", r"unless_disconnected|watch \(app/http/routes"),
     ("batcher", r"\(registry/batching\.py"),
     (
         "thread hops (pool, futures across threads)",

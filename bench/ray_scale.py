@@ -102,7 +102,7 @@ def inner(requests: int, replica_counts: list[int], ray_dir: Path) -> dict[str, 
     import ray
     from ray import serve
 
-    from app.ray_app import build_app
+    from app.ray.gateway import build_app
 
     config = write_config(ray_dir.parent, REPLICA_BUDGET_MB)
     names = trace(requests)
@@ -174,7 +174,7 @@ def single_registry(requests: int, directory: Path) -> dict[str, Any]:
 
 def run_isolated(requests: int, replica_counts: list[int], workdir: Path) -> dict[str, Any]:
     """Run `inner` under `unshare -n` (lo only) and read its JSON."""
-    from app.ray_local import unshare_command
+    from app.ray.local import unshare_command
 
     ray_dir = Path(tempfile.mkdtemp(prefix="mr-bray-", dir="/tmp")) / "r"
     out = workdir / "bench-ray.json"

@@ -160,7 +160,7 @@ class Held:
 
 def run_peer(job: dict[str, Any], workdir: Path) -> dict[str, Any]:
     """Run `inner` under `unshare -n` (lo only) and read its JSON."""
-    from app.ray_local import unshare_command
+    from app.ray.local import unshare_command
 
     ray_dir = Path(tempfile.mkdtemp(prefix="mr-tray-", dir="/tmp")) / "r"
     out = workdir / "trace-ray.json"

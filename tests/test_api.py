@@ -188,7 +188,7 @@ def test_unknown_model_is_404_listing_known_names(client: TestClient) -> None:
 
 
 def test_the_predict_route_answers_like_the_router_around_it(client: TestClient) -> None:
-    """The predict route is served below the router (app/fast_path.py); what it does not
+    """The predict route is served below the router (app/http/fast_path.py); what it does not
     serve still gets the router's answers: another method is 405, a name with a slash is
     404, both with the JSON error body; and its own answers are the same JSON as before."""
     wrong_method = client.get("/models/langid/predict")

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from support import served
 
-from app.client import device_text
+from app.cli.client import device_text
 from devkit.server import CLI, Process, environ, free_port
 
 pytestmark = pytest.mark.slow

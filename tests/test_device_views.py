@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from support import running, served
 
-from app.client import Client, ls
+from app.cli.client import Client, ls
 from app.main import create_app
 from devkit.server import environ
 from registry.config.schema import Config

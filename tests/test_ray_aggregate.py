@@ -1,10 +1,10 @@
-"""The deployment-wide views of Ray Serve (app/ray_aggregate.py), from hand-built reports."""
+"""The deployment-wide views of Ray Serve (app/ray/aggregate.py), from hand-built reports."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.ray_aggregate import merge_ready, merge_snapshots
+from app.ray.aggregate import merge_ready, merge_snapshots
 
 
 def entry(name: str, state: str = "unloaded", **fields: Any) -> dict[str, Any]:

@@ -16,11 +16,11 @@ def test_the_serve_deploy_file_builds_the_registry_application(tmp_path: Path) -
     args build the gateway in front of N registry replicas routed by our router."""
     from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
 
-    from app import ray_app
+    from app.ray import gateway as ray_app
 
     document = yaml.safe_load((ROOT / "deploy/ray-serve.yaml").read_text())
     app_schema = serve_schema.ServeDeploySchema.model_validate(document).applications[0]
-    assert app_schema.import_path == "app.ray_app:build_app"
+    assert app_schema.import_path == "app.ray.gateway:build_app"
     config = tmp_path / "models.yaml"
     config.write_text("models:\n  m: {loader: fake}\n")
     args = {**app_schema.args, "config": str(config)}
@@ -31,7 +31,7 @@ def test_the_serve_deploy_file_builds_the_registry_application(tmp_path: Path) -
     assert registry.name == "RegistryReplica"
     assert registry.num_replicas == args["replicas"]
     router = registry._deployment_config.request_router_config
-    assert router.request_router_class == "app.ray_router:ModelAwareRouter"
+    assert router.request_router_class == "app.ray.router:ModelAwareRouter"
 
 
 def test_the_plain_server_never_imports_ray() -> None:
@@ -40,7 +40,7 @@ def test_the_plain_server_never_imports_ray() -> None:
     import sys
 
     code = (
-        "import sys, app.main, app.cli, app.server, registry.manager; "
+        "import sys, app.main, app.cli, app.http.server, registry.manager; "
         "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

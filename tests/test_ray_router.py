@@ -14,7 +14,7 @@ pytest.importorskip("ray.serve", reason="needs the [ray] extra")
 
 from ray.serve._private.common import DeploymentID, ReplicaID
 
-from app.ray_router import ModelAwareRouter
+from app.ray.router import ModelAwareRouter
 
 MB = 1_000_000
 

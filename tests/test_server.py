@@ -84,7 +84,7 @@ import sys
 from app.cli import main
 assert main(["validate", {str(config)!r}]) == 0  # builds every command's parser
 from app.main import create_app
-import app.server
+import app.http.server
 before_client = "httpx" in sys.modules
 from fastapi.testclient import TestClient  # httpx, for the test's own client
 with TestClient(create_app({str(config)!r})) as client:

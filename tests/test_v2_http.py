@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.main import create_app
-from app.v2_tensors import HEADER_LENGTH
+from app.v2.infer_body import HEADER_LENGTH
 from registry.config.schema import Config
 from registry.loaders import fake
 
@@ -237,7 +237,7 @@ def test_the_written_out_datatype_ranges_are_numpys() -> None:
     """The V2 range checks use limits written out (numpy is imported lazily): they match."""
     import numpy as np
 
-    from app.v2_tensors import FLOATING, INTEGER, NUMERIC
+    from app.v2.tensors import FLOATING, INTEGER, NUMERIC
 
     for name, limits in INTEGER.items():
         info = np.iinfo(NUMERIC[name])

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from app.errors import HTTPError
-from app.routes import Manager
+from app.http.routes import Manager
 from registry.events import Subscription
 
 router = APIRouter()

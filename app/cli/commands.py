@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """ls, load, unload, reload: against a running server (token from the environment)."""
-    from app.client import DEFAULT_URL, TOKEN_ENV
+    from app.cli.client import DEFAULT_URL, TOKEN_ENV
 
     helps = {
         "ls": "list the models: state, size, in flight, last used, TTL left",
@@ -67,7 +67,7 @@ def _add_client_commands(commands: argparse._SubParsersAction[argparse.ArgumentP
 
 
 def _client_command(args: argparse.Namespace) -> int:
-    from app import client
+    from app.cli import client
 
     http = client.Client(args.url)
     out, err = sys.stdout, sys.stderr
@@ -108,10 +108,10 @@ def _serve(args: argparse.Namespace) -> int:
     if not _is_loopback(host):
         log.warning("binding %s: the server is reachable from other machines", host)
     if args.ray:
-        from app.ray_local import run_local  # ray is imported only in the namespace
+        from app.ray.local import run_local  # ray is imported only in the namespace
 
         return run_local(Path(args.config), args.replicas, host, port, args.ready_file)
-    from app.server import run_server  # uvicorn is imported only to serve
+    from app.http.server import run_server  # uvicorn is imported only to serve
 
     return run_server(config, host, port, access_log=not args.no_access_log)
 
@@ -123,7 +123,3 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,9 +4,9 @@ A profile of the server under load (docs/benchmarks.md, "Where a request's time 
 FastAPI's route matching, its endpoint wrapper (dependencies, parameters) and the exception
 middleware at a quarter of the event loop's time per prediction. This ASGI middleware
 answers `POST /models/{name}/predict` itself with the same function as the route
-(`app.routes.predict`), and maps its exceptions with the app's own exception handlers, as
+(`app.http.routes.predict`), and maps its exceptions with the app's own exception handlers, as
 the exception middleware would; everything else, and anything unhandled (the 500 handler),
-goes on as before. It sits inside the upload limit (app/limits.py), which it relies on.
+goes on as before. It sits inside the upload limit (app/http/body_limit.py), which it relies on.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app import routes
+from app.http import routes
 
 # What the route's `{name}` matches (Starlette's str convertor: no slash).
 PREDICT = re.compile(r"/models/([^/]+)/predict")

@@ -1,5 +1,5 @@
 """OpenAI-compatible embeddings: POST /v1/embeddings (GET /v1/models, which lists the
-embedding models with the generation models, is app/openai_generation.py's).
+embedding models with the generation models, is app/openai/generation.py's).
 
 A thin adapter over the same `manager.predict` call as the native predict route. Serves
 every model whose task produces embeddings; `usage` counts tokens with the model's own
@@ -16,10 +16,10 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from app import json_body
-from app.protocol_errors import Failure, shaped_route
-from app.routes import Manager
+from app.http.routes import Manager
+from app.openai.errors import RequestError, Route
 from registry.config.schema import ModelSpec
-from registry.errors import BadInput, InferenceError
+from registry.errors import InferenceError
 from registry.payload import TextRequest
 
 if TYPE_CHECKING:
@@ -30,26 +30,7 @@ FIELDS = frozenset({"model", "input", "encoding_format", "dimensions", "user"})
 OWNER = "model-registry"
 
 
-class RequestError(BadInput):
-    """A request OpenAI's API would refuse (HTTP 400), naming the parameter at fault."""
-
-    kind = "invalid_request_error"
-    status = 400
-
-    def __init__(self, message: str, param: str | None) -> None:
-        super().__init__(message)
-        self.param = param
-
-
-def render(failure: Failure) -> Response:
-    """OpenAI's error body."""
-    kind = "invalid_request_error" if failure.status < 500 else "server_error"
-    code = "model_not_found" if failure.kind == "unknown_model" else failure.kind
-    error = {"message": failure.message, "type": kind, "param": failure.param, "code": code}
-    return JSONResponse({"error": error}, status_code=failure.status, headers=failure.headers)
-
-
-router = APIRouter(prefix="/v1", route_class=shaped_route(render), tags=["OpenAI"])
+router = APIRouter(prefix="/v1", route_class=Route, tags=["OpenAI"])
 
 
 def _embedding_names(manager: Manager) -> list[str]:

@@ -19,7 +19,9 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
-from app.v2_tensors import Tensor, TensorError, json_document
+from app.v2.errors import TensorError
+from app.v2.json_tensors import json_document
+from app.v2.tensors import Tensor
 from registry.config.schema import ModelSpec
 from registry.payload import to_jsonable
 

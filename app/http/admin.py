@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from app.errors import HTTPError
-from app.routes import Manager
+from app.http.routes import Manager
 from app.views_json import model_json
 from registry.admin_token import admin_token
 

@@ -6,15 +6,15 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.problem import error_bytes
+from app.errors import HTTPError, error_bytes
 from registry.units import format_bytes
 
 
-class BodyTooLarge(Exception):
-    """The body grew past the limit while it was being read."""
+class BodyTooLarge(HTTPError):
+    """The body grew past the limit while it was being read: a 413."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__(limit)
+        super().__init__(413, "too_large", too_large_message(limit))
         self.limit = limit
 
 

@@ -2,8 +2,8 @@
 
 The core keeps plain counters and histograms (registry/stats.py); this module is the only
 place that knows Prometheus. Names follow its conventions (`_bytes`, `_seconds`, `_total`).
-app/metrics.py (the route) imports it at the first scrape, so that prometheus_client is not
-part of the server's startup.
+metrics.py (the route) imports it at the first scrape, so that prometheus_client is not part
+of the server's startup.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from app.errors import status_of_class
+from app.errors import status_of
 from app.views_json import eviction_priority
 from registry.errors import RegistryError
 from registry.events import UnloadReason
@@ -46,7 +46,7 @@ def _status_classes() -> dict[str, str]:
     while pending:
         cls = pending.pop()
         pending.extend(cls.__subclasses__())
-        classes.setdefault(cls.kind, f"{status_of_class(cls) // 100}xx")
+        classes.setdefault(cls.kind, f"{status_of(cls) // 100}xx")
     return classes
 
 

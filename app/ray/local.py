@@ -75,7 +75,7 @@ def run_local(config: Path, replicas: int, host: str, port: int, ready_file: Pat
     inner = [
         sys.executable,
         "-m",
-        "app.ray_local",
+        "app.ray.local",
         "--config",
         str(config.resolve()),
         "--replicas",
@@ -146,7 +146,7 @@ def _inner(config: Path, replicas: int, sock: Path, ray_dir: Path) -> int:
     import ray
     from ray import serve
 
-    from app.ray_app import build_app
+    from app.ray.gateway import build_app
 
     ray.init(
         address="local",  # a cluster of our own, never one found on this machine
@@ -184,7 +184,7 @@ async def _serve_inner(sock: Path) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the process inside the namespace."""
-    parser = argparse.ArgumentParser(prog="app.ray_local")
+    parser = argparse.ArgumentParser(prog="app.ray.local")
     parser.add_argument("--config", type=Path, required=True)
     parser.add_argument("--replicas", type=int, required=True)
     parser.add_argument("--socket", type=Path, required=True)

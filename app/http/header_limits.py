@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.problem import error_bytes
+from app.errors import error_bytes
 
 
 def head_too_large(max_bytes: int, max_headers: int) -> bytes:

@@ -8,7 +8,7 @@ openai client raises. Without `stream` the answer is one JSON body with `usage`.
 that disconnects cancels its stream: no further token is generated.
 
 This router also answers GET /v1/models (embedding and generation models alike); it is
-included before app/openai_api.py's, whose routes of the same paths it supersedes.
+included before app/openai/embeddings.py's, whose routes of the same paths it supersedes.
 Errors are OpenAI's `{"error": {...}}`; a bad request is 400 naming the parameter.
 """
 
@@ -25,12 +25,11 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from app import json_body
-from app.errors import status_of
-from app.openai_api import EMBEDDING_TASKS, OWNER, RequestError, render
-from app.protocol_errors import shaped_route
-from app.routes import Manager
+from app.http.routes import Manager
+from app.openai.embeddings import EMBEDDING_TASKS, OWNER
+from app.openai.errors import RequestError, Route, error_event
 from registry.config.schema import GENERATION_TASK
-from registry.errors import BadInput, RegistryError
+from registry.errors import BadInput
 from registry.generation import (
     Chunk,
     GenerateRequest,
@@ -49,7 +48,7 @@ COMPLETION_FIELDS = COMMON | {"prompt"}
 log = logging.getLogger("app")
 ROLES = frozenset({"system", "user", "assistant", "developer"})
 
-router = APIRouter(prefix="/v1", route_class=shaped_route(render), tags=["OpenAI"])
+router = APIRouter(prefix="/v1", route_class=Route, tags=["OpenAI"])
 
 
 def _served(manager: Manager) -> list[str]:
@@ -217,26 +216,13 @@ async def _events(
                 if chunk.text or chunk.finish_reason is not None:
                     yield _sse(shape.chunk(chunk.text, chunk.finish_reason))
         except Exception as exc:  # a timeout, the drain's end, a failed step
-            yield _sse(_error_event(exc))
+            yield _sse(error_event(exc))
         else:
             if usage:
                 yield _sse(shape.usage_chunk(last))
         yield _sse("[DONE]")
     finally:
         await chunks.aclose()  # a client that went away: the stream stops here
-
-
-def _error_event(exc: Exception) -> dict[str, Any]:
-    """The last event of a stream that failed after it began."""
-    if isinstance(exc, RegistryError):
-        status = getattr(exc, "status", None) or status_of(exc)
-        kind, message = exc.kind, exc.message
-    else:
-        status, kind, message = 500, "internal", "the generation failed; see the server log"
-    if status >= 500:
-        log.error("a generation stream ended with an error: %s", message, exc_info=exc)
-    category = "invalid_request_error" if status < 500 else "server_error"
-    return {"error": {"message": message, "type": category, "param": None, "code": kind}}
 
 
 def _body(raw: bytes, fields: frozenset[str], required: str) -> dict[str, Any]:

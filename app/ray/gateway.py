@@ -4,7 +4,7 @@
 
 The gateway takes every HTTP request from Ray's proxy. A request about one model
 (`/models/{name}/predict`, `/models/{name}/load`, ...) is forwarded with the model name as
-Ray's multiplexed model id, which the router (app/ray_router.py) uses to pick a replica that
+Ray's multiplexed model id, which the router (app/ray/router.py) uses to pick a replica that
 holds the model, else the one with the most free budget. Views of the whole deployment
 (`GET /models`, `GET /models/{name}`, `/health/ready`) ask every replica for its report
 (the one it gives the routers) and merge them. `build_app({"config": ..., "replicas": N})`
@@ -26,9 +26,9 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from app.problem import error_body
-from app.ray_aggregate import merge_ready, merge_snapshots
-from app.ray_replica import Answer, Forwarded, RegistryReplica
+from app.errors import error_body
+from app.ray.aggregate import merge_ready, merge_snapshots
+from app.ray.replica import Answer, Forwarded, RegistryReplica
 from app.views_json import model_json
 from app.visibility import bearer_matches, public
 from registry.admin_token import admin_token
@@ -50,7 +50,7 @@ _MODEL_PATH = re.compile(r"^/models/([^/]+)/(predict|load|unload)$")
 def error(
     status: int, kind: str, message: str, retry_after: int | None = None, **extra: Any
 ) -> JSONResponse:
-    """The plain server's error shape (app/problem.py)."""
+    """The plain server's error shape (app/errors.py)."""
     headers = None
     if retry_after is not None:
         extra["retry_after"] = retry_after
@@ -211,7 +211,7 @@ def build_app(args: dict[str, Any]) -> serve.Application:
     config = load_config(path)  # fail here, not in N replicas, on an invalid file
     config_arg = str(path.resolve()) if path.exists() else str(path)
     router: dict[str, Any] = {
-        "request_router_class": "app.ray_router:ModelAwareRouter",
+        "request_router_class": "app.ray.router:ModelAwareRouter",
         "request_routing_stats_period_s": STATS_PERIOD,
         "request_routing_stats_timeout_s": 5.0,
     }

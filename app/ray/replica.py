@@ -92,7 +92,7 @@ async def call_asgi(app: FastAPI, request: Forwarded) -> Answer:
 
 
 class RegistryReplica:
-    """A Ray Serve deployment class (decorated in ray_app): one registry per replica."""
+    """A Ray Serve deployment class (decorated in app/ray/gateway.py): one registry per replica."""
 
     async def __init__(self, config_path: str) -> None:  # type: ignore[misc]  # Ray allows it
         from ray import serve  # only inside a replica

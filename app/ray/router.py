@@ -1,7 +1,7 @@
 """Ray Serve request router: send a request for model X to a replica that holds X.
 
 Each registry replica reports, through Ray's routing-stats hook, the models it holds and its
-free budget (`ray_app.RegistryReplica.record_routing_stats`). Ray's controller polls that every
+free budget (`RegistryReplica.record_routing_stats`). Ray's controller polls that every
 `request_routing_stats_period_s` and pushes it to every router, so the view is up to a period
 (plus a poll) old. Two things cover that staleness:
 

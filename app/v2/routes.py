@@ -2,9 +2,10 @@
 
 A thin adapter: an infer request becomes the same `manager.predict` call as the native
 predict route (so cold loads, single flight, leases and the budget behave identically), and
-its predictions become named tensors (app/v2_models.py, app/v2_tensors.py). Extensions:
-binary tensor data, and the model repository (load/unload need the admin token, as in
-the native admin API). Errors are `{"error": "..."}` with the native API's statuses.
+its predictions become named tensors (app/v2/models.py; the bodies: app/v2/infer_body.py).
+Extensions: binary tensor data, and the model repository (load/unload need the admin token,
+as in the native admin API). Errors are `{"error": "..."}` with the native API's statuses,
+except a malformed request's 400 (app/v2/errors.py).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 
-from app.admin import require_admin
-from app.errors import HTTPError
-from app.protocol_errors import Failure, shaped_route
-from app.routes import Manager
-from app.v2_models import model_inputs, model_outputs, platform, signature
-from app.v2_tensors import HEADER_LENGTH, TensorError, encode_response, parse_json, parse_request
+from app.errors import Failure, HTTPError
+from app.http.admin import require_admin
+from app.http.routes import Manager
+from app.v2.errors import Route, TensorError, render
+from app.v2.infer_body import HEADER_LENGTH, encode_response, parse_request
+from app.v2.json_tensors import parse_json
+from app.v2.models import model_inputs, model_outputs, platform, signature
 from app.views_json import model_json, readiness_json
 from registry.payload import ImageRequest, TextRequest
 from registry.slot import State
@@ -39,14 +41,7 @@ REPOSITORY_STATE = {
 }
 
 
-def render(failure: Failure) -> Response:
-    """The protocol's error body: {"error": "..."}."""
-    return JSONResponse(
-        {"error": failure.message}, status_code=failure.status, headers=failure.headers
-    )
-
-
-router = APIRouter(prefix="/v2", route_class=shaped_route(render), tags=["Open Inference Protocol"])
+router = APIRouter(prefix="/v2", route_class=Route, tags=["Open Inference Protocol"])
 
 
 def _check_version(manager: Manager, name: str, version: str | None) -> None:

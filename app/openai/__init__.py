@@ -1,0 +1,1 @@
+"""The OpenAI-compatible API: embeddings, chat and text completions."""

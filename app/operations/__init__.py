@@ -1,0 +1,1 @@
+"""Operating a server: Prometheus metrics, the event stream, the dashboard."""

@@ -1,0 +1,1 @@
+"""Ray Serve: the gateway, the replicas, the model-aware router, `serve --ray`."""
