@@ -15,6 +15,12 @@
 The first chunk is empty (no text, no finish): it says the generation has started (the
 prompt is tokenized and its first token computed, in one call, so a bad request has failed
 before), with the prompt's token count.
+
+`Streams.predict` is native predict on a generation model: each prompt one such generation,
+run to its end. Every generation's tokens and time to first token are counted here, so the
+OpenAI routes and native predict count alike. A process model (registry/process/generating.py)
+is the same to this code: its start and steps are pipe round trips; a worker that dies or
+is killed under a step fails the model as under a predict.
 """
 
 from __future__ import annotations
