@@ -375,3 +375,18 @@ def test_max_tokens_on_a_model_that_does_not_generate_is_a_config_error(tmp_path
     """max_tokens is a text-generation setting; elsewhere it is a mistake, named."""
     problems = problems_of(tmp_path, "models:\n  c:\n    loader: fake\n    max_tokens: 5\n")
     assert any("max_tokens" in p for p in problems), problems
+
+
+async def test_native_predict_is_counted_like_a_stream(write_config: WriteConfig) -> None:
+    """manager.predict on a generation model: each prompt's text, its tokens and its first
+    token counted in the model's generation stats, one request recorded."""
+    config = write_config("models:\n" + _fake(words=5))
+    async with running(config) as manager:
+        assert await manager.predict("gen", TextRequest("a", {"max_tokens": 2})) == " w0 w1"
+        both = await manager.predict("gen", TextRequest(["a", "b c"], {"stop": " w2"}))
+        assert both == [" w0 w1", " w0 w1"]
+        stats = manager.stats.of("gen")
+        assert stats.generated_tokens == 2 + 3 + 3 and stats.first_token.count == 3
+        assert stats.requests["ok"] == 2 and manager.describe("gen").in_flight == 0
+        with pytest.raises(BadInput):
+            await manager.predict("gen", TextRequest([]))
