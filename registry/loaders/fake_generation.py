@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -51,8 +51,15 @@ def reset() -> None:
 class FakeGenerator:
     """Words " w0 w1 ...", one per step."""
 
-    def __init__(self, name: str, options: Mapping[str, Any], ceiling: int | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        options: Mapping[str, Any],
+        ceiling: int | None,
+        die: Callable[[str], object] | None = None,
+    ) -> None:
         self.name = name
+        self.die = die or _cannot_die  # registry/loaders/fake.py's crash (`crash_after`)
         self.size_bytes = parse_size(options.get("size", 1000))  # as fake.fake_size
         self.token_seconds = float(options.get("token_seconds", 0.0))
         words = options.get("words")
@@ -103,9 +110,7 @@ class _FakeSession:
         if model.token_seconds and sleep:
             time.sleep(model.token_seconds)
         if model.crash_after is not None and self._next >= model.crash_after:
-            from registry.loaders.fake import crash
-
-            crash(model.crash)
+            model.die(model.crash)
         if model.hang_after is not None and self._next >= model.hang_after:
             threading.Event().wait()
         if model.words is not None and self._next >= model.words:
@@ -120,3 +125,7 @@ class _FakeSession:
 
 def _count(value: Any) -> int | None:
     return int(value) if value is not None else None
+
+
+def _cannot_die(how: str) -> None:
+    raise RuntimeError(f"crash_after ({how}) needs the fake loader's crash function")
