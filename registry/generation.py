@@ -5,7 +5,8 @@ A generation model (`task: text-generation`) is a `Model` with one more method,
 request's state (its KV cache, its sampler); each `advance()` runs one decoding step and
 returns a `Chunk` of new text. The core calls `advance()` one token at a time on the
 model's thread (registry/streaming.py), so that concurrent streams on one model take turns
-per token; native predict runs the same steps to the end (`run_to_end`).
+per token; native predict runs each prompt as such a stream, to its end. A model's own
+`predict` (`run_to_end` of each prompt) serves direct callers.
 
 `Generation` applies what is the same for every model: `max_tokens` (capped by the model's
 ceiling), stop strings (text that could begin one is held back until it cannot), and the

@@ -22,7 +22,7 @@ from registry import views
 from registry.admission import Admission
 from registry.config.devices import config_devices
 from registry.config.file import load_config
-from registry.config.schema import Config, ModelSpec
+from registry.config.schema import GENERATION_TASK, Config, ModelSpec
 from registry.errors import (
     CapacityExceeded,
     ConfigError,
@@ -286,6 +286,9 @@ class ModelManager:
 
     async def predict(self, name: str, request: PredictRequest) -> Any:
         """Run one request on model `name`, loading it first if needed."""
+        spec = self._lookup(name).spec
+        if spec.task == GENERATION_TASK:  # generated as streams are (registry/streaming.py)
+            return await self._streams.predict(name, spec, request)
         return await self._admission.predict(name, request)
 
     def stream(self, name: str, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:

@@ -15,17 +15,34 @@
 The first chunk is empty (no text, no finish): it says the generation has started (the
 prompt is tokenized and its first token computed, in one call, so a bad request has failed
 before), with the prompt's token count.
+
+`Streams.predict` is native predict on a generation model: each prompt one such generation,
+run to its end. Every generation's tokens and time to first token are counted here, so the
+OpenAI routes and native predict count alike. A process model (registry/process/generating.py)
+is the same to this code: its start and steps are pipe round trips; a worker that dies or
+is killed under a step fails the model as under a predict.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import AsyncGenerator, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from registry.errors import BadInput, GenerationTimeout, ModelFailed, RegistryError
+from registry.admission import check_input_kind
+from registry.errors import (
+    BadInput,
+    GenerationTimeout,
+    InferenceTimeout,
+    ModelFailed,
+    RegistryError,
+    WorkerDied,
+)
+from registry.fault import model_error
 from registry.generation import (
     Chunk,
     GenerateRequest,
@@ -34,9 +51,12 @@ from registry.generation import (
     is_generator,
     step_each,
 )
+from registry.payload import PredictRequest, TextRequest
+from registry.process.supervision import worker_lost
 
 if TYPE_CHECKING:
     from registry.admission import Admission
+    from registry.config.schema import ModelSpec
     from registry.lifecycle import Lifecycle
     from registry.slot import Slot
 
@@ -68,15 +88,126 @@ class Streams:
 
     async def stream(self, name: str, request: GenerateRequest) -> AsyncGenerator[Chunk, None]:
         """The chunks of one generation on model `name` (see the module docstring)."""
-        life = self._life
         arrived = time.monotonic()
         slot, hit = await self._admission.hold(name)
-        started = time.monotonic()
+        meter = _Meter(time.monotonic())
         outcome = "ok"
+        try:
+            async with contextlib.aclosing(self._generate(slot, request, meter)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        except RegistryError as exc:
+            outcome = exc.kind
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            outcome = "cancelled"
+            raise
+        except Exception:
+            outcome = "internal"
+            raise
+        finally:
+            if not meter.entered:  # closed before its first step: the lease is still ours
+                self._admission.release(slot)
+            self._record(slot.name, outcome, arrived, meter.started, hit)
+
+    async def predict(self, name: str, spec: ModelSpec, request: PredictRequest) -> Any:
+        """Native predict on a generation model: the generated text of each prompt.
+
+        Each prompt is a generation as a stream's (its own lease, token by token in the
+        model's turn with its streams, the same timeout, drain and metrics); a list of
+        prompts runs at once (their steps batched), and the first failure ends the others.
+        """
+        if not isinstance(request, TextRequest):
+            check_input_kind(name, spec, upload=True)  # UnsupportedInput: not an image model
+            raise BadInput(f"model {name!r} takes text")
+        prompts = request.inputs if isinstance(request.inputs, list) else [request.inputs]
+        if not prompts:
+            raise BadInput("'inputs' is an empty list; send at least one input")
+        limit = self._life.settings.max_inputs
+        if len(prompts) > limit:
+            raise BadInput(f"'inputs' has {len(prompts)} items; at most {limit} per request")
+        if not all(isinstance(prompt, str) for prompt in prompts):
+            raise BadInput(
+                f'model {name!r} ({spec.task}) takes text: "inputs" must be a string '
+                "or a list of strings"
+            )
+        requests = [GenerateRequest.from_parameters(p, request.parameters) for p in prompts]
+        arrived = started = time.monotonic()
+        hit: bool | None = None
+        outcome = "ok"
+        try:
+            slot, hit = await self._admission.hold(name)
+            started = time.monotonic()
+            for _ in requests[1:]:
+                slot.lease()  # one lease per generation; the hold's is the first one's
+            tasks = [self._text(slot, one, started) for one in requests]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            finally:
+                for task in tasks:
+                    task.cancel()  # the others, after a failure (or this request's cancel)
+            for task in tasks:
+                if task.done() and not task.cancelled() and (error := task.exception()):
+                    if isinstance(error, RegistryError):
+                        raise error
+                    raise model_error(name, error, request.parameters) from error
+            texts = [task.result() for task in tasks]
+            return texts if request.is_batch else texts[0]
+        except RegistryError as exc:
+            outcome = exc.kind
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        except BaseException:
+            outcome = "internal"
+            raise
+        finally:
+            self._record(name, outcome, arrived, started, hit)
+
+    def _text(self, slot: Slot, request: GenerateRequest, started: float) -> asyncio.Task[str]:
+        """One native prompt's generation, to its end; it owns one lease on `slot`."""
+        meter = _Meter(started)
+
+        async def run() -> str:
+            parts: list[str] = []
+            async with contextlib.aclosing(self._generate(slot, request, meter)) as chunks:
+                async for chunk in chunks:
+                    parts.append(chunk.text)
+            return "".join(parts)
+
+        task = asyncio.ensure_future(run())
+
+        def unstarted(done: asyncio.Task[str]) -> None:
+            if not done.cancelled():
+                done.exception()  # read: a prompt ended after its request's failure
+            if not meter.entered:  # cancelled before it ran: its lease is given back here
+                self._admission.release(slot)
+
+        task.add_done_callback(unstarted)
+        return task
+
+    def _record(
+        self, name: str, outcome: str, arrived: float, started: float, hit: bool | None
+    ) -> None:
+        self._life.stats.request(
+            name,
+            outcome,
+            load_wait=started - arrived,
+            queue=0.0,
+            inference=time.monotonic() - started,
+            hit=hit,
+        )
+
+    async def _generate(
+        self, slot: Slot, request: GenerateRequest, meter: _Meter
+    ) -> AsyncGenerator[Chunk, None]:
+        """One generation's chunks; it owns a lease on `slot`, given back once no step of it
+        runs. Its tokens and first token are counted here, for every front end alike."""
+        meter.entered = True
+        life = self._life
         running: asyncio.Future[Any] | None = None
         generation: Generation | None = None
-        first_token: float | None = None
-        tokens = 0
         try:
             model = slot.model
             if not is_generator(model):
@@ -85,15 +216,15 @@ class Streams:
                     "generate text; use a text-generation model"
                 )
             timeout = slot.spec.predict_timeout or life.settings.predict_timeout
-            deadline = started + timeout
+            deadline = meter.started + timeout
             start: Callable[[GenerateRequest], Generation] = model.start  # type: ignore[union-attr]
             begun = self._call(slot, functools.partial(_begin, start), request, timeout)
             running = begun
             generation, chunk = await life.drain.answer(begun)  # the prompt and its first token
             current = generation
             running = None
-            first_token = time.monotonic() - started
-            tokens = chunk.completion_tokens
+            meter.first_token = time.monotonic() - meter.started
+            meter.tokens = chunk.completion_tokens
             yield Chunk("", None, current.prompt_tokens, 0)
             while True:
                 if chunk is None:
@@ -105,35 +236,21 @@ class Streams:
                     running = step
                     chunk = await life.drain.answer(step)
                     running = None
-                tokens = chunk.completion_tokens
+                meter.tokens = chunk.completion_tokens
                 yield chunk
                 if chunk.finish_reason is not None:
                     break
                 chunk = None
-        except RegistryError as exc:
-            outcome = exc.kind
+        except (WorkerDied, InferenceTimeout) as exc:
+            worker_lost(life, slot, exc)  # a process model's worker died or was killed
             raise
-        except (asyncio.CancelledError, GeneratorExit):
-            outcome = "cancelled"
+        except RegistryError:
             raise
-        except Exception as exc:
-            outcome = "internal"
-            if isinstance(exc, ValueError | TypeError):
-                outcome = "bad_input"
-                raise BadInput(f"model {slot.name!r} cannot generate from this: {exc}") from exc
-            raise
+        except (ValueError, TypeError) as exc:
+            raise BadInput(f"model {slot.name!r} cannot generate from this: {exc}") from exc
         finally:
             self._end(slot, running, generation)
-            done = time.monotonic()
-            life.stats.request(
-                slot.name,
-                outcome,
-                load_wait=started - arrived,
-                queue=0.0,
-                inference=done - started,
-                hit=hit,
-            )
-            life.stats.generated(slot.name, tokens, first_token)
+            life.stats.generated(slot.name, meter.tokens, meter.first_token)
 
     def _call(self, slot: Slot, fn: Callable[..., T], arg: Any, timeout: float) -> asyncio.Task[T]:
         """`fn(arg)` (or `fn()`) on the model's thread; a call stuck past `timeout` fails it."""
@@ -181,6 +298,16 @@ def _begin(start: Callable[[GenerateRequest], Generation], request: GenerateRequ
 
 
 GATHER_SECONDS = 0.002  # after a call, how long the next waits for the streams of the last
+
+
+@dataclass
+class _Meter:
+    """What one generation counts: when it got its model, its first token, its tokens."""
+
+    started: float
+    entered: bool = False  # its steps began (from then on, they give its lease back)
+    first_token: float | None = None
+    tokens: int = 0
 
 
 class _Steps:

@@ -17,6 +17,7 @@ import pytest
 from support import problems_of, running, states, wait_until
 
 from devkit.demo import STORE
+from registry.config.file import load_config
 from registry.config.schema import Config
 from registry.errors import BadInput, CapacityExceeded, GenerationTimeout, ShuttingDown
 from registry.generation import Chunk, GenerateRequest, Generation, Token, run_to_end
@@ -265,12 +266,13 @@ async def test_shutdown_drains_a_stream_then_ends_the_rest_with_shutting_down(
         assert report["abandoned"] >= 1
 
 
-async def test_a_generation_model_runs_in_a_thread_under_server_isolation_process(
+async def test_a_big_generation_model_runs_in_a_thread_under_isolation_auto(
     write_config: WriteConfig,
 ) -> None:
-    """Streams step on the server's threads: a server-wide isolation: process does not put
-    a text-generation model in a worker process (it streams, from a thread)."""
-    config = write_config("server: {isolation: process}\nmodels:\n" + _fake(words=2))
+    """isolation: auto (the default) keeps a text-generation model on the server's threads,
+    whatever its size (each token would otherwise cross a pipe); only an explicit
+    isolation: process puts it in a worker (tests/test_generation_process.py)."""
+    config = write_config("server: {memory_budget: 1GB}\nmodels:\n" + _fake(words=2, size="500MB"))
     async with running(config) as manager:
         chunks = await _collect(manager.stream("gen", GenerateRequest(prompt="x")))
         assert "".join(c.text for c in chunks) == " w0 w1"
@@ -360,16 +362,31 @@ async def _text(chunks: object) -> tuple[str, Chunk]:
     return "".join(c.text for c in got), got[-1]
 
 
-def test_process_isolation_for_a_generation_model_is_a_config_error(tmp_path: Path) -> None:
-    """Streams run on the server's threads: isolation: process on such an entry is refused."""
-    problems = problems_of(
-        tmp_path,
-        "models:\n  g:\n    task: text-generation\n    loader: fake\n    isolation: process\n",
+def test_process_isolation_for_a_generation_model_is_valid(tmp_path: Path) -> None:
+    """isolation: process on a text-generation entry is accepted (it streams from a worker)."""
+    path = tmp_path / "models.yaml"
+    path.write_text(
+        "models:\n  g:\n    task: text-generation\n    loader: fake\n    isolation: process\n"
     )
-    assert any("isolation: thread" in p for p in problems), problems
+    assert load_config(path).models["g"].isolation == "process"
 
 
 def test_max_tokens_on_a_model_that_does_not_generate_is_a_config_error(tmp_path: Path) -> None:
     """max_tokens is a text-generation setting; elsewhere it is a mistake, named."""
     problems = problems_of(tmp_path, "models:\n  c:\n    loader: fake\n    max_tokens: 5\n")
     assert any("max_tokens" in p for p in problems), problems
+
+
+async def test_native_predict_is_counted_like_a_stream(write_config: WriteConfig) -> None:
+    """manager.predict on a generation model: each prompt's text, its tokens and its first
+    token counted in the model's generation stats, one request recorded."""
+    config = write_config("models:\n" + _fake(words=5))
+    async with running(config) as manager:
+        assert await manager.predict("gen", TextRequest("a", {"max_tokens": 2})) == " w0 w1"
+        both = await manager.predict("gen", TextRequest(["a", "b c"], {"stop": " w2"}))
+        assert both == [" w0 w1", " w0 w1"]
+        stats = manager.stats.of("gen")
+        assert stats.generated_tokens == 2 + 3 + 3 and stats.first_token.count == 3
+        assert stats.requests["ok"] == 2 and manager.describe("gen").in_flight == 0
+        with pytest.raises(BadInput):
+            await manager.predict("gen", TextRequest([]))

@@ -189,11 +189,6 @@ class ModelSpec(_Strict):
                 "'source' is required for a transformers task: a local directory, "
                 "pkg:<package>[/<dir>] or hf:<org>/<name>[@revision]"
             )
-        if self.task == GENERATION_TASK and self.isolation == "process":
-            raise ValueError(
-                "a text-generation model streams from the server's process: "
-                "set isolation: thread (or leave it out)"
-            )
         if self.max_tokens is not None and self.task != GENERATION_TASK:
             raise ValueError("'max_tokens' applies to task: text-generation only")
         parse_device_spec(self.device)  # ValueError saying what a device may be

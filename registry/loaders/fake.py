@@ -243,7 +243,7 @@ def load(ctx: LoadContext) -> FakeModel | FakeGenerator:
     if "stop_iteration" in options or options.get("predict_hang"):
         return MisbehavingModel(ctx.name, options, claim)
     if ctx.spec.task == GENERATION_TASK:
-        return FakeGenerator(ctx.name, options, ctx.spec.max_tokens)
+        return FakeGenerator(ctx.name, options, ctx.spec.max_tokens, crash)
     return FakeModel(ctx.name, options, claim)
 
 

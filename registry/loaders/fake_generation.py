@@ -5,6 +5,10 @@ ever unless `max_tokens` (its ceiling, the entry's `max_tokens`, or the request'
 string ends it; `words: N` ends with the end-of-sequence after N words. For timing and
 fault tests of streams: disconnects, predict_timeout, drains, batched steps (`step_many`
 takes one token time for the whole batch, and `batches(name)` records its sizes).
+
+Worker-process faults (for `isolation: process`): `crash_after: N` dies (by `crash`, default
+SIGKILL; see registry/loaders/fake.py) at the step after N words; `hang_after: N` blocks for
+ever there (a step stuck past predict_timeout).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -47,13 +51,23 @@ def reset() -> None:
 class FakeGenerator:
     """Words " w0 w1 ...", one per step."""
 
-    def __init__(self, name: str, options: Mapping[str, Any], ceiling: int | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        options: Mapping[str, Any],
+        ceiling: int | None,
+        die: Callable[[str], object] | None = None,
+    ) -> None:
         self.name = name
+        self.die = die or _cannot_die  # registry/loaders/fake.py's crash (`crash_after`)
         self.size_bytes = parse_size(options.get("size", 1000))  # as fake.fake_size
         self.token_seconds = float(options.get("token_seconds", 0.0))
         words = options.get("words")
         self.words = int(words) if words is not None else None
         self.ceiling = ceiling or DEFAULT_MAX_TOKENS
+        self.crash = str(options.get("crash", "SIGKILL"))
+        self.crash_after = _count(options.get("crash_after"))
+        self.hang_after = _count(options.get("hang_after"))
 
     def start(self, request: GenerateRequest) -> Generation:
         """A generation of words; the prompt's token count is its word count."""
@@ -95,6 +109,10 @@ class _FakeSession:
             _steps[model.name] += 1
         if model.token_seconds and sleep:
             time.sleep(model.token_seconds)
+        if model.crash_after is not None and self._next >= model.crash_after:
+            model.die(model.crash)
+        if model.hang_after is not None and self._next >= model.hang_after:
+            threading.Event().wait()
         if model.words is not None and self._next >= model.words:
             return Token("", "stop")
         word = f" w{self._next}"
@@ -103,3 +121,11 @@ class _FakeSession:
 
     def close(self) -> None:
         pass
+
+
+def _count(value: Any) -> int | None:
+    return int(value) if value is not None else None
+
+
+def _cannot_die(how: str) -> None:
+    raise RuntimeError(f"crash_after ({how}) needs the fake loader's crash function")

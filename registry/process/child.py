@@ -3,10 +3,14 @@
 The parent side (starting, timing, killing, measuring) is registry/process/proxy.py. Messages:
 
     parent -> worker   ("load", ctx, torch_threads) once, then
-                       ("predict", inputs, parameters) | ("close",)
+                       ("predict", inputs, parameters) | ("close",), and for a generation
+                       model ("start", id, request) | ("step", ids) | ("drop", ids)
     worker -> parent   ("ready", memory) once started, ("loading",) once it read its load,
                        then ("loaded", param_bytes, memory, device) | ("ok", outputs, memory)
-                       | ("raise", exception) | ("closed",)
+                       | ("raise", exception) | ("closed",); nothing for a "drop"
+
+A generation's messages (its sessions stay here, keyed by the parent's id) are
+registry/process/generating.py's.
 
 A worker is started before it has a model (the spare, registry/process/spare.py): it sends
 "ready" once its start-up is done and waits for its "load" (a "close" or EOF ends it).
@@ -32,8 +36,10 @@ import signal
 import sys
 import time
 from multiprocessing.connection import Connection
+from typing import Any
 
 from registry.errors import RegistryError
+from registry.generation import Generation, step_each
 from registry.process import wire
 
 MEASURE_EVERY = 0.2  # seconds between two smaps_rollup reads in a busy worker
@@ -146,6 +152,7 @@ def main(conn: Connection, parent: int) -> None:
     measured = time.monotonic()
     peak = _peak_rss()
     pending: dict[str, int] = {}  # measured after a reply, sent with the next one
+    generations: dict[int, Generation] = {}  # by the parent's id (registry/process/generating.py)
     while True:
         try:
             message = wire.recv(conn)
@@ -155,9 +162,18 @@ def main(conn: Connection, parent: int) -> None:
             model.close()
             wire.send(conn, ("closed",))
             return
-        _, inputs, parameters = message
+        if message[0] == "drop":  # generations that ended: no reply
+            for gid in message[1]:
+                ended = generations.pop(gid, None)
+                if ended is not None:
+                    ended.close()
+            continue
         try:
-            outputs = [to_jsonable(out) for out in model.predict(inputs, parameters)]
+            if message[0] == "predict":
+                _, inputs, parameters = message
+                outputs = [to_jsonable(out) for out in model.predict(inputs, parameters)]
+            else:
+                outputs = _generate(model, generations, message)
         except BaseException as exc:
             wire.send(conn, ("raise", portable(exc)))
         else:
@@ -171,6 +187,23 @@ def main(conn: Connection, parent: int) -> None:
         if time.monotonic() - measured >= MEASURE_EVERY:  # off the path, for the next reply
             pending = memory_figures()
             measured = time.monotonic()
+
+
+def _generate(model: Any, generations: dict[int, Generation], message: tuple[Any, ...]) -> Any:
+    """A generation's start (with its first step) or one step of several generations."""
+    if message[0] == "start":
+        _, gid, request = message
+        generation: Generation = model.start(request)
+        try:
+            first = generation.session.step()  # the prompt's forward pass: no second trip
+        except BaseException:
+            generation.close()
+            raise
+        generations[gid] = generation
+        return generation.prompt_tokens, generation.limit, generation.stop, first
+    _, ids = message  # "step"
+    step_many = getattr(model, "step_many", step_each)
+    return step_many([generations[gid].session for gid in ids])
 
 
 def _peak_rss() -> int:

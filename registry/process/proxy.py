@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any, Literal
 
+from registry.config.schema import GENERATION_TASK
 from registry.errors import InferenceTimeout, RegistryError, WorkerDied
 from registry.process import wire
 from registry.process.child import main as worker_main
@@ -76,10 +77,10 @@ def isolation_of(spec: ModelSpec, estimate: int | None, settings: ServerSettings
     """Where a model runs: its entry's `isolation`, else the server's, else auto's choice."""
     if spec.isolation is not None:
         return spec.isolation
-    if spec.task == "text-generation":  # config.GENERATION_TASK
-        return "thread"  # streams step token by token on the server's own threads
     if settings.isolation != "auto":
         return settings.isolation
+    if spec.task == GENERATION_TASK:
+        return "thread"  # each token a pipe round trip less (registry/process/generating.py)
     if spec.loader is not None and spec.loader != "fake":
         return "process"  # user code: a segfault or os._exit must not take the server down
     if estimate is not None and estimate >= PROCESS_FROM:
@@ -105,6 +106,7 @@ class ProcessModel:
         self._worker = worker
         self._conn = conn
         self._call = threading.Lock()
+        self._sending = threading.Lock()  # a round trip's message, or a generation's drop
         self._ending = threading.Lock()  # _end() and close() take turns
         self._dead: str | None = None  # how the worker ended, once it did
 
@@ -155,7 +157,8 @@ class ProcessModel:
         if self._dead is not None:
             raise WorkerDied(self.name, self.pid, self._dead)
         try:
-            wire.send(self._conn, message)
+            with self._sending:
+                wire.send(self._conn, message)
             if not self._conn.poll(self.predict_timeout):
                 self.lost_in_call = True
                 self._end(f"killed after running past predict_timeout ({self.predict_timeout:g}s)")
@@ -197,7 +200,7 @@ class ProcessModel:
                 if self._dead is not None:
                     return
                 if got:
-                    with contextlib.suppress(EOFError, OSError):
+                    with contextlib.suppress(EOFError, OSError), self._sending:
                         wire.send(self._conn, ("close",))
                         if self._conn.poll(KILL_GRACE * 5):
                             wire.recv(self._conn)
@@ -298,7 +301,12 @@ def _load_in(worker: Worker, conn: Connection, job: _Job, *, spare: bool) -> Pro
     if handle is not None:
         handle.attach(worker)
     timeout = ctx.spec.predict_timeout or settings.predict_timeout
-    model = ProcessModel(ctx.name, worker, conn, timeout)
+    kind = ProcessModel
+    if ctx.spec.task == GENERATION_TASK:
+        from registry.process.generating import ProcessGenerator
+
+        kind = ProcessGenerator
+    model = kind(ctx.name, worker, conn, timeout)
     acknowledged = False
     reply: tuple[Any, ...] | None = None
     try:
