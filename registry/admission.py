@@ -35,7 +35,6 @@ from registry.errors import (
 from registry.fault import model_error
 from registry.lifecycle import Lifecycle
 from registry.payload import ImageRequest, PredictRequest, decode_image
-from registry.process.supervision import after_request, worker_lost
 from registry.roster import Roster
 from registry.slot import Slot, State
 from registry.stats import Timing
@@ -152,7 +151,7 @@ class Admission:
             self._withdraw(batcher, future)
             raise
         except (WorkerDied, InferenceTimeout) as exc:
-            worker_lost(self._life, slot, exc)  # a process model's worker died or was killed
+            self._life.worker_lost(slot, exc)  # a process model's worker died or was killed
             raise
         except RegistryError:
             raise
@@ -218,7 +217,7 @@ class Admission:
             else:  # one batch at a time: the thread's call is this request's batch's, if any
                 late = batcher.withdraw(future) or (thread is not None and not thread.calling)
             if late:
-                answer.set_exception(self._life.health.late(slot, timeout))
+                answer.set_exception(self._life.late_error(slot, timeout))
 
         return asyncio.get_running_loop().call_later(timeout, expire)
 
@@ -255,7 +254,7 @@ class Admission:
                 if slot.ready:
                     self._check_queue(slot, loaded=True)
                     slot.lease()
-                    life.budget.touch(slot)
+                    life.leased(slot)
                     return slot
                 if queued is not slot:
                     self._check_queue(slot)
@@ -325,7 +324,7 @@ class Admission:
         now = time.monotonic()
         if slot.state is State.FAILED and now < slot.retry_at:
             if isinstance(slot.failure, InferenceTimeout):
-                raise self._life.health.error(slot)
+                raise self._life.stuck_error(slot)
             raise ModelFailed(slot.name, slot.error or "", retry_after=slot.retry_at - now)
         if slot.abandoned and slot.state in (State.UNLOADED, State.FAILED):
             raise ModelFailed(
@@ -355,12 +354,7 @@ class Admission:
 
     def _release(self, slot: Slot, *, served: bool = True) -> None:
         slot.release(served=served)
-        life = self._life
-        life.budget.touch(slot)
-        life.unload_when_idle(slot)  # the last request of a model on its way out unloads it
-        after_request(life, slot)
-        life.enforce_limit()
-        life.notify()
+        self._life.after_request(slot)  # the last request of a model on its way out unloads it
 
 
 def _drop_outcome(future: asyncio.Future[Any]) -> None:

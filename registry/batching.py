@@ -21,7 +21,15 @@ from typing import Any
 
 from registry.errors import InferenceTimeout, Unavailable, WorkerDied
 from registry.stats import Timing
-from registry.views import BatchStats
+
+
+@dataclass(frozen=True, slots=True)
+class BatchStats:
+    """Batches run since the model loaded, and the inputs in them (registry/views.py's)."""
+
+    batches: int
+    inputs: int
+
 
 Run = Callable[[list[Any], Mapping[str, Any]], Awaitable[list[Any]]]
 

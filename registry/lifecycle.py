@@ -12,7 +12,14 @@
   (concurrent clients must not cost more loads than one client would). Loads take room in
   the order they asked for it, so that wait ends with the loads already running.
 - An unload runs in a thread and releases the bytes when the model is really gone.
-- Reserving, choosing victims and unloading live in registry/memory/making_room.py (a base class).
+- It owns the parts it is made of, and they know nothing of it: the `Holdings`
+  (registry/memory/holdings.py, the one writer of the budgets, the peak, the abandoned
+  threads and the pool's retired threads), the `Room` (registry/memory/making_room.py:
+  reserving, choosing victims, unloading), the worker `Supervision`
+  (registry/process/supervision.py), the `StuckCalls` (registry/stuck_calls.py), the model
+  calls (registry/calls.py) and the shared `Plumbing` (registry/plumbing.py). Other modules
+  call its named transitions (`after_request`, `worker_lost`, `leased`, `retired_slots`,
+  `begin_closing`, `drain_requests`, ...) and read its state through read-only properties.
 - A load the registry stops waiting for (timeout, model replaced, shutdown): in a worker
   process it is killed, and its bytes are released once the worker is reaped; in a thread
   (which cannot be killed) it keeps its bytes reserved until the thread really ends, and the
@@ -22,50 +29,38 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
-import gc
+import concurrent.futures
 import logging
 import math
-import time
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from registry.abandoned import Abandoned, AbandonedThread
-from registry.batching import Batcher
+from registry.abandoned import AbandonedThread
+from registry.calls import Calls
 from registry.config.devices import device_limits
 from registry.config.schema import ServerSettings
 from registry.drain import Drain
-from registry.errors import CapacityExceeded, InferenceTimeout, ModelTooLarge
-from registry.events import EventBus, EventKind
-from registry.loaders import LoadContext, Model, load_model
+from registry.errors import RegistryError
+from registry.events import EventBus, UnloadReason
+from registry.failures import Failures
+from registry.loaders import Model
+from registry.loading import Loads
 from registry.memory.budget import ByteBudget
 from registry.memory.device_budgets import DeviceBudgets
-from registry.memory.devices import CPU, Device, device_text, host_device
-from registry.memory.gpu_charges import measure_overhead
-from registry.memory.host_tier import let_go, restore_load
+from registry.memory.devices import Device, host_device
+from registry.memory.holdings import Holdings
 from registry.memory.making_room import Room
-from registry.memory.placement import measured_charge, place_load
-from registry.memory.sizes import measure_bytes
-from registry.process.proxy import (
-    KILL_GRACE,
-    ProcessModel,
-    WorkerLoad,
-    isolation_of,
-    load_in_worker,
-)
-from registry.process.supervision import watch as watch_worker
-from registry.slot import Slot, State
+from registry.plumbing import Plumbing
+from registry.slot import Slot
 from registry.stats import Stats, Timing
-from registry.stuck_calls import Health, dispose, predict_json
-from registry.threads import InferencePool, ModelThread, run_in_thread
-from registry.units import format_bytes, format_duration
+from registry.stuck_calls import StuckCalls
+from registry.threads import InferencePool, ModelThread
 
 log = logging.getLogger("registry")
 
 
-class Lifecycle(Room):
+class Lifecycle:
     """Loads, unloads and the budget; everything runs on the event loop's thread."""
 
     def __init__(
@@ -75,101 +70,123 @@ class Lifecycle(Room):
         pool: InferencePool,
         devices: Sequence[Device] | None = None,
     ) -> None:
-        self.settings = settings
-        self.base_dir = base_dir
-        self.pool = pool
+        self._settings = settings
+        self._base_dir = base_dir
+        self._pool = pool
         # The devices are discovered once (the manager passes config_devices(config));
         # each has its own budget, and `budget` is the host's (registry/memory/device_budgets.py).
         found = list(devices) if devices is not None else [host_device()]
-        self.devices: dict[str, Device] = {device.name: device for device in found}
-        self.budgets: DeviceBudgets[Slot] = DeviceBudgets(
-            self._limits(), settings.eviction, self.reload_seconds
+        self._devices: dict[str, Device] = {device.name: device for device in found}
+        self._plumbing = Plumbing()
+        self._events = EventBus()
+        self._stats = Stats()
+        self._holdings = Holdings(self._limits(), settings.eviction, pool)
+        self._room = Room(
+            settings, self._devices, self._holdings, self._plumbing, self._events, self._stats
         )
-        self.budget: ByteBudget[Slot] = self.budgets.budget(CPU)
-        self.overhead_measured: set[str] = set()  # GPUs whose server overhead is known
-        self._reserving: set[Slot] = set()  # loads inside reserve(), waiting for room
-        # Loads waiting for room in the order they asked (making_room.py), with the device they
-        # wait on; True: it cannot make room now (nothing idle enough to evict), so it does
-        # not hold up those behind it.
-        self._in_line: dict[Slot, tuple[str, bool]] = {}
-        self.load_limit = asyncio.Semaphore(settings.max_parallel_loads)
-        self._closing = False
-        self.drain = Drain(self.notify)
-        self.peak_used = 0
-        self.events = EventBus()
-        self.stats = Stats()
-        self.unused_loads = 0  # loads unloaded again before they served a single request
-        self.abandoned = Abandoned()
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._loads: set[asyncio.Task[Any]] = set()  # every slot's load, retired ones too
-        self._changed = asyncio.Event()
-        self.health = Health(self)
+        failures = Failures(self._events, self._stats)
+        self._calls = Calls(self._room, pool, StuckCalls(self._room, failures))
+        self._loads = Loads(
+            settings, base_dir, pool, self._room, self._calls, failures, self._plumbing
+        )
+        self._drain = Drain(self._plumbing.notify)
+        self._drain_deadline = 0.0  # on the loop's clock, once shutdown has begun
 
-    # ------------------------------------------------------------- what it owns
+    # ---------------------------------------------------------- what others read
+
+    @property
+    def settings(self) -> ServerSettings:
+        """The server settings in force (a reload replaces them: use_settings)."""
+        return self._settings
 
     @property
     def closing(self) -> bool:
         """True once shutdown has begun: no load starts from then on."""
-        return self._closing
+        return self._plumbing.closing
 
-    def begin_closing(self) -> None:
-        """Shutdown has begun."""
-        self._closing = True
+    @property
+    def events(self) -> EventBus:
+        """The stream of model events."""
+        return self._events
 
-    def use_settings(self, settings: ServerSettings, base_dir: Path) -> None:
-        """A reloaded models.yaml's server settings, for the loads that start from now on."""
-        self.settings = settings
-        self.base_dir = base_dir
+    @property
+    def stats(self) -> Stats:
+        """Per-model request, load and unload figures."""
+        return self._stats
 
-    def apply_limits(self, changed: set[str]) -> None:
-        """After a reload's model changes: a new parallel-load limit or budget if they
-        changed, then unloads until the total fits a lowered budget."""
-        if "max_parallel_loads" in changed:
-            self.load_limit = asyncio.Semaphore(self.settings.max_parallel_loads)
-        if changed & {"memory_budget", "device_budgets"}:
-            for device, limit in self._limits().items():
-                self.budgets.set_limit(device, limit)
-        self.enforce_limit()
+    @property
+    def drain(self) -> Drain:
+        """The shutdown's drain: requests admitted before it are answered while it lasts."""
+        return self._drain
 
-    def _limits(self) -> dict[str, int]:
-        return device_limits(self.settings, list(self.devices.values()))
+    @property
+    def pool(self) -> InferencePool:
+        """The inference pool the model calls run on."""
+        return self._pool
 
-    def record_peak(self) -> None:
-        """Remember the most bytes ever held or reserved at once."""
-        self.peak_used = max(self.peak_used, self.budget.used)  # the host's
+    @property
+    def devices(self) -> Mapping[str, Device]:
+        """The devices, by name."""
+        return self._devices
+
+    @property
+    def budgets(self) -> DeviceBudgets[Slot]:
+        """Every device's budget, to read (the lifecycle's Holdings write them)."""
+        return self._holdings.budgets
+
+    @property
+    def budget(self) -> ByteBudget[Slot]:
+        """The host's budget, to read."""
+        return self._holdings.budget
+
+    @property
+    def peak_used(self) -> int:
+        """The most bytes ever held or reserved at once on the host."""
+        return self._holdings.peak_used
+
+    @property
+    def unused_loads(self) -> int:
+        """Loads unloaded again before they served a single request."""
+        return self._holdings.unused_loads
+
+    @property
+    def abandoned(self) -> tuple[AbandonedThread, ...]:
+        """The threads the registry stopped waiting for, oldest first."""
+        return self._holdings.abandoned
+
+    def held(self) -> list[Slot]:
+        """Every model holding or reserving bytes on any device."""
+        return self._holdings.held()
+
+    def retired_slots(self) -> list[Slot]:
+        """Slots no longer in the roster that still hold or reserve bytes."""
+        return [slot for slot in self._holdings.held() if slot.retirement.retired]
 
     def load_tasks(self) -> list[asyncio.Task[Any]]:
         """Loads running now (of retired slots too)."""
-        return list(self._loads)
+        return self._loads.running()
 
     # ------------------------------------------------------------------ plumbing
 
     def spawn(self, coro: Coroutine[Any, Any, Any], *, name: str) -> asyncio.Task[Any]:
         """Start a task that this object keeps referenced until it ends."""
-        task = asyncio.get_running_loop().create_task(coro, name=name)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
+        return self._plumbing.spawn(coro, name=name)
 
     def notify(self) -> None:
         """Wake everything waiting for a state change."""
-        self._changed.set()
-        self._changed = asyncio.Event()
+        self._plumbing.notify()
 
     async def wait_changed(self, seconds: float | None) -> None:
         """Wait for the next state change, at most `seconds`."""
-        event = self._changed
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), seconds)
+        await self._plumbing.wait_changed(seconds)
 
     def predict_timeout(self, slot: Slot) -> float:
         """The model's predict_timeout, else the server's."""
-        return slot.spec.predict_timeout or self.settings.predict_timeout
+        return self._calls.predict_timeout(slot)
 
     def busy_eta(self, slot: Slot) -> float:
         """Seconds until a busy model probably has room for one more request."""
-        per_call = slot.stats.infer_seconds or 0.05
-        return math.ceil(per_call * (slot.waiting + slot.leases) / self.pool.workers + 0.5)
+        return self._room.busy_eta(slot)
 
     def load_eta(self, slot: Slot) -> float:
         """Seconds until the model is probably loaded (its last load time, else a guess)."""
@@ -178,201 +195,110 @@ class Lifecycle(Room):
             return math.ceil(seconds + 0.5)
         return math.ceil(2 + (slot.estimate or 0) / 200e6)  # imports, then ~200 MB/s
 
-    # ------------------------------------------------------------------- loading
+    # ------------------------------------------------------------ configuration
 
-    def start_load(self, slot: Slot) -> None:
-        """Start the model's load unless one runs (single flight) or an old thread still runs."""
-        retired = slot.retirement.retired
-        if slot.load_task is not None or self.closing or retired or slot.abandoned:
-            return
-        task = self.spawn(self._load(slot), name=f"load {slot.name}")
-        slot.begin_load(task)
-        self._loads.add(task)
-        task.add_done_callback(self._loads.discard)
-        asked = device_text(slot.spec.device)
-        extra = {"restore": True} if slot.model is not None else {}  # from host memory
-        self.events.emit(
-            EventKind.LOADING, slot.name, estimate_bytes=slot.estimate, device=asked, **extra
-        )
+    def use_settings(self, settings: ServerSettings, base_dir: Path) -> None:
+        """A reloaded models.yaml's server settings, for the loads that start from now on."""
+        self._settings = settings
+        self._base_dir = base_dir
+        self._room.use_settings(settings)
+        self._loads.use_settings(settings, base_dir)
 
-    def retire(self, slot: Slot) -> None:
-        """A slot the roster let go (registry/roster.py): its load stops, and it unloads
-        after its last request."""
-        if slot.load_task is not None:
-            # Its waiters move to the replacement; its load-limit permit is freed now, its
-            # bytes when the loader thread really ends (lifecycle's abandoned threads).
-            slot.load_task.cancel()
-        self.unload_when_idle(slot)
+    def apply_limits(self, changed: set[str]) -> None:
+        """After a reload's model changes: a new parallel-load limit or budget if they
+        changed, then unloads until the total fits a lowered budget."""
+        if "max_parallel_loads" in changed:
+            self._loads.limit_parallel(self._settings.max_parallel_loads)
+        if changed & {"memory_budget", "device_budgets"}:
+            for device, limit in self._limits().items():
+                self._holdings.set_limit(device, limit)
+        self._room.enforce_limit()
 
-    async def _load(self, slot: Slot) -> BaseException | None:
-        """Load one model; never raises (but for cancellation): the outcome is returned."""
-        timeout = slot.spec.load_timeout or self.settings.load_timeout
-        loaded = False  # the loader ran: a failure from here on cost a whole load
-        try:
-            async with self.load_limit:
-                charge = await place_load(
-                    slot,
-                    self.budgets,
-                    self.devices,
-                    cost_of=self.reload_seconds,
-                    freeing=self._unloading(),
-                )
-                await self.reserve(
-                    slot, charge.nbytes, device=charge.device, host_bytes=charge.host_bytes
-                )
-                if self.closing and not slot.waiting:  # shutdown began; nobody waits for it
-                    self.budgets.release(slot)
-                    raise asyncio.CancelledError
-                if slot.model is not None:  # offloaded: a copy back, not a load from disk
-                    loaded = True  # a measured size that finds no room is a failure, as below
-                    await restore_load(self, slot, charge)
-                    return None
-                started = time.monotonic()
-                isolation = isolation_of(slot.spec, slot.estimate, self.settings)
-                slot.runs_in(isolation)
-                # A worker times its own load and is killed at load_timeout: wait for that.
-                outer = timeout + (KILL_GRACE * 3 if isolation == "process" else 0)
-                model, measured_size = await self._run_loader(slot, outer, charge.placed)
-                loaded = True
-                seconds = time.monotonic() - started
-                size = measured_size if measured_size is not None else charge.nbytes
-                measured = measured_charge(model, charge, size, self.devices)
-                await self.settle_size(slot, model, measured)
-            self._loaded(slot, model, seconds)
-            return None
-        except CapacityExceeded as exc:
-            if not loaded and slot.model is not None:  # no room on a GPU: it stays offloaded
-                slot.restore_refused(exc.message)
-                log.warning("cannot restore %s: %s", slot.name, exc.message)
-                self._record_failure(slot, exc.message)
-                return exc
-            let_go(self, slot)
-            if loaded:  # the measured size found no room: back off, do not load it per request
-                self.failed(slot, exc, timeout)
-                return exc
-            slot.no_room(exc.message, time.monotonic() + self.settings.retry_backoff.initial)
-            log.warning("cannot load %s: %s", slot.name, exc.message)
-            self._record_failure(slot, exc.message)
-            return exc
-        except asyncio.CancelledError:
-            let_go(self, slot)
-            slot.load_cancelled()
-            raise
-        except Exception as exc:
-            let_go(self, slot)
-            self.failed(slot, exc, timeout)
-            return exc
-        finally:
-            slot.load_ended()
-            self.notify()
+    def _limits(self) -> dict[str, int]:
+        return device_limits(self._settings, list(self._devices.values()))
 
-    async def _run_loader(
-        self, slot: Slot, seconds: float, placed: str | None
-    ) -> tuple[Model, int | None]:
-        """Run the loader in its thread. If we stop waiting, a worker's load is killed (its
-        bytes go once it is reaped); a thread's load keeps its bytes until the thread ends."""
-        records: list[AbandonedThread] = []
-        handle = WorkerLoad() if slot.isolation == "process" else None
-        job = run_in_thread(
-            functools.partial(self._load_blocking, slot, handle, placed),
-            name=f"load-{slot.name}",
-            on_orphan=dispose,
-            on_exit=lambda: self.reclaim(records[0]) if records else None,
-        )
-        try:
-            return await asyncio.wait_for(asyncio.shield(job), seconds)
-        except BaseException as exc:
-            if job.done():  # the loader raised: its thread is ending, nothing is held
-                self.budgets.release(slot)
-                raise
-            job.cancel()  # a result that comes later is an orphan: disposed of in the thread
-            if isinstance(exc, TimeoutError):
-                why = f"load timed out after {seconds:g}s (load_timeout)"
-            elif slot.retirement.retired:
-                replaced = slot.retirement.replacement is not None
-                why = "replaced in models.yaml" if replaced else "removed from models.yaml"
-            else:
-                why = "shutdown"
-            records.append(self.abandoned.add(slot, "load", why))
-            held = format_bytes(sum(self.budgets.holdings(slot).values()))
-            if handle is not None:
-                handle.end(why)  # its loader thread reaps the worker and ends: reclaim()
-            text = (
-                "stopped the load of %s (%s): its worker is killed; its %s are released once "
-                "it is reaped"
-                if handle is not None
-                else "stopped waiting for the load of %s (%s); its %s stay reserved until "
-                "the loader thread ends"
-            )
-            log.warning(text, slot.name, why, held)
-            raise
+    # ------------------------------------------------------------------ shutdown
 
-    def reclaim(self, record: AbandonedThread) -> None:
-        """An abandoned thread has ended: give back its model's bytes if nothing else holds them."""
-        slot = record.slot
-        last = self.abandoned.ended(record)
-        idle = slot.state in (State.UNLOADED, State.FAILED) and slot.load_task is None
-        if last and idle:
-            freed = sum(self.budgets.release(slot).values())
-            log.info(
-                "the abandoned %s thread of %s ended; released %s",
-                record.kind,
-                slot.name,
-                format_bytes(freed),
-            )
-        self.notify()
+    def begin_closing(self, drain_timeout: float) -> None:
+        """Shutdown has begun: no load starts from now on; requests admitted before now
+        are answered while the drain lasts, `drain_timeout` from now."""
+        self._plumbing.begin_closing()
+        self._drain_deadline = asyncio.get_running_loop().time() + drain_timeout
+        self._drain.end_at(self._drain_deadline)
+        self._plumbing.notify()
 
-    def _load_blocking(
-        self, slot: Slot, handle: WorkerLoad | None, placed: str | None
-    ) -> tuple[Model, int | None]:
-        ctx = LoadContext(slot.name, slot.spec, slot.source, self.base_dir, placed)
-        if slot.isolation == "process":
-            limit = slot.spec.load_timeout or self.settings.load_timeout
-            worker = load_in_worker(ctx, self.settings, load_timeout=limit, handle=handle)
-            return worker, worker.size_bytes
-        model = load_model(ctx)
-        measured = measure_bytes(model)
-        # A load creates ~100k long-lived objects; automatic full collections walking them
-        # pause every thread for 20-120 ms. Freeze them; compact() collects when idle.
-        # Collect first: garbage waiting for the collector now would be frozen with them and
-        # kept for good under sustained traffic, where compact() never comes (one collection
-        # of what is not frozen yet: the new model and what came since the last load).
-        gc.collect()
-        gc.freeze()
-        return model, measured
+    def shorten_drain(self, drain_timeout: float) -> None:
+        """The drain ends at most `drain_timeout` from now."""
+        now = asyncio.get_running_loop().time()
+        self._drain_deadline = min(self._drain_deadline, now + drain_timeout)
+        self._drain.end_at(self._drain_deadline)
 
-    def _loaded(self, slot: Slot, model: Model, seconds: float) -> None:
-        slot.loaded(model, self.pool.thread_for(slot.name), seconds)
-        if isinstance(model, ProcessModel):
-            watch_worker(self, slot, model)  # a worker that dies while idle is noticed
-        self.budgets.touch(slot)
-        measure_overhead(self, slot)  # the server's own context on a GPU, once
-        self.refresh_batcher(slot)
-        log.info(
-            "loaded %s (%s) in %s",
-            slot.name,
-            format_bytes(slot.size_bytes or 0),
-            format_duration(seconds),
-        )
-        self.stats.of(slot.name).record_load(seconds)
-        home = self.budgets.home(slot)
-        self.events.emit(
-            EventKind.LOADED, slot.name, bytes=slot.size_bytes, seconds=seconds, device=home
-        )
-        self.unload_when_idle(slot)  # retired, or an unload was asked for meanwhile
+    async def drain_requests(self, pending: Callable[[], int]) -> None:
+        """Wait while `pending()` requests are unanswered and the drain lasts; then those
+        still waiting are answered 503."""
+        loop = asyncio.get_running_loop()
+        while pending() and loop.time() < self._drain_deadline:
+            await self._plumbing.wait_changed(self._drain_deadline - loop.time())
+        self._drain.end()
+
+    def drain_left(self) -> float:
+        """Seconds the drain had left when it ended (0 if it ran out)."""
+        return max(0.0, self._drain_deadline - asyncio.get_running_loop().time())
+
+    async def unload_all(self, slots: list[Slot], grace: float) -> tuple[int, int]:
+        """Shutdown: cancel running loads (retired slots' too; nobody waits for them now),
+        then unload every loaded model but thread models inside a call (a worker inside
+        one is ended), waiting at most `grace` seconds.
+        Returns the models unloaded and the bytes they held."""
+        loads = self.load_tasks()
+        for task in loads:
+            task.cancel()
+        await asyncio.gather(*loads, return_exceptions=True)
+        return await self._room.unload_everything(slots, grace)
+
+    # ------------------------------------------------------- requests' transitions
+
+    def leased(self, slot: Slot) -> None:
+        """A request took a lease on the loaded model (the host's policy counts the use)."""
+        self._holdings.used(slot)
+
+    def after_request(self, slot: Slot) -> None:
+        """A lease ended: the use counts, a model on its way out unloads after its last
+        request, a worker's memory is followed (registry/process/supervision.py), a lowered
+        budget is enforced, and waiters wake."""
+        self._holdings.used(slot)
+        self._room.unload_when_idle(slot)
+        self._loads.supervision.follow_worker_memory(slot)
+        self._room.enforce_limit()
+        self._plumbing.notify()
+
+    def worker_lost(self, slot: Slot, exc: RegistryError) -> None:
+        """A call saw the worker of `slot` die or be killed (a process model's)."""
+        self._loads.supervision.worker_lost(slot, exc)
+
+    def stuck_error(self, slot: Slot) -> RegistryError:
+        """What a request for a model whose call got stuck gets (503, after the backoff)."""
+        return self._calls.stuck.error(slot)
+
+    def late_error(self, slot: Slot, timeout: float) -> RegistryError:
+        """What a request gets whose call had not started `timeout` after it queued."""
+        return self._calls.stuck.late(slot, timeout)
+
+    def mark_stuck(
+        self,
+        slot: Slot,
+        model: Model,
+        thread: ModelThread | None,
+        timeout: float,
+        call: concurrent.futures.Future[Any],
+    ) -> BaseException:
+        """A call on `model` ran past `timeout` (a pool's `on_stuck`): the model is marked
+        failed (registry/stuck_calls.py); the request's error."""
+        return self._calls.stuck.stuck(slot, model, thread, timeout, call)
 
     def refresh_batcher(self, slot: Slot) -> None:
-        """(Re)build the batcher from the entry's `batch:` (queued requests keep theirs)."""
-        batch = slot.spec.batch
-        if batch is None or slot.model is None:
-            slot.use_batcher(None)
-            return
-        batcher = Batcher(
-            functools.partial(self.run_predict, slot, slot.model, slot.thread),
-            max_size=batch.max_size,
-            max_wait=batch.max_wait_ms / 1000,
-        )
-        slot.use_batcher(batcher)
+        """(Re)build the batcher from the entry's `batch:` (registry/calls.py)."""
+        self._calls.refresh_batcher(slot)
 
     def run_predict(
         self,
@@ -385,48 +311,27 @@ class Lifecycle(Room):
         timing: Timing | None = None,
     ) -> asyncio.Task[list[Any]]:
         """One predict call on the model's thread, bounded by its predict_timeout."""
-        timeout = self.predict_timeout(slot)
-        call = (predict_json,) if timing is None else (timing.run, predict_json)
-        job = self.pool.submit(
-            *call,
-            model,
-            inputs,
-            dict(parameters),
-            thread=thread,
-            timeout=timeout,
-            on_stuck=functools.partial(self.health.stuck, slot, model, thread, timeout),
-        )
-        # A request cut off by the end of the drain (answered 503) no longer reads its call's
-        # outcome (a worker ended under it raises WorkerDied): it is read here, not logged.
-        job.add_done_callback(_outcome_read)
-        return job
+        return self._calls.run_predict(slot, model, thread, inputs, parameters, timing=timing)
 
-    def failed(self, slot: Slot, exc: BaseException, timeout: float) -> None:
-        """Mark the model failed after `exc`; the next load waits for the backoff."""
-        if isinstance(exc, TimeoutError):
-            error = f"load timed out after {timeout:g}s (load_timeout)"
-        elif isinstance(exc, (ModelTooLarge, CapacityExceeded)):
-            error = exc.message
-        elif isinstance(exc, InferenceTimeout):
-            error = f"predict timed out after {exc.seconds:g}s (predict_timeout)"
-        else:
-            error = f"{type(exc).__name__}: {exc}"
-        delay = slot.fail(error, self.settings.retry_backoff, exc)
-        log.error(
-            "%s %s: %s (attempt %d, next try in %s)",
-            "marked failed" if isinstance(exc, InferenceTimeout) else "failed to load",
-            slot.name,
-            slot.error,
-            slot.failures,
-            format_duration(delay),
-        )
-        self._record_failure(slot, error, retry_in=delay)
+    # ----------------------------------------------------------------- unloading
 
-    def _record_failure(self, slot: Slot, error: str, **data: Any) -> None:
-        self.stats.of(slot.name).record_failure()
-        self.events.emit(EventKind.FAILED, slot.name, error=error, **data)
+    def request_unload(self, slot: Slot, reason: UnloadReason) -> None:
+        """Unload the model (an admin's request, or a lowered budget's) once no request
+        holds it (registry/memory/unloading.py)."""
+        self._room.request_unload(slot, reason)
 
+    def start_unload(self, slot: Slot, why: str, *, reason: UnloadReason) -> None:
+        """Start unloading a loaded (or offloaded) model (an idle TTL's)."""
+        self._room.start_unload(slot, why, reason=reason)
 
-def _outcome_read(job: asyncio.Future[Any]) -> None:
-    if not job.cancelled():
-        job.exception()
+    # ------------------------------------------------------------------- loading
+
+    def start_load(self, slot: Slot) -> None:
+        """Start the model's load unless one runs (single flight) or an old thread still
+        runs (registry/loading.py)."""
+        self._loads.start_load(slot)
+
+    def retire(self, slot: Slot) -> None:
+        """A slot the roster let go (registry/roster.py): its load stops, and it unloads
+        after its last request."""
+        self._loads.retire(slot)

@@ -67,7 +67,6 @@ class ModelManager:
         self._streams = Streams(self._admission, self._life)
         self._closed = False
         self._in_flight_at_close = 0
-        self._drain_deadline = 0.0
         self.report: dict[str, Any] = {}  # the shutdown's summary, once it is done
         self._reloading = asyncio.Lock()
         # The background tasks this object starts (kept referenced by the lifecycle too).
@@ -138,14 +137,10 @@ class ModelManager:
         life = self._life
         if life.closing:
             return
-        life.begin_closing()
-        self.events.close()  # open /events streams end, so they do not hold up the drain
-        loop = asyncio.get_running_loop()
         timeout = self.config.server.drain_timeout if drain_timeout is None else drain_timeout
-        self._drain_deadline = loop.time() + timeout
-        life.drain.end_at(self._drain_deadline)
+        life.begin_closing(timeout)
+        self.events.close()  # open /events streams end, so they do not hold up the drain
         self._in_flight_at_close = sum(s.leases + s.waiting for s in self._all_slots())
-        life.notify()
 
     async def shutdown(self, drain_timeout: float | None = None) -> dict[str, Any]:
         """Stop admitting, drain requests (bounded), unload everything, give memory back.
@@ -156,22 +151,18 @@ class ModelManager:
         if self._closed:
             return {}
         life = self._life
-        loop = asyncio.get_running_loop()
         started = time.monotonic()
         self.begin_shutdown(drain_timeout)
         timeout = self.config.server.drain_timeout if drain_timeout is None else drain_timeout
         if drain_timeout is not None:
-            self._drain_deadline = min(self._drain_deadline, loop.time() + timeout)
-            life.drain.end_at(self._drain_deadline)
+            life.shorten_drain(timeout)
         # The HTTP server may have drained its connections since the signal: count from then.
         in_flight = max(self._in_flight_at_close, self._pending())
-        while self._pending() and loop.time() < self._drain_deadline:
-            await life.wait_changed(self._drain_deadline - loop.time())
-        life.drain.end()  # whatever still waits is answered 503 now
+        await life.drain_requests(self._pending)  # whatever still waits is answered 503 then
         for task in (self._reaper, self._watcher):
             if task is not None:
                 task.cancel()
-        grace = max(0.0, self._drain_deadline - loop.time()) + UNLOAD_GRACE
+        grace = life.drain_left() + UNLOAD_GRACE
         unloaded, freed = await life.unload_all(self._all_slots(), grace)
         self._pool.shutdown()
         await run_in_thread(workers.stop_all, name="stop-workers")  # any left by a hung call
@@ -426,7 +417,7 @@ class ModelManager:
     def _all_slots(self) -> list[Slot]:
         """Current slots and retired ones that still hold memory."""
         slots = {id(s): s for s in self._roster}
-        for slot in self._life.held():
+        for slot in self._life.retired_slots():
             slots.setdefault(id(slot), slot)
         return list(slots.values())
 

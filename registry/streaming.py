@@ -264,7 +264,7 @@ class Streams:
             *args,
             thread=slot.thread,
             timeout=timeout,
-            on_stuck=functools.partial(life.health.stuck, slot, model, slot.thread, timeout),
+            on_stuck=functools.partial(life.mark_stuck, slot, model, slot.thread, timeout),
         )
 
     def _end(

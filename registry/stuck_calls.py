@@ -9,6 +9,10 @@ an `abort()` method is asked to stop it). Until it does, the model's bytes stay 
 calls queued behind it get 503 instead of waiting, and no new load of the model starts.
 Once it ends, the model is closed, its bytes are released, and the next request after the
 backoff loads it again.
+
+`StuckCalls` is owned by the lifecycle (registry/lifecycle.py: `mark_stuck`, `stuck_error`,
+`late_error`); it changes the slot through its own methods and the memory state only
+through the room's `Holdings` (registry/memory/holdings.py).
 """
 
 from __future__ import annotations
@@ -19,28 +23,28 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from registry.errors import BusyQueueFull, InferenceTimeout, ModelFailed
-from registry.memory.sizes import release_memory
-from registry.payload import to_jsonable
+from registry.failures import Failures
+from registry.memory.making_room import Room
+from registry.model_calls import dispose
 from registry.slot import Slot
 from registry.threads import ModelThread, run_in_thread
 
 if TYPE_CHECKING:
     from registry.abandoned import AbandonedThread
-    from registry.lifecycle import Lifecycle
     from registry.loaders import Model
 
 log = logging.getLogger("registry")
 
 
-class Health:
+class StuckCalls:
     """Marks models whose calls got stuck as failed, and cleans up once the calls end."""
 
-    def __init__(self, life: Lifecycle) -> None:
-        self._life = life
+    def __init__(self, room: Room, failures: Failures) -> None:
+        self._room = room
+        self._failures = failures
 
     def stuck(
         self,
@@ -63,15 +67,16 @@ class Health:
         timeout: float,
         call: concurrent.futures.Future[Any],
     ) -> None:
-        life = self._life
+        room = self._room
         why = f"predict timed out after {timeout:g}s (predict_timeout)"
         thread.mark_broken(functools.partial(self.error, slot))
         if slot.model is model:
             if slot.batcher is not None:
                 slot.batcher.fail_queued(lambda: self.error(slot))
             slot.drop_model()
-            life.failed(slot, InferenceTimeout(slot.name, timeout), timeout)
-        record = life.abandoned.add(slot, "inference", why)
+            backoff = room.settings.retry_backoff
+            self._failures.failed(slot, InferenceTimeout(slot.name, timeout), timeout, backoff)
+        record = room.holdings.abandon(slot, "inference", why)
         abort = getattr(model, "abort", None)
         if callable(abort):
             job = run_in_thread(abort, name=f"abort-{slot.name}")
@@ -83,7 +88,7 @@ class Health:
                 loop.call_soon_threadsafe(self._call_ended, record, model, thread)
 
         call.add_done_callback(ended)
-        life.notify()
+        room.notify()
 
     def error(self, slot: Slot) -> ModelFailed:
         """What requests for a model with a stuck call get (503, retry after the backoff)."""
@@ -98,11 +103,11 @@ class Health:
         return BusyQueueFull(
             f"model {slot.name!r} is busy: this request waited {timeout:g}s (predict_timeout) "
             f"behind {ahead} other request(s) without starting; retry later",
-            retry_after=self._life.busy_eta(slot),
+            retry_after=self._room.busy_eta(slot),
         )
 
     def _call_ended(self, record: AbandonedThread, model: Model, thread: ModelThread) -> None:
-        self._life.spawn(self._bury(record, model, thread), name=f"bury {record.slot.name}")
+        self._room.spawn(self._bury(record, model, thread), name=f"bury {record.slot.name}")
 
     async def _bury(self, record: AbandonedThread, model: Model, thread: ModelThread) -> None:
         try:
@@ -110,24 +115,12 @@ class Health:
         except Exception:
             log.exception("error while closing %s after its stuck call", record.slot.name)
         finally:
-            self._life.pool.retire(thread)
-            self._life.reclaim(record)
+            holdings = self._room.holdings
+            holdings.retire_thread(thread)
+            holdings.reclaim(record)
+            self._room.notify()
 
 
 def _log_abort(name: str, job: asyncio.Future[Any]) -> None:
     if not job.cancelled() and job.exception() is not None:
         log.error("abort() of %s raised %r", name, job.exception())
-
-
-def predict_json(model: Model, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
-    """In a worker thread: predict, and make the outputs JSON-safe there too."""
-    return [to_jsonable(out) for out in model.predict(inputs, parameters)]
-
-
-def dispose(result: tuple[Model | None, Any]) -> None:
-    """In a worker thread: close a model and give its memory back."""
-    model = result[0]
-    if model is not None:
-        model.close()
-    del model, result
-    release_memory()

@@ -27,8 +27,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from registry.batching import BatchStats
+from registry.loaders.interface import worker_of
 from registry.memory.devices import device_text
-from registry.process.proxy import ProcessModel
 from registry.slot import State
 
 if TYPE_CHECKING:
@@ -46,14 +47,6 @@ class BudgetState(enum.StrEnum):
 
     OK = "ok"
     RESTORING = "restoring"  # a reload lowered the budget: models unload until they fit
-
-
-@dataclass(frozen=True, slots=True)
-class BatchStats:
-    """Batches run since the model loaded, and the inputs in them."""
-
-    batches: int
-    inputs: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -243,14 +236,15 @@ def abandoned_view(record: AbandonedThread) -> AbandonedView:
 
 def _worker(model: object) -> WorkerView | None:
     """A process model's worker; None for a model in the server's process."""
-    if not isinstance(model, ProcessModel):
+    worker = worker_of(model)
+    if worker is None:
         return None
     return WorkerView(
-        pid=model.pid if model.alive else None,
-        param_bytes=model.param_bytes,
-        private_bytes=model.private_bytes,
-        uss_bytes=model.memory.get("uss"),
-        pss_bytes=model.memory.get("pss"),
+        pid=worker.pid if worker.alive else None,
+        param_bytes=worker.param_bytes,
+        private_bytes=worker.private_bytes,
+        uss_bytes=worker.memory.get("uss"),
+        pss_bytes=worker.memory.get("pss"),
     )
 
 

@@ -32,6 +32,10 @@ class Model(Protocol):
     from a thread while no request holds the model. A model with both (and without
     `offloadable = False`) evicted from a GPU is kept in host memory when the host budget
     has room; any other model is unloaded, as always.
+
+    Optional attribute: `worker`, a `WorkerHandle`: the model runs in a process of its own
+    (registry/process/proxy.py) that the registry watches, measures and may kill (`worker_of`).
+    The core knows a process model by this attribute only.
     """
 
     def predict(self, inputs: Sequence[Any], parameters: Mapping[str, Any]) -> list[Any]:
@@ -41,6 +45,75 @@ class Model(Protocol):
     def close(self) -> None:
         """Drop every reference to weights so that memory can be freed."""
         ...
+
+
+class WorkerHandle(Protocol):
+    """The process a model runs in: what the core asks of it (registry/process/supervision.py
+    watches it, follows its memory and recycles it; a call inside it can be ended)."""
+
+    @property
+    def pid(self) -> int | None:
+        """The process id."""
+        ...
+
+    @property
+    def alive(self) -> bool:
+        """False once the process has died or was stopped."""
+        ...
+
+    @property
+    def how(self) -> str | None:
+        """How the process ended, once it was reaped."""
+        ...
+
+    @property
+    def lost_in_call(self) -> bool:
+        """A call saw the process die, or killed it (a timeout)."""
+        ...
+
+    @property
+    def reserved(self) -> int:
+        """The bytes the budget held when the load ended."""
+        ...
+
+    @property
+    def size_bytes(self) -> int:
+        """What the budget tracks for it now (measured after its last call)."""
+        ...
+
+    @property
+    def param_bytes(self) -> int:
+        """The bytes of its model's parameters."""
+        ...
+
+    @property
+    def private_bytes(self) -> int:
+        """Its private dirty memory at the last measurement."""
+        ...
+
+    @property
+    def memory(self) -> Mapping[str, int]:
+        """Its last memory figures ("private", "uss", "pss")."""
+        ...
+
+    def sentinel(self) -> int | None:
+        """A descriptor readable once the process has exited (the caller closes it); None if
+        it is already reaped."""
+        ...
+
+    def saw_exit(self) -> None:
+        """The death watch saw the process end."""
+        ...
+
+    def reap(self) -> str:
+        """Reap the ended process (blocking); how it ended."""
+        ...
+
+
+def worker_of(model: object) -> WorkerHandle | None:
+    """The process `model` runs in (its `worker`), None for a model in the server's process."""
+    worker: WorkerHandle | None = getattr(model, "worker", None)
+    return worker
 
 
 def can_offload(model: object) -> bool:

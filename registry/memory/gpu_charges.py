@@ -1,5 +1,6 @@
-"""Following what models really hold on their GPUs, after the load has set their charge
-(registry/placement.measured_charge):
+"""What models really hold on their GPUs, after the load has set their charge
+(registry/placement.measured_charge); the room (registry/memory/making_room.py) writes what
+these measure into the budgets:
 
 - after each request, a process model's charge on its GPU follows its worker's whole
   footprint there (registry.memory.device_usage.process_bytes: NVML, torch's counters, or the
@@ -20,87 +21,67 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from registry.loaders.interface import worker_of
 from registry.memory.devices import Device, is_gpu
-from registry.process.proxy import ProcessModel
 
 if TYPE_CHECKING:
-    from registry.lifecycle import Lifecycle
     from registry.loaders import Model
+    from registry.memory.device_budgets import DeviceBudgets
     from registry.slot import Slot
 
 log = logging.getLogger("registry")
 
 
-def gpu_bytes_now(life: Lifecycle, model: Model, device: str) -> int | None:
+def gpu_bytes_now(devices: Mapping[str, Device], model: Model, device: str) -> int | None:
     """What `model` holds on GPU `device` now: its worker's footprint there, or the bytes a
     thread model reports (None where neither can be told)."""
     from registry.memory.device_usage import process_bytes
 
-    if isinstance(model, ProcessModel):
-        if model.pid is None:
+    worker = worker_of(model)
+    if worker is not None:
+        if worker.pid is None:
             return None
-        return process_bytes(life.devices[device], model.pid)
+        return process_bytes(devices[device], worker.pid)
     reported = getattr(model, "device_bytes", None)
     return reported if isinstance(reported, int) else None
 
 
-def follow_gpu(life: Lifecycle, slot: Slot) -> None:
-    """After a request: the model's GPU charge follows what it holds there, making room on
-    that GPU for growth (idle models there are evicted; nothing elsewhere)."""
-    home = life.budgets.home(slot)
-    model = slot.model
-    if home is None or not is_gpu(home) or model is None:
-        return
-    held = gpu_bytes_now(life, model, home)
-    budget = life.budgets.budget(home)
-    if held is None or held == budget.size_of(slot):
-        return
-    budget.follow(slot, held)  # the measured truth, even before room is made for it
-    slot.measured(held)
-    if budget.used > budget.limit:
-        life.make_room_for(slot, held, home)
-
-
-def measure_overhead(life: Lifecycle, slot: Slot) -> None:
-    """Once per GPU, after the first thread model loaded there: the server's own bytes on
-    it, less what its thread models are charged, become the device's fixed overhead."""
-    home = life.budgets.home(slot)
-    if home is None or not is_gpu(home) or isinstance(slot.model, ProcessModel):
-        return
-    if home in life.overhead_measured:
-        return
+def server_overhead(
+    budgets: DeviceBudgets[Slot], devices: Mapping[str, Device], home: str
+) -> int | None:
+    """The server's own bytes on GPU `home`, less what its thread models there are charged:
+    the device's fixed overhead (None where it cannot be told)."""
     from registry.memory.device_usage import process_bytes
 
-    life.overhead_measured.add(home)
-    mine = process_bytes(life.devices[home], os.getpid())
+    mine = process_bytes(devices[home], os.getpid())
     if mine is None:
-        return
-    budget = life.budgets.budget(home)
+        return None
+    budget = budgets.budget(home)
     charged = sum(
         budget.size_of(s)
         for s in budget.keys_lru_first()
-        if life.budgets.home(s) == home and not isinstance(s.model, ProcessModel)
+        if budgets.home(s) == home and worker_of(s.model) is None
     )
     overhead = max(0, mine - charged)
-    life.budgets.set_overhead(home, overhead)
     log.info("the server's own footprint on %s is %d bytes: its fixed overhead", home, overhead)
-    life.enforce_limit()
+    return overhead
 
 
 def left_on_gpu(devices: Mapping[str, Device], model: object, device: str | None) -> int | None:
     """After an unload: what the model's worker still holds on its GPU (0 expected: it has
     ended); None for a thread model or a host model (the server's process keeps running)."""
-    if device is None or not is_gpu(device) or not isinstance(model, ProcessModel):
+    worker = worker_of(model)
+    if device is None or not is_gpu(device) or worker is None:
         return None
     from registry.memory.device_usage import process_bytes
 
-    if model.pid is None:
+    if worker.pid is None:
         return None
-    left = process_bytes(devices[device], model.pid)
+    left = process_bytes(devices[device], worker.pid)
     if left:
         log.warning(
             "the worker (pid %s) still holds %d bytes on %s after its unload",
-            model.pid,
+            worker.pid,
             left,
             device,
         )

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING
 
 from registry.errors import ModelTooLarge
 from registry.loaders import estimate_bytes
+from registry.loaders.interface import worker_of
 from registry.memory.devices import CPU, Device, budget_device, is_gpu
-from registry.process.proxy import ProcessModel
 from registry.threads import run_in_thread
 
 if TYPE_CHECKING:
@@ -139,10 +139,11 @@ def measured_charge(
     if not charge.on_gpu:
         return Charge(charge.device, measured, 0, charge.placed)
     device = devices[charge.device]
-    if isinstance(model, ProcessModel):
+    worker = worker_of(model)
+    if worker is not None:
         from registry.memory.device_usage import process_bytes
 
-        on_gpu = None if model.pid is None else process_bytes(device, model.pid)
+        on_gpu = None if worker.pid is None else process_bytes(device, worker.pid)
         gpu = charge.nbytes if on_gpu is None else on_gpu
         return Charge(charge.device, gpu, measured, charge.placed)
     reported = getattr(model, "device_bytes", None)

@@ -100,8 +100,8 @@ class ProcessModel:
         self.param_bytes = 0
         self.device: str | None = None  # where the worker's model runs, as it reported
         self.memory: dict[str, int] = {}
-        self.reserved = 0  # bytes the budget held when the load ended (set by the manager)
-        self.exited = False  # the death watch saw the process end (registry/process/supervision.py)
+        self.reserved = 0  # bytes the budget held when the load ended (loaded())
+        self.exited = False  # the death watch saw the process end (saw_exit())
         self.lost_in_call = False  # a call saw the worker die, or killed it (a timeout)
         self._worker = worker
         self._conn = conn
@@ -109,6 +109,22 @@ class ProcessModel:
         self._sending = threading.Lock()  # a round trip's message, or a generation's drop
         self._ending = threading.Lock()  # _end() and close() take turns
         self._dead: str | None = None  # how the worker ended, once it did
+
+    @property
+    def worker(self) -> ProcessModel:
+        """Its worker process's handle (registry/loaders/interface.WorkerHandle): itself."""
+        return self
+
+    def saw_exit(self) -> None:
+        """The death watch saw the worker's process end (registry/process/supervision.py)."""
+        self.exited = True
+
+    def loaded(self, param_bytes: int, memory: dict[str, int], device: str | None) -> None:
+        """The worker's load has ended: what it measured; the budget holds its size now."""
+        self.param_bytes = param_bytes
+        self.device = device
+        self.memory = memory
+        self.reserved = self.size_bytes
 
     @property
     def private_bytes(self) -> int:
@@ -168,6 +184,10 @@ class ProcessModel:
             self.lost_in_call = True
             raise WorkerDied(self.name, self.pid, self._end()) from None
         return reply
+
+    def end(self, why: str | None = None) -> str:
+        """Stop and reap the worker (a load that failed or was given up); how it ended."""
+        return self._end(why)
 
     def _end(self, why: str | None = None, *, quiet: bool = False) -> str:
         """Stop and reap the worker; remember how it ended (the first path to get here)."""
@@ -322,23 +342,20 @@ def _load_in(worker: Worker, conn: Connection, job: _Job, *, spare: bool) -> Pro
         ended = handle.ended if handle is not None else None
         if spare and not acknowledged and ended is None:
             raise _SpareLost() from None
-        how = model._end(None if ended is None else f"killed: {ended}")
+        how = model.end(None if ended is None else f"killed: {ended}")
         raise WorkerDied(ctx.name, model.pid, how, during="load") from None
     except BaseException:
-        model._end("the load was abandoned")
+        model.end("the load was abandoned")
         raise
     if reply is None:
-        model._end("killed: load_timeout")
+        model.end("killed: load_timeout")
         raise TimeoutError(f"load timed out after {job.load_timeout:g}s; its worker was killed")
     if reply[0] == "raise":
-        model._end()
+        model.end()
         error = reply[1]
         raise error if isinstance(error, Exception | RegistryError) else RuntimeError(str(error))
     _, param_bytes, memory, device = reply
-    model.param_bytes = int(param_bytes or 0)
-    model.device = device
-    model.memory = memory
-    model.reserved = model.size_bytes
+    model.loaded(int(param_bytes or 0), memory, device)
     return model
 
 

@@ -13,6 +13,11 @@
   room the worker is recycled. A worker grown past its reservation by
   `server.worker_memory_margin` is recycled (unloaded and loaded anew) once no request holds
   it; the event is logged and counted.
+
+`Supervision` is owned by the lifecycle (registry/lifecycle.py), which calls its
+`watch`, `worker_lost` and `follow_worker_memory`; it knows a process model by its
+`worker` (registry/loaders/interface.WorkerHandle) and writes the memory state only
+through the room's `Holdings` (registry/memory/holdings.py).
 """
 
 from __future__ import annotations
@@ -23,109 +28,166 @@ import functools
 import logging
 import os
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from registry.errors import ModelFailed, RegistryError
 from registry.events import EventKind, UnloadReason
+from registry.loaders.interface import WorkerHandle, worker_of
 from registry.memory.devices import CPU
-from registry.memory.gpu_charges import follow_gpu
-from registry.process.proxy import ProcessModel
+from registry.memory.making_room import Room
 from registry.slot import Slot, State
 from registry.threads import run_in_thread
 from registry.units import format_bytes, format_duration
 
-if TYPE_CHECKING:
-    from registry.lifecycle import Lifecycle
-
 log = logging.getLogger("registry")
 
 
-def watch(life: Lifecycle, slot: Slot, model: ProcessModel) -> None:
-    """Notice the end of `model`'s worker as soon as it happens (a loaded model's)."""
-    loop = asyncio.get_running_loop()
-    fd = model.sentinel()
-    if fd is None:  # already reaped
-        loop.call_soon(_exited, life, slot, model)
-        return
+class Supervision:
+    """Watches the workers of loaded process models (see the module docstring)."""
 
-    def readable() -> None:
-        loop.remove_reader(fd)
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        _exited(life, slot, model)
+    def __init__(self, room: Room, start_load: Callable[[Slot], None]) -> None:
+        self._room = room
+        self._start_load = start_load
 
-    loop.add_reader(fd, readable)
+    def watch(self, slot: Slot) -> None:
+        """Notice the end of the loaded model's worker as soon as it happens (a process
+        model's; nothing for a model in the server's process)."""
+        worker = worker_of(slot.model)
+        if worker is None:
+            return
+        loop = asyncio.get_running_loop()
+        fd = worker.sentinel()
+        if fd is None:  # already reaped
+            loop.call_soon(self._exited, slot, worker)
+            return
+
+        def readable() -> None:
+            loop.remove_reader(fd)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self._exited(slot, worker)
+
+        loop.add_reader(fd, readable)
+
+    def _exited(self, slot: Slot, worker: WorkerHandle) -> None:
+        """The worker's process has ended (unloads end theirs too: nothing to do then)."""
+        worker.saw_exit()
+        if worker_of(slot.model) is worker and slot.state is State.LOADED and slot.leases == 0:
+            self._worker_gone(slot, worker)
+        # With requests on it, their calls see the death (WorkerDied: worker_lost), and the
+        # last one's release checks again (follow_worker_memory).
+
+    def _worker_gone(self, slot: Slot, worker: WorkerHandle) -> None:
+        """No request holds the model and its worker is gone: unload it (died while idle) or
+        fail it (a call saw it die, and its request may not have said so)."""
+        if worker_of(slot.model) is not worker or slot.state is not State.LOADED:
+            return
+        room = self._room
+        if worker.lost_in_call:
+            how = worker.how or "its process ended"
+            self._fail(slot, worker, f"model {slot.name!r}: its worker died during a call: {how}")
+            return
+        freed = room.holdings.forget(slot)
+        slot.stats.record_worker_death()
+        slot.measured(worker.reserved or None)  # what a fresh worker held, not what it grew to
+        slot.unloaded()
+        reason = UnloadReason.WORKER_DIED
+        room.stats.of(slot.name).record_unload(reason, 0.0)
+        room.events.emit(EventKind.UNLOADED, slot.name, reason=reason.value, freed_bytes=freed)
+        room.notify()
+        room.spawn(_log_idle_death(slot.name, worker, freed), name=f"reap {slot.name}")
+        if slot.spec.hot:  # a hot model is kept loaded: load it again now
+            self._start_load(slot)
+
+    def worker_lost(self, slot: Slot, exc: RegistryError) -> None:
+        """The worker serving `slot` died or was killed during a call: fail the model,
+        release its bytes, and turn away the requests queued behind it."""
+        worker = worker_of(slot.model)
+        if worker is None or worker.alive or slot.state is not State.LOADED:
+            return
+        self._fail(slot, worker, exc.message)
+
+    def _fail(self, slot: Slot, worker: WorkerHandle, message: str) -> None:
+        holdings = self._room.holdings
+        batcher = slot.batcher
+        _, thread = slot.drop_model()
+        delay = slot.fail(message, self._room.settings.retry_backoff, None)
+        error = functools.partial(_queued_error, slot, worker.how or "it died")
+        if thread is not None:
+            thread.mark_broken(error)  # calls waiting for its thread raise error() instead
+        if batcher is not None:
+            batcher.fail_queued(error)
+        holdings.retire_thread(thread)
+        holdings.release(slot)
+        slot.stats.record_worker_death()
+        slot.retirement.cancel_unload()
+        log.error("%s (next load in %s)", message, format_duration(delay))
+        self._room.notify()
+
+    def follow_worker_memory(self, slot: Slot) -> None:
+        """After a request: the model's tracked size follows its worker's measured memory,
+        making room for its growth; a worker that leaks, or that no room can be made for,
+        is recycled. A GPU model's charge there follows what it holds there
+        (Room.follow_gpu)."""
+        room = self._room
+        room.follow_gpu(slot)
+        worker = worker_of(slot.model)
+        if worker is None or slot.state is not State.LOADED:
+            return
+        if not worker.alive:
+            if slot.leases == 0:
+                self._worker_gone(slot, worker)
+            return
+        size = worker.size_bytes
+        budget = room.holdings.budget
+        if size != budget.size_of(slot):
+            room.holdings.follow(slot, CPU, size)  # the truth, even before room is made for it
+            if room.holdings.budgets.home(slot) in (None, CPU):  # a GPU model: its GPU charge
+                slot.measured(size)
+        # Its growth does not fit: evict idle models; if nothing can make the room, recycle it.
+        grown = size > worker.reserved and budget.used > budget.limit
+        no_room = grown and not room.make_room_for(slot, size)
+        margin = room.settings.worker_memory_margin
+        leaking = worker.private_bytes > worker.reserved * (1 + margin)
+        if not (leaking or no_room) or slot.leases or slot.retirement.unload_requested:
+            return
+        slot.stats.record_recycle()
+        log.warning(
+            "recycling the worker of %s (pid %s): its private memory %s grew past %s; recycle #%d",
+            slot.name,
+            worker.pid,
+            format_bytes(worker.private_bytes),
+            f"its reservation {format_bytes(worker.reserved)} by more than "
+            f"worker_memory_margin ({margin:g})"
+            if leaking
+            else f"what the {format_bytes(budget.limit)} budget can make room for",
+            slot.stats.recycles,
+        )
+        slot.measured(None)  # measure again on the fresh worker
+        grew = "its reservation" if leaking else "the room the budget has"
+        room.start_unload(
+            slot, f"recycled: its worker's memory grew past {grew}", reason=UnloadReason.RECYCLE
+        )
+        room.spawn(self._reload_after(slot), name=f"recycle {slot.name}")
+
+    async def _reload_after(self, slot: Slot) -> None:
+        task = slot.unload_task
+        if task is not None:
+            await task
+        if slot.state is State.UNLOADED and not slot.retirement.retired and not self._room.closing:
+            self._start_load(slot)
 
 
-def _exited(life: Lifecycle, slot: Slot, model: ProcessModel) -> None:
-    """The worker's process has ended (unloads end theirs too: nothing to do then)."""
-    model.exited = True
-    if slot.model is model and slot.state is State.LOADED and slot.leases == 0:
-        worker_gone(life, slot, model)
-    # With requests on it, their calls see the death (WorkerDied: worker_lost), and the
-    # last one's release checks again (after_request).
-
-
-def worker_gone(life: Lifecycle, slot: Slot, model: ProcessModel) -> None:
-    """No request holds the model and its worker is gone: unload it (died while idle) or
-    fail it (a call saw it die, and its request may not have said so)."""
-    if slot.model is not model or slot.state is not State.LOADED:
-        return
-    if model.lost_in_call:
-        how = model.how or "its process ended"
-        _fail(life, slot, model, f"model {slot.name!r}: its worker died during a call: {how}")
-        return
-    _, thread = slot.drop_model()
-    life.pool.retire(thread)
-    freed = sum(life.budgets.release(slot).values())
-    slot.stats.record_worker_death()
-    slot.measured(model.reserved or None)  # what a fresh worker held, not what this one grew to
-    slot.unloaded()
-    reason = UnloadReason.WORKER_DIED
-    life.stats.of(slot.name).record_unload(reason, 0.0)
-    life.events.emit(EventKind.UNLOADED, slot.name, reason=reason.value, freed_bytes=freed)
-    life.notify()
-    life.spawn(_log_idle_death(slot.name, model, freed), name=f"reap {slot.name}")
-    if slot.spec.hot:  # a hot model is kept loaded: load it again now
-        life.start_load(slot)
-
-
-async def _log_idle_death(name: str, model: ProcessModel, freed: int) -> None:
-    how = await run_in_thread(model.reap, name=f"reap-{name}")
+async def _log_idle_death(name: str, worker: WorkerHandle, freed: int) -> None:
+    how = await run_in_thread(worker.reap, name=f"reap-{name}")
     log.error(
         "the worker of %s (pid %s) died while idle: %s; unloaded it and released %s; "
         "the next request loads it again",
         name,
-        model.pid,
+        worker.pid,
         how,
         format_bytes(freed),
     )
-
-
-def worker_lost(life: Lifecycle, slot: Slot, exc: RegistryError) -> None:
-    """The worker serving `slot` died or was killed during a call: fail the model, release
-    its bytes, and turn away the requests queued behind it."""
-    model = slot.model
-    if not isinstance(model, ProcessModel) or model.alive or slot.state is not State.LOADED:
-        return
-    _fail(life, slot, model, exc.message)
-
-
-def _fail(life: Lifecycle, slot: Slot, model: ProcessModel, message: str) -> None:
-    batcher = slot.batcher
-    _, thread = slot.drop_model()
-    delay = slot.fail(message, life.settings.retry_backoff, None)
-    error = functools.partial(_queued_error, slot, model.how or "it died")
-    if thread is not None:
-        thread.mark_broken(error)  # calls waiting for its thread raise error() instead
-    if batcher is not None:
-        batcher.fail_queued(error)
-    life.pool.retire(thread)
-    life.budgets.release(slot)
-    slot.stats.record_worker_death()
-    slot.retirement.cancel_unload()
-    log.error("%s (next load in %s)", message, format_duration(delay))
-    life.notify()
 
 
 def _queued_error(slot: Slot, how: str) -> ModelFailed:
@@ -136,57 +198,3 @@ def _queued_error(slot: Slot, how: str) -> ModelFailed:
         retry_after=max(1.0, slot.retry_at - time.monotonic()),
         what="lost its worker",
     )
-
-
-def after_request(life: Lifecycle, slot: Slot) -> None:
-    """Follow the worker's measured memory, making room for its growth; recycle a worker
-    that leaks or that no room can be made for. A GPU model's charge there follows what it
-    holds there (registry/memory/gpu_charges.py)."""
-    follow_gpu(life, slot)
-    model = slot.model
-    if not isinstance(model, ProcessModel) or slot.state is not State.LOADED:
-        return
-    if not model.alive:
-        if slot.leases == 0:
-            worker_gone(life, slot, model)
-        return
-    size = model.size_bytes
-    budget = life.budget
-    if size != budget.size_of(slot):
-        budget.follow(slot, size)  # the measured truth, even before room is made for it
-        if life.budgets.home(slot) in (None, CPU):  # a GPU model's size is its GPU charge
-            slot.measured(size)
-        life.record_peak()
-    # Its growth does not fit: evict idle models; if nothing can make the room, recycle it.
-    grown = size > model.reserved and budget.used > budget.limit
-    no_room = grown and not life.make_room_for(slot, size)
-    limit = model.reserved * (1 + life.settings.worker_memory_margin)
-    leaking = model.private_bytes > limit
-    if not (leaking or no_room) or slot.leases or slot.retirement.unload_requested:
-        return
-    slot.stats.record_recycle()
-    log.warning(
-        "recycling the worker of %s (pid %s): its private memory %s grew past %s; recycle #%d",
-        slot.name,
-        model.pid,
-        format_bytes(model.private_bytes),
-        f"its reservation {format_bytes(model.reserved)} by more than worker_memory_margin "
-        f"({life.settings.worker_memory_margin:g})"
-        if leaking
-        else f"what the {format_bytes(budget.limit)} budget can make room for",
-        slot.stats.recycles,
-    )
-    slot.measured(None)  # measure again on the fresh worker
-    grew = "its reservation" if leaking else "the room the budget has"
-    life.start_unload(
-        slot, f"recycled: its worker's memory grew past {grew}", reason=UnloadReason.RECYCLE
-    )
-    life.spawn(_reload_after(life, slot), name=f"recycle {slot.name}")
-
-
-async def _reload_after(life: Lifecycle, slot: Slot) -> None:
-    task = slot.unload_task
-    if task is not None:
-        await task
-    if slot.state is State.UNLOADED and not slot.retirement.retired and not life.closing:
-        life.start_load(slot)
