@@ -52,7 +52,6 @@ from registry.generation import (
     step_each,
 )
 from registry.payload import PredictRequest, TextRequest
-from registry.process.supervision import worker_lost
 
 if TYPE_CHECKING:
     from registry.admission import Admission
@@ -242,7 +241,7 @@ class Streams:
                     break
                 chunk = None
         except (WorkerDied, InferenceTimeout) as exc:
-            worker_lost(life, slot, exc)  # a process model's worker died or was killed
+            life.worker_lost(slot, exc)  # a process model's worker died or was killed
             raise
         except RegistryError:
             raise
