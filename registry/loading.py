@@ -27,7 +27,7 @@ from typing import Any
 
 from registry.abandoned import AbandonedThread
 from registry.calls import Calls
-from registry.config.schema import ServerSettings
+from registry.config.schema import GENERATION_TASK, ServerSettings
 from registry.errors import CapacityExceeded
 from registry.events import EventBus, EventKind
 from registry.failures import Failures
@@ -40,6 +40,7 @@ from registry.memory.placement import measured_charge, place_load
 from registry.memory.sizes import measure_bytes
 from registry.model_calls import dispose
 from registry.plumbing import Plumbing
+from registry.process.generating import ProcessGenerator
 from registry.process.proxy import KILL_GRACE, WorkerLoad, isolation_of, load_in_worker
 from registry.process.supervision import Supervision
 from registry.slot import Slot
@@ -234,7 +235,10 @@ class Loads:
         ctx = LoadContext(slot.name, slot.spec, slot.source, self._base_dir, placed)
         if slot.isolation == "process":
             limit = slot.spec.load_timeout or self._settings.load_timeout
-            worker = load_in_worker(ctx, self._settings, load_timeout=limit, handle=handle)
+            kind = ProcessGenerator if slot.spec.task == GENERATION_TASK else None
+            worker = load_in_worker(
+                ctx, self._settings, load_timeout=limit, handle=handle, kind=kind
+            )
             return worker, worker.size_bytes
         model = load_model(ctx)
         measured = measure_bytes(model)

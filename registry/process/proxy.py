@@ -271,15 +271,17 @@ def load_in_worker(
     *,
     load_timeout: float,
     handle: WorkerLoad | None = None,
+    kind: type[ProcessModel] | None = None,
 ) -> ProcessModel:
     """Load the model in the spare worker (else in a worker started now); kill it past
     `load_timeout` (blocking).
 
-    `handle` lets another thread end the load (WorkerLoad.end kills the worker).
+    `handle` lets another thread end the load (WorkerLoad.end kills the worker). `kind` is
+    the proxy's class (registry/process/generating.py's for a text-generation model).
     """
     spares.enable()
     try:
-        return _load(ctx, settings, load_timeout, handle)
+        return _load(ctx, settings, load_timeout, handle, kind or ProcessModel)
     finally:
         spares.refill()  # the next spare starts now that this load no longer needs the CPU
 
@@ -289,12 +291,16 @@ class _SpareLost(Exception):
 
 
 def _load(
-    ctx: LoadContext, settings: ServerSettings, load_timeout: float, handle: WorkerLoad | None
+    ctx: LoadContext,
+    settings: ServerSettings,
+    load_timeout: float,
+    handle: WorkerLoad | None,
+    kind: type[ProcessModel],
 ) -> ProcessModel:
     deadline = time.monotonic() + load_timeout
     if handle is not None and handle.ended is not None:
         raise RuntimeError(f"the load was stopped before its worker started ({handle.ended})")
-    job = _Job(ctx, settings, load_timeout, deadline, handle)
+    job = _Job(ctx, settings, load_timeout, deadline, handle, kind)
     spare: Spare | None = spares.take()
     if spare is not None:
         try:
@@ -312,6 +318,7 @@ class _Job:
     load_timeout: float
     deadline: float
     handle: WorkerLoad | None
+    kind: type[ProcessModel]
 
 
 def _load_in(worker: Worker, conn: Connection, job: _Job, *, spare: bool) -> ProcessModel:
@@ -321,12 +328,7 @@ def _load_in(worker: Worker, conn: Connection, job: _Job, *, spare: bool) -> Pro
     if handle is not None:
         handle.attach(worker)
     timeout = ctx.spec.predict_timeout or settings.predict_timeout
-    kind = ProcessModel
-    if ctx.spec.task == GENERATION_TASK:
-        from registry.process.generating import ProcessGenerator
-
-        kind = ProcessGenerator
-    model = kind(ctx.name, worker, conn, timeout)
+    model = job.kind(ctx.name, worker, conn, timeout)
     acknowledged = False
     reply: tuple[Any, ...] | None = None
     try:
